@@ -1,0 +1,102 @@
+//! `rtserve serve`: flags → [`ServerConfig`] → the server, until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rtserve_server::{EngineChoice, ServerConfig};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A model repository folder (<repo>/<model>/<version>/model.onnx). Repeat for several.
+    #[arg(long = "model-repository", env = "RTSERVE_MODEL_REPOSITORY", required = true, value_delimiter = ',')]
+    model_repositories: Vec<PathBuf>,
+
+    /// Address to listen on.
+    #[arg(long, env = "RTSERVE_HOST", default_value = "0.0.0.0")]
+    host: String,
+
+    /// HTTP port (KServe v2 REST). 0 picks a free port; the log says which.
+    #[arg(long, env = "RTSERVE_HTTP_PORT", default_value_t = 8000)]
+    http_port: u16,
+
+    /// gRPC port (inference.GRPCInferenceService). 0 picks a free port; the log says which.
+    #[arg(long, env = "RTSERVE_GRPC_PORT", default_value_t = 8001)]
+    grpc_port: u16,
+
+    /// Engine: auto (ONNX Runtime when its library is found, else tract), onnxruntime or tract.
+    /// An explicit engine applies to every model; auto honours each model's `backend`.
+    #[arg(long, env = "RTSERVE_ENGINE", default_value = "auto")]
+    engine: EngineChoice,
+
+    /// Path to libonnxruntime.so (or its folder). Default: ORT_DYLIB_PATH, then the
+    /// `onnxruntime` Python package, then the system library path.
+    #[arg(long, env = "RTSERVE_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+
+    /// Largest request body (HTTP) or message (gRPC) accepted, in bytes.
+    #[arg(long, env = "RTSERVE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
+    max_request_bytes: usize,
+
+    /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
+    #[arg(long, env = "RTSERVE_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    shutdown_timeout: f64,
+
+    /// Requests that may wait for a free instance, per model version; more get 429.
+    #[arg(long, env = "RTSERVE_QUEUE_CAPACITY", default_value_t = 1024)]
+    queue_capacity: usize,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let shutdown_timeout = Duration::try_from_secs_f64(self.shutdown_timeout)
+            .context("--shutdown-timeout must be a non-negative number of seconds")?;
+        anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
+        anyhow::ensure!(self.queue_capacity > 0, "--queue-capacity must be positive");
+        Ok(ServerConfig {
+            model_repositories: self.model_repositories,
+            host: self.host,
+            http_port: self.http_port,
+            grpc_port: self.grpc_port,
+            engine: self.engine,
+            ort_library: self.ort_library,
+            max_request_bytes: self.max_request_bytes,
+            shutdown_timeout,
+            queue_capacity: self.queue_capacity,
+        })
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(rtserve_server::serve(config, shutdown_signal()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

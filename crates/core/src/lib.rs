@@ -1,0 +1,31 @@
+//! rtserve core: what every other part shares and nothing web- or engine-specific.
+//!
+//! - [`DataType`], [`Tensor`] and [`NamedTensor`]: tensors as bytes plus a shape.
+//! - [`InferRequest`] / [`InferResponse`]: one inference, protocol-independent.
+//! - [`ModelConfig`]: a model's validated configuration, from any config format.
+//! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait.
+//! - [`InstancePool`]: N OS threads, each owning one model instance.
+
+#[cfg(target_endian = "big")]
+compile_error!("rtserve keeps tensors in host order, which must be the little-endian wire order");
+
+mod datatype;
+mod engine;
+mod error;
+mod model_config;
+mod pool;
+mod request;
+mod tensor;
+mod validate;
+
+pub use datatype::DataType;
+pub use engine::{Engine, EngineError, LoadOptions, ModelInstance, ModelSignature};
+pub use error::InferError;
+pub use model_config::{
+    DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
+    TimeoutAction, VersionPolicy,
+};
+pub use pool::{InstancePool, PoolOptions};
+pub use request::{InferRequest, InferResponse, Parameter};
+pub use tensor::{NamedTensor, Tensor, TensorData};
+pub use validate::validate_request;

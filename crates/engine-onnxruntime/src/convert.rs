@@ -1,0 +1,259 @@
+//! Conversion between rtserve tensors (a type, a shape and little-endian element bytes) and
+//! ONNX Runtime values.
+//!
+//! Going in, fixed-size elements are decoded into a typed `Vec` that ONNX Runtime then uses in
+//! place (one copy, which also fixes alignment); UINT8 data is lent to ONNX Runtime without any
+//! copy. Going out, the output is read in place and encoded into the bytes of the reply.
+
+use std::fmt::Debug;
+
+use bytes::Bytes;
+use half::f16;
+use ort::session::SessionInputValue;
+use ort::value::{
+    DynValue, PrimitiveTensorElementType, Shape, Tensor as OrtTensor, TensorElementType, TensorRef, Utf8Data,
+    ValueType,
+};
+use rtserve_core::{DataType, EngineError, Tensor, TensorData};
+
+/// The rtserve type of an ONNX Runtime element type; `None` where rtserve has no equivalent
+/// (bfloat16, complex, 8-bit floats, 4-bit and 2-bit integers).
+pub(crate) fn data_type(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::String => DataType::Bytes,
+        _ => return None,
+    })
+}
+
+/// Builds the ONNX Runtime input for `tensor`. The value may borrow the tensor's bytes.
+pub(crate) fn to_input(tensor: &Tensor) -> Result<SessionInputValue<'_>, EngineError> {
+    let shape = tensor.shape().to_vec();
+    let bytes = match tensor.data() {
+        TensorData::Raw(bytes) => bytes,
+        TensorData::Strings(items) => return strings_to_input(shape, items),
+    };
+    let value = match tensor.datatype() {
+        DataType::Uint8 => {
+            return TensorRef::from_array_view((shape, &bytes[..]))
+                .map(SessionInputValue::from)
+                .map_err(ort_error)
+        }
+        DataType::Bool => decode_input::<bool>(shape, bytes)?,
+        DataType::Uint16 => decode_input::<u16>(shape, bytes)?,
+        DataType::Uint32 => decode_input::<u32>(shape, bytes)?,
+        DataType::Uint64 => decode_input::<u64>(shape, bytes)?,
+        DataType::Int8 => decode_input::<i8>(shape, bytes)?,
+        DataType::Int16 => decode_input::<i16>(shape, bytes)?,
+        DataType::Int32 => decode_input::<i32>(shape, bytes)?,
+        DataType::Int64 => decode_input::<i64>(shape, bytes)?,
+        DataType::Fp16 => decode_input::<f16>(shape, bytes)?,
+        DataType::Fp32 => decode_input::<f32>(shape, bytes)?,
+        DataType::Fp64 => decode_input::<f64>(shape, bytes)?,
+        DataType::Bytes => {
+            return Err(EngineError::new("a BYTES tensor holds fixed-size data instead of byte strings"))
+        }
+    };
+    Ok(SessionInputValue::Owned(value))
+}
+
+fn decode_input<T: WireElement>(shape: Vec<usize>, bytes: &[u8]) -> Result<DynValue, EngineError> {
+    let values = T::decode(bytes);
+    // `Tensor::new` guarantees whole elements; `from_array` checks the count against the shape.
+    if values.len() * T::SIZE != bytes.len() {
+        return Err(EngineError::new(format!(
+            "{} bytes is not a whole number of {}-byte elements",
+            bytes.len(),
+            T::SIZE
+        )));
+    }
+    OrtTensor::from_array((shape, values)).map(OrtTensor::into_dyn).map_err(ort_error)
+}
+
+/// One BYTES element, handed to ONNX Runtime as a string (which must not hold a NUL byte).
+#[derive(Clone)]
+struct ByteString(Bytes);
+
+impl Utf8Data for ByteString {
+    fn as_utf8_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn strings_to_input(shape: Vec<usize>, items: &[Bytes]) -> Result<SessionInputValue<'static>, EngineError> {
+    let items: Vec<ByteString> = items.iter().cloned().map(ByteString).collect();
+    OrtTensor::from_string_array((shape, &items[..]))
+        .map(|t| SessionInputValue::Owned(t.into_dyn()))
+        .map_err(|e| EngineError::new(format!("onnxruntime: building a string tensor: {e}")))
+}
+
+/// Reads an ONNX Runtime output into an rtserve tensor with the output's own shape.
+pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
+    let ty = match value.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => {
+            return Err(EngineError::new(format!(
+                "the output is a {other}, not a tensor; only tensor outputs are supported"
+            )))
+        }
+    };
+    match ty {
+        TensorElementType::Bool => encode_output::<bool>(value, DataType::Bool),
+        TensorElementType::Uint8 => encode_output::<u8>(value, DataType::Uint8),
+        TensorElementType::Uint16 => encode_output::<u16>(value, DataType::Uint16),
+        TensorElementType::Uint32 => encode_output::<u32>(value, DataType::Uint32),
+        TensorElementType::Uint64 => encode_output::<u64>(value, DataType::Uint64),
+        TensorElementType::Int8 => encode_output::<i8>(value, DataType::Int8),
+        TensorElementType::Int16 => encode_output::<i16>(value, DataType::Int16),
+        TensorElementType::Int32 => encode_output::<i32>(value, DataType::Int32),
+        TensorElementType::Int64 => encode_output::<i64>(value, DataType::Int64),
+        TensorElementType::Float16 => encode_output::<f16>(value, DataType::Fp16),
+        TensorElementType::Float32 => encode_output::<f32>(value, DataType::Fp32),
+        TensorElementType::Float64 => encode_output::<f64>(value, DataType::Fp64),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(ort_error)?;
+            let items = strings.into_iter().map(Bytes::from).collect();
+            Tensor::new(DataType::Bytes, dims(shape)?, TensorData::Strings(items))
+                .map_err(|e| EngineError::new(format!("onnxruntime returned a bad tensor: {e}")))
+        }
+        other => Err(EngineError::new(format!(
+            "the output has element type {other}, which rtserve does not support"
+        ))),
+    }
+}
+
+fn encode_output<T: WireElement>(value: &DynValue, datatype: DataType) -> Result<Tensor, EngineError> {
+    let (shape, values) = value.try_extract_tensor::<T>().map_err(ort_error)?;
+    let bytes = T::encode(values);
+    Tensor::new(datatype, dims(shape)?, TensorData::Raw(bytes.into()))
+        .map_err(|e| EngineError::new(format!("onnxruntime returned a bad tensor: {e}")))
+}
+
+/// The dimensions of a concrete value (never negative; an error if they are).
+fn dims(shape: &Shape) -> Result<Vec<usize>, EngineError> {
+    shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<_, _>>()
+        .map_err(|_| EngineError::new(format!("onnxruntime returned a tensor of shape {shape}")))
+}
+
+pub(crate) fn ort_error(e: ort::Error) -> EngineError {
+    EngineError::new(format!("onnxruntime: {e}"))
+}
+
+/// A fixed-size element as the wire carries it: little-endian bytes.
+trait WireElement: PrimitiveTensorElementType + Clone + Debug + Sized + 'static {
+    /// Bytes per element.
+    const SIZE: usize;
+    /// The whole elements in `bytes` (a trailing partial element is dropped).
+    fn decode(bytes: &[u8]) -> Vec<Self>;
+    /// The little-endian bytes of `values`.
+    fn encode(values: &[Self]) -> Vec<u8>;
+}
+
+macro_rules! wire_number {
+    ($($t:ty),* $(,)?) => {$(
+        impl WireElement for $t {
+            const SIZE: usize = size_of::<$t>();
+
+            fn decode(bytes: &[u8]) -> Vec<Self> {
+                let (chunks, _) = bytes.as_chunks::<{ size_of::<$t>() }>();
+                chunks.iter().map(|c| <$t>::from_le_bytes(*c)).collect()
+            }
+
+            fn encode(values: &[Self]) -> Vec<u8> {
+                let mut out = Vec::with_capacity(values.len() * Self::SIZE);
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+                out
+            }
+        }
+    )*};
+}
+
+wire_number!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
+
+impl WireElement for f16 {
+    const SIZE: usize = 2;
+
+    fn decode(bytes: &[u8]) -> Vec<Self> {
+        let (chunks, _) = bytes.as_chunks::<2>();
+        chunks.iter().map(|c| f16::from_bits(u16::from_le_bytes(*c))).collect()
+    }
+
+    fn encode(values: &[Self]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(values.len() * Self::SIZE);
+        for v in values {
+            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        out
+    }
+}
+
+/// BOOL is one byte per element; any non-zero byte is true.
+impl WireElement for bool {
+    const SIZE: usize = 1;
+
+    fn decode(bytes: &[u8]) -> Vec<Self> {
+        bytes.iter().map(|&b| b != 0).collect()
+    }
+
+    fn encode(values: &[Self]) -> Vec<u8> {
+        values.iter().map(|&b| u8::from(b)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_little_endian() {
+        let values = [1.5f32, -0.25, f32::MAX];
+        let bytes = f32::encode(&values);
+        assert_eq!(&bytes[..4], &1.5f32.to_le_bytes());
+        assert_eq!(f32::decode(&bytes), values);
+
+        let values = [i64::MIN, -1, 0, 7];
+        assert_eq!(i64::decode(&i64::encode(&values)), values);
+        let values = [u16::MAX, 1];
+        assert_eq!(u16::encode(&values), vec![0xff, 0xff, 0x01, 0x00]);
+    }
+
+    #[test]
+    fn half_and_bool() {
+        let values = [f16::from_f32(1.0), f16::from_f32(-2.5)];
+        let bytes = f16::encode(&values);
+        assert_eq!(bytes, vec![0x00, 0x3c, 0x00, 0xc1]);
+        assert_eq!(f16::decode(&bytes), values);
+
+        assert_eq!(bool::decode(&[0, 1, 2]), vec![false, true, true]);
+        assert_eq!(bool::encode(&[true, false]), vec![1, 0]);
+    }
+
+    #[test]
+    fn partial_elements_are_dropped() {
+        assert_eq!(u32::decode(&[1, 0, 0, 0, 9]), vec![1]);
+    }
+
+    #[test]
+    fn element_types_map_to_data_types() {
+        assert_eq!(data_type(TensorElementType::Float32), Some(DataType::Fp32));
+        assert_eq!(data_type(TensorElementType::String), Some(DataType::Bytes));
+        assert_eq!(data_type(TensorElementType::Float16), Some(DataType::Fp16));
+        assert_eq!(data_type(TensorElementType::Bfloat16), None);
+    }
+}

@@ -1,0 +1,97 @@
+//! One loaded model: an ONNX Runtime session that runs rtserve tensors.
+
+use std::borrow::Cow;
+
+use ort::session::{
+    HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue, SessionOutputs,
+};
+use rtserve_core::{EngineError, ModelInstance, NamedTensor};
+
+use crate::convert::{from_output, ort_error, to_input};
+
+/// A model instance on ONNX Runtime. It owns its session; ONNX Runtime's `Run` is not safe to
+/// call concurrently on one session, which `&mut self` in [`ModelInstance::infer`] rules out.
+pub(crate) struct OrtInstance {
+    session: Session,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+    /// Run options that ask for a subset of the outputs, kept for the last subset asked for
+    /// (clients usually ask for the same outputs every time).
+    selection: Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
+}
+
+impl OrtInstance {
+    pub(crate) fn new(session: Session) -> Self {
+        let input_names = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let output_names = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        OrtInstance { session, input_names, output_names, selection: None }
+    }
+}
+
+impl ModelInstance for OrtInstance {
+    /// Runs the session. An empty `outputs` returns every output, in the model's order; names may
+    /// repeat. Each output keeps the shape ONNX Runtime gives it.
+    fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            if !self.input_names.contains(&input.name) {
+                return Err(unknown("input", &input.name, &self.input_names));
+            }
+            let value = to_input(&input.tensor)
+                .map_err(|e| EngineError::new(format!("input '{}': {e}", input.name)))?;
+            values.push((Cow::Borrowed(input.name.as_str()), value));
+        }
+        if let Some(missing) = self.input_names.iter().find(|n| !inputs.iter().any(|i| &i.name == *n)) {
+            return Err(EngineError::new(format!("input '{missing}' is missing")));
+        }
+
+        let wanted: Vec<String> =
+            if outputs.is_empty() { self.output_names.clone() } else { outputs.to_vec() };
+        if let Some(name) = wanted.iter().find(|n| !self.output_names.contains(n)) {
+            return Err(unknown("output", name, &self.output_names));
+        }
+        let mut subset: Vec<String> = Vec::with_capacity(wanted.len());
+        for name in &self.output_names {
+            if wanted.contains(name) {
+                subset.push(name.clone());
+            }
+        }
+
+        let results: SessionOutputs<'_> = if subset.len() == self.output_names.len() {
+            self.session.run(values).map_err(ort_error)?
+        } else {
+            let options = selecting(&mut self.selection, subset)?;
+            self.session.run_with_options(values, options).map_err(ort_error)?
+        };
+
+        wanted
+            .into_iter()
+            .map(|name| {
+                let value = results
+                    .get(&name)
+                    .ok_or_else(|| EngineError::new(format!("onnxruntime returned no output '{name}'")))?;
+                let tensor =
+                    from_output(value).map_err(|e| EngineError::new(format!("output '{name}': {e}")))?;
+                Ok(NamedTensor { name, tensor })
+            })
+            .collect()
+    }
+}
+
+/// The run options that compute exactly `subset`, reusing the cached ones when they match.
+fn selecting(
+    cache: &mut Option<(Vec<String>, RunOptions<HasSelectedOutputs>)>,
+    subset: Vec<String>,
+) -> Result<&RunOptions<HasSelectedOutputs>, EngineError> {
+    let fresh = cache.as_ref().is_some_and(|(names, _)| *names == subset);
+    if !fresh {
+        let selector = subset.iter().fold(OutputSelector::no_default(), |s, name| s.with(name.as_str()));
+        let options = RunOptions::new().map_err(ort_error)?.with_outputs(selector);
+        *cache = Some((subset, options));
+    }
+    cache.as_ref().map(|(_, options)| options).ok_or_else(|| EngineError::new("output selection missing"))
+}
+
+fn unknown(what: &str, name: &str, known: &[String]) -> EngineError {
+    EngineError::new(format!("the model has no {what} '{name}' (its {what}s: {})", known.join(", ")))
+}

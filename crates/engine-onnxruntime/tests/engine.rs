@@ -1,0 +1,364 @@
+//! The ONNX Runtime engine against the example model repository and its expected outputs
+//! (computed independently with NumPy by `scripts/make_test_models.py`), plus generated identity
+//! models for every element type.
+//!
+//! Every test needs the ONNX Runtime library; without one it prints a note and passes.
+
+#[path = "support/onnx_writer.rs"]
+mod onnx_writer;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use bytes::Bytes;
+use half::f16;
+use onnx_writer::{elem, identity_model, Dim, Io};
+use rtserve_core::{
+    DataType, Engine, LoadOptions, ModelInstance, NamedTensor, Tensor, TensorData, TensorSpec,
+};
+use rtserve_engine_onnxruntime::{locate_library, OrtEngine, OrtOptions};
+use serde_json::Value;
+
+/// The engine, or `None` (after a note) where this machine has no ONNX Runtime.
+fn engine() -> Option<OrtEngine> {
+    if let Err(e) = locate_library(None) {
+        eprintln!("skipping: no ONNX Runtime library here ({e})");
+        return None;
+    }
+    Some(OrtEngine::new(&OrtOptions::default()).expect("the library was found, so it must load"))
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_path(model: &str) -> PathBuf {
+    repo_root().join(format!("examples/model_repository/{model}/1/model.onnx"))
+}
+
+fn expected(model: &str) -> Value {
+    let path = repo_root().join(format!("tests/data/expected/{model}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("valid JSON")
+}
+
+/// A tensor from the expected-output JSON format: `{name, datatype, shape, data}`.
+fn tensor_from_json(v: &Value) -> NamedTensor {
+    let name = v["name"].as_str().expect("name").to_string();
+    let datatype = DataType::from_str(v["datatype"].as_str().expect("datatype")).expect("known datatype");
+    let shape: Vec<usize> =
+        v["shape"].as_array().expect("shape").iter().map(|d| d.as_u64().expect("dim") as usize).collect();
+    let data = v["data"].as_array().expect("data");
+    let mut bytes = Vec::new();
+    for x in data {
+        match datatype {
+            DataType::Fp32 => bytes.extend((x.as_f64().expect("number") as f32).to_le_bytes()),
+            DataType::Int64 => bytes.extend(x.as_i64().expect("integer").to_le_bytes()),
+            DataType::Bool => bytes.push(u8::from(x.as_bool().expect("bool"))),
+            other => panic!("the expected files use FP32, INT64 and BOOL, not {other}"),
+        }
+    }
+    let tensor = Tensor::new(datatype, shape, TensorData::Raw(bytes.into())).expect("consistent tensor");
+    NamedTensor { name, tensor }
+}
+
+/// Element values as f64, for comparing any numeric type.
+fn values(t: &Tensor) -> Vec<f64> {
+    let raw = t.raw().expect("fixed-size tensor");
+    match t.datatype() {
+        DataType::Fp32 => {
+            raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64).collect()
+        }
+        DataType::Int64 => {
+            raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f64).collect()
+        }
+        DataType::Bool => raw.iter().map(|&b| f64::from(b)).collect(),
+        other => panic!("no comparison for {other}"),
+    }
+}
+
+/// Runs `model` on the expected inputs and compares every output within `1e-4` (relative for
+/// large values).
+fn check_against_expected(engine: &OrtEngine, model: &str) {
+    let case = expected(model);
+    let inputs: Vec<NamedTensor> =
+        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let wanted: Vec<NamedTensor> =
+        case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
+    let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
+
+    let mut instance = engine.load(&model_path(model), &LoadOptions::default()).expect("load");
+    let got = instance.infer(&inputs, &names).expect("infer");
+    assert_eq!(got.len(), wanted.len(), "{model}");
+    for (g, w) in got.iter().zip(&wanted) {
+        assert_eq!(g.name, w.name, "{model}");
+        assert_eq!(g.tensor.datatype(), w.tensor.datatype(), "{model}/{}", w.name);
+        assert_eq!(g.tensor.shape(), w.tensor.shape(), "{model}/{}", w.name);
+        for (i, (a, b)) in values(&g.tensor).iter().zip(values(&w.tensor)).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{model}/{}[{i}]: got {a}, expected {b}",
+                w.name
+            );
+        }
+    }
+}
+
+fn spec(name: &str, data_type: DataType, dims: &[i64]) -> TensorSpec {
+    TensorSpec { name: name.into(), data_type, dims: dims.to_vec() }
+}
+
+#[test]
+fn signatures_of_example_models() {
+    let Some(engine) = engine() else { return };
+    assert_eq!(engine.name(), "onnxruntime");
+    let fp32 = DataType::Fp32;
+    let cases = [
+        ("mlp", vec![spec("input", fp32, &[-1, 784])], vec![spec("output", fp32, &[-1, 10])]),
+        ("cnn", vec![spec("input", fp32, &[-1, 1, 28, 28])], vec![spec("logits", fp32, &[-1, 10])]),
+        (
+            "two_io",
+            vec![spec("a", fp32, &[-1, 4]), spec("b", fp32, &[-1, 4])],
+            vec![spec("sum", fp32, &[-1, 4]), spec("product", fp32, &[-1, 4])],
+        ),
+        (
+            "int_bool",
+            vec![spec("x", DataType::Int64, &[-1, 3]), spec("mask", DataType::Bool, &[-1, 3])],
+            vec![spec("y", DataType::Int64, &[-1, 3]), spec("positive", DataType::Bool, &[-1, 3])],
+        ),
+        ("dynamic_seq", vec![spec("tokens", fp32, &[-1, -1, 8])], vec![spec("pooled", fp32, &[-1, 4])]),
+    ];
+    for (model, inputs, outputs) in cases {
+        let signature = engine.signature(&model_path(model)).expect(model);
+        assert_eq!(signature.inputs, inputs, "{model}");
+        assert_eq!(signature.outputs, outputs, "{model}");
+    }
+}
+
+#[test]
+fn outputs_match_numpy_reference() {
+    let Some(engine) = engine() else { return };
+    for model in ["mlp", "two_io", "int_bool", "dynamic_seq", "cnn"] {
+        check_against_expected(&engine, model);
+    }
+}
+
+#[test]
+fn output_selection_order_and_repeats() {
+    let Some(engine) = engine() else { return };
+    let case = expected("two_io");
+    let inputs: Vec<NamedTensor> =
+        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let mut instance =
+        engine.load(&model_path("two_io"), &LoadOptions { intra_op_threads: 1 }).expect("load");
+    let names = |out: &[NamedTensor]| out.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+    let ask = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    let all = instance.infer(&inputs, &[]).expect("all outputs");
+    assert_eq!(names(&all), ["sum", "product"]);
+    // A subset, then the same subset again (cached run options), then a different one.
+    for _ in 0..2 {
+        let one = instance.infer(&inputs, &ask(&["product"])).expect("one output");
+        assert_eq!(one, vec![all[1].clone()]);
+    }
+    let one = instance.infer(&inputs, &ask(&["sum"])).expect("the other output");
+    assert_eq!(one, vec![all[0].clone()]);
+    let reordered = instance.infer(&inputs, &ask(&["product", "sum", "product"])).expect("repeats");
+    assert_eq!(names(&reordered), ["product", "sum", "product"]);
+    assert_eq!(reordered[2], all[1]);
+}
+
+#[test]
+fn bad_requests_are_errors() {
+    let Some(engine) = engine() else { return };
+    let mut instance = engine.load(&model_path("mlp"), &LoadOptions::default()).expect("load");
+    let good = NamedTensor {
+        name: "input".into(),
+        tensor: Tensor::from_f32(vec![1, 784], &[0.5; 784]).expect("tensor"),
+    };
+    assert_eq!(instance.infer(std::slice::from_ref(&good), &[]).expect("ok")[0].tensor.shape(), [1, 10]);
+
+    let renamed = NamedTensor { name: "nope".into(), ..good.clone() };
+    let err = instance.infer(&[renamed], &[]).expect_err("unknown input");
+    assert!(err.0.contains("'nope'") && err.0.contains("input"), "{err}");
+
+    let err = instance.infer(std::slice::from_ref(&good), &["nope".to_string()]).expect_err("unknown output");
+    assert!(err.0.contains("'nope'"), "{err}");
+
+    let wrong_shape = NamedTensor {
+        name: "input".into(),
+        tensor: Tensor::from_f32(vec![1, 783], &[0.5; 783]).expect("tensor"),
+    };
+    assert!(instance.infer(&[wrong_shape], &[]).is_err());
+
+    let fp64 = Tensor::new(DataType::Fp64, vec![1, 784], TensorData::Raw(vec![0u8; 784 * 8].into()))
+        .expect("tensor");
+    let err =
+        instance.infer(&[NamedTensor { name: "input".into(), tensor: fp64 }], &[]).expect_err("wrong type");
+    assert!(err.0.contains("onnxruntime"), "{err}");
+
+    let err = instance.infer(&[], &[]).expect_err("missing input");
+    assert!(err.0.contains("'input' is missing"), "{err}");
+    // The instance still works after errors.
+    assert!(instance.infer(&[good], &[]).is_ok());
+}
+
+#[test]
+fn bad_model_files_are_errors() {
+    let Some(engine) = engine() else { return };
+    let missing = repo_root().join("examples/model_repository/none/1/model.onnx");
+    assert!(engine.signature(&missing).is_err());
+    assert!(engine.load(&missing, &LoadOptions::default()).is_err());
+
+    let dir = std::env::temp_dir().join(format!("rtserve-ort-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let junk = dir.join("junk.onnx");
+    std::fs::write(&junk, b"this is not a protobuf").expect("write");
+    let err = engine.signature(&junk).expect_err("junk");
+    assert!(err.0.contains("junk.onnx"), "{err}");
+
+    // bfloat16 has no KServe datatype: refused at signature and load time.
+    let bf16 = dir.join("bf16.onnx");
+    let io = |name: &str| Io { name: name.into(), elem_type: elem::BFLOAT16, dims: vec![Dim::Fixed(2)] };
+    std::fs::write(&bf16, identity_model(&[(io("x"), io("y"))])).expect("write");
+    let err = engine.signature(&bf16).expect_err("bf16");
+    assert!(err.0.contains("bf16") && err.0.contains("'x'"), "{err}");
+    assert!(engine.load(&bf16, &LoadOptions::default()).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The raw bytes of `values` as a tensor of `datatype`.
+fn raw(datatype: DataType, shape: Vec<usize>, bytes: Vec<u8>) -> Tensor {
+    Tensor::new(datatype, shape, TensorData::Raw(bytes.into())).expect("consistent tensor")
+}
+
+#[test]
+fn every_datatype_round_trips() {
+    let Some(engine) = engine() else { return };
+    let f16s: Vec<u8> =
+        [1.0f32, -2.5, 65504.0, 0.1].iter().flat_map(|v| f16::from_f32(*v).to_bits().to_le_bytes()).collect();
+    let le = |vals: &[i64], size: usize| -> Vec<u8> {
+        vals.iter().flat_map(|v| v.to_le_bytes()[..size].to_vec()).collect()
+    };
+    let cases: Vec<(u64, Tensor)> = vec![
+        (elem::BOOL, raw(DataType::Bool, vec![2, 2], vec![1, 0, 0, 1])),
+        (elem::UINT8, raw(DataType::Uint8, vec![2, 2], vec![0, 1, 254, 255])),
+        (elem::UINT16, raw(DataType::Uint16, vec![2, 2], le(&[0, 1, 0x1234, 0xffff], 2))),
+        (elem::UINT32, raw(DataType::Uint32, vec![2, 2], le(&[0, 1, 0x1234_5678, 0xffff_ffff], 4))),
+        (
+            elem::UINT64,
+            raw(
+                DataType::Uint64,
+                vec![2, 2],
+                [0u64, 1, u64::MAX - 1, u64::MAX].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ),
+        (elem::INT8, raw(DataType::Int8, vec![2, 2], le(&[-128, -1, 0, 127], 1))),
+        (elem::INT16, raw(DataType::Int16, vec![2, 2], le(&[-32768, -1, 0, 32767], 2))),
+        (elem::INT32, raw(DataType::Int32, vec![2, 2], le(&[i32::MIN as i64, -1, 0, i32::MAX as i64], 4))),
+        (elem::INT64, raw(DataType::Int64, vec![2, 2], le(&[i64::MIN, -1, 0, i64::MAX], 8))),
+        (elem::FLOAT16, raw(DataType::Fp16, vec![2, 2], f16s)),
+        (
+            elem::FLOAT,
+            raw(
+                DataType::Fp32,
+                vec![2, 2],
+                [1.5f32, -0.0, f32::MAX, f32::MIN_POSITIVE].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ),
+        (
+            elem::DOUBLE,
+            raw(
+                DataType::Fp64,
+                vec![2, 2],
+                [1.5f64, -0.0, f64::MAX, 1e-300].iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ),
+        (
+            elem::STRING,
+            Tensor::new(
+                DataType::Bytes,
+                vec![2, 2],
+                TensorData::Strings(
+                    ["", "hello", "ünïcode", "a b c"].iter().map(|s| Bytes::from(*s)).collect(),
+                ),
+            )
+            .expect("strings"),
+        ),
+    ];
+    let pairs: Vec<(Io, Io)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (ty, _))| {
+            let io = |name: String| Io { name, elem_type: *ty, dims: vec![Dim::Symbol("N"), Dim::Fixed(2)] };
+            (io(format!("in{i}")), io(format!("out{i}")))
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("rtserve-ort-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("identity.onnx");
+    std::fs::write(&path, identity_model(&pairs)).expect("write model");
+
+    let signature = engine.signature(&path).expect("signature");
+    for (i, (_, tensor)) in cases.iter().enumerate() {
+        assert_eq!(signature.inputs[i], spec(&format!("in{i}"), tensor.datatype(), &[-1, 2]));
+        assert_eq!(signature.outputs[i], spec(&format!("out{i}"), tensor.datatype(), &[-1, 2]));
+    }
+
+    let mut instance = engine.load(&path, &LoadOptions::default()).expect("load");
+    let inputs: Vec<NamedTensor> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (_, tensor))| NamedTensor { name: format!("in{i}"), tensor: tensor.clone() })
+        .collect();
+    let outputs = instance.infer(&inputs, &[]).expect("infer");
+    for (i, (_, tensor)) in cases.iter().enumerate() {
+        assert_eq!(outputs[i].name, format!("out{i}"));
+        assert_eq!(&outputs[i].tensor, tensor, "{}", tensor.datatype());
+    }
+
+    // A NUL byte cannot cross into an ONNX Runtime string: an error, not a panic.
+    let mut with_nul = inputs.clone();
+    with_nul[12].tensor = Tensor::new(
+        DataType::Bytes,
+        vec![1, 2],
+        TensorData::Strings(vec![Bytes::from_static(b"a\0b"), Bytes::new()]),
+    )
+    .expect("strings");
+    for input in with_nul.iter_mut().take(12) {
+        let tensor = &input.tensor;
+        let half_len = tensor.raw().expect("raw").len() / 2;
+        input.tensor = raw(tensor.datatype(), vec![1, 2], tensor.raw().expect("raw")[..half_len].to_vec());
+    }
+    let err = instance.infer(&with_nul, &[]).expect_err("NUL in a string");
+    assert!(err.0.contains("in12"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn instances_run_on_their_own_threads() {
+    let Some(engine) = engine() else { return };
+    let case = expected("mlp");
+    let inputs: Vec<NamedTensor> =
+        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let reference = engine
+        .load(&model_path("mlp"), &LoadOptions::default())
+        .expect("load")
+        .infer(&inputs, &[])
+        .expect("infer");
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let mut instance: Box<dyn ModelInstance> =
+                engine.load(&model_path("mlp"), &LoadOptions { intra_op_threads: 1 }).expect("load");
+            let inputs = inputs.clone();
+            std::thread::spawn(move || (0..20).map(|_| instance.infer(&inputs, &[]).expect("infer")).last())
+        })
+        .collect();
+    for handle in handles {
+        let last = handle.join().expect("thread").expect("ran");
+        assert_eq!(last, reference);
+    }
+    // A second engine shares the process's runtime.
+    let second = OrtEngine::new(&OrtOptions::default()).expect("second engine");
+    assert_eq!(second.library(), engine.library());
+}

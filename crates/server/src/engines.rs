@@ -1,0 +1,110 @@
+//! Which engines this server has, and which one loads a given model.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rtserve_core::{Engine, ModelConfig};
+
+/// The `--engine` choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EngineChoice {
+    /// Each model's `backend`, else ONNX Runtime when its library is found, else tract.
+    #[default]
+    Auto,
+    OnnxRuntime,
+    Tract,
+}
+
+impl std::str::FromStr for EngineChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(EngineChoice::Auto),
+            "onnxruntime" | "ort" => Ok(EngineChoice::OnnxRuntime),
+            "tract" => Ok(EngineChoice::Tract),
+            other => Err(format!("unknown engine '{other}' (expected auto, onnxruntime or tract)")),
+        }
+    }
+}
+
+/// The engines available to this process.
+pub struct Engines {
+    choice: EngineChoice,
+    /// ONNX Runtime when present, else tract.
+    default: Arc<dyn Engine>,
+    onnxruntime: Option<Arc<dyn Engine>>,
+    tract: Option<Arc<dyn Engine>>,
+}
+
+impl Engines {
+    /// Sets up the engines. An explicit choice whose engine cannot start is an error; `auto`
+    /// falls back to tract with a log line that says why.
+    pub fn new(choice: EngineChoice, ort_library: Option<PathBuf>) -> Result<Self, String> {
+        let tract = tract_engine();
+        let onnxruntime = if choice == EngineChoice::Tract {
+            None
+        } else {
+            match onnxruntime_engine(ort_library) {
+                Ok(engine) => Some(engine),
+                Err(reason) if choice == EngineChoice::OnnxRuntime => {
+                    return Err(format!("--engine onnxruntime: {reason}"))
+                }
+                Err(reason) => {
+                    tracing::info!("engine: tract (ONNX Runtime not available: {reason})");
+                    None
+                }
+            }
+        };
+        if choice == EngineChoice::Tract && tract.is_none() {
+            return Err("--engine tract: this build has no tract engine".to_string());
+        }
+        let default = onnxruntime.clone().or_else(|| tract.clone()).ok_or_else(|| {
+            "no engine available: build with the tract feature or install onnxruntime".to_string()
+        })?;
+        tracing::info!("default engine: {}", default.name());
+        Ok(Engines { choice, default, onnxruntime, tract })
+    }
+
+    /// The engine for a model: an explicit `--engine` wins, then the model's `backend`, then the
+    /// fastest one present. A `backend` that is missing here falls back with a warning, since
+    /// both engines read the same ONNX file.
+    pub fn for_model(&self, config: &ModelConfig) -> Arc<dyn Engine> {
+        let preferred = match self.choice {
+            EngineChoice::OnnxRuntime => self.onnxruntime.as_ref(),
+            EngineChoice::Tract => self.tract.as_ref(),
+            EngineChoice::Auto => match config.backend.as_deref() {
+                Some("tract") => self.tract.as_ref(),
+                Some("onnxruntime" | "ort") => self.onnxruntime.as_ref(),
+                Some(other) => {
+                    tracing::warn!(model = %config.name, "unknown backend '{other}'; using the default engine");
+                    None
+                }
+                None => None,
+            },
+        };
+        preferred.unwrap_or(&self.default).clone()
+    }
+}
+
+#[cfg(feature = "tract")]
+fn tract_engine() -> Option<Arc<dyn Engine>> {
+    Some(Arc::new(rtserve_engine_tract::TractEngine))
+}
+
+#[cfg(not(feature = "tract"))]
+fn tract_engine() -> Option<Arc<dyn Engine>> {
+    None
+}
+
+#[cfg(feature = "onnxruntime")]
+fn onnxruntime_engine(library: Option<PathBuf>) -> Result<Arc<dyn Engine>, String> {
+    use rtserve_engine_onnxruntime::{OrtEngine, OrtOptions};
+    let engine = OrtEngine::new(&OrtOptions { library }).map_err(|e| e.to_string())?;
+    Ok(Arc::new(engine))
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn onnxruntime_engine(_library: Option<PathBuf>) -> Result<Arc<dyn Engine>, String> {
+    Err("this build has no onnxruntime engine".to_string())
+}

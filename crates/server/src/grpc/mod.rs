@@ -1,0 +1,188 @@
+//! The KServe v2 gRPC front end (`inference.GRPCInferenceService`, tonic).
+
+mod codec;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::triton_config::{config_proto, metadata_proto};
+use crate::ServerError;
+
+/// Types generated from `proto/inference.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// The gRPC service over the shared server state.
+pub struct InferenceService {
+    state: Arc<ServerState>,
+}
+
+/// The tonic service, with message limits set from `--max-request-bytes`.
+pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceService> {
+    let limit = state.max_request_bytes;
+    GrpcInferenceServiceServer::new(InferenceService { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+}
+
+impl InferenceService {
+    async fn infer(&self, request: proto::ModelInferRequest) -> Result<proto::ModelInferResponse, ServerError> {
+        let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
+        let request = codec::decode_request(request)?;
+        let response = model.infer(request).await?;
+        Ok(codec::encode_response(response))
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<proto::ModelStreamInferResponse, Status>> + Send>>;
+
+/// Concurrent requests one stream may have in flight.
+const STREAM_CONCURRENCY: usize = 64;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<proto::ServerLiveRequest>,
+    ) -> Result<Response<proto::ServerLiveResponse>, Status> {
+        Ok(Response::new(proto::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<proto::ServerReadyRequest>,
+    ) -> Result<Response<proto::ServerReadyResponse>, Status> {
+        Ok(Response::new(proto::ServerReadyResponse { ready: self.state.is_ready() }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<proto::ModelReadyRequest>,
+    ) -> Result<Response<proto::ModelReadyResponse>, Status> {
+        let r = request.into_inner();
+        let ready = match self.state.repository.get(&r.name, Some(&r.version)) {
+            Ok(_) => true,
+            Err(ServerError::ModelNotReady { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Response::new(proto::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<proto::ServerMetadataRequest>,
+    ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        Ok(Response::new(proto::ServerMetadataResponse {
+            name: SERVER_NAME.to_string(),
+            version: SERVER_VERSION.to_string(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<proto::ModelMetadataRequest>,
+    ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.state.repository.get(&r.name, Some(&r.version))?;
+        Ok(Response::new(metadata_proto(&model, &self.state.repository.versions(&r.name))))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<proto::ModelInferRequest>,
+    ) -> Result<Response<proto::ModelInferResponse>, Status> {
+        Ok(Response::new(self.infer(request.into_inner()).await?))
+    }
+
+    type ModelStreamInferStream = ResponseStream;
+
+    /// Answers each request of the stream as it completes; errors travel in `error_message`
+    /// and the stream goes on.
+    async fn model_stream_infer(
+        &self,
+        request: Request<Streaming<proto::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let state = self.state.clone();
+        let responses = request
+            .into_inner()
+            .map(move |message| {
+                let service = InferenceService { state: state.clone() };
+                async move {
+                    let message = message?;
+                    let id = message.id.clone();
+                    Ok(match service.infer(message).await {
+                        Ok(response) => proto::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(response),
+                        },
+                        Err(e) => proto::ModelStreamInferResponse {
+                            error_message: e.client_message(),
+                            infer_response: Some(proto::ModelInferResponse { id, ..Default::default() }),
+                        },
+                    })
+                }
+            })
+            .buffer_unordered(STREAM_CONCURRENCY);
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<proto::ModelConfigRequest>,
+    ) -> Result<Response<proto::ModelConfigResponse>, Status> {
+        let r = request.into_inner();
+        let model = self.state.repository.get(&r.name, Some(&r.version))?;
+        Ok(Response::new(proto::ModelConfigResponse { config: Some(config_proto(&model.config)) }))
+    }
+
+    async fn model_statistics(
+        &self,
+        _: Request<proto::ModelStatisticsRequest>,
+    ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
+        Err(Status::unimplemented("model statistics are not implemented yet"))
+    }
+
+    async fn repository_index(
+        &self,
+        _: Request<proto::RepositoryIndexRequest>,
+    ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        let models = self
+            .state
+            .repository
+            .index()
+            .into_iter()
+            .map(|row| proto::repository_index_response::ModelIndex {
+                name: row.name,
+                version: row.version,
+                state: row.state.as_str().to_string(),
+                reason: row.reason,
+            })
+            .collect();
+        Ok(Response::new(proto::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<proto::RepositoryModelLoadRequest>,
+    ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        self.state.repository.load(&request.into_inner().model_name).await?;
+        Ok(Response::new(proto::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<proto::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        self.state.repository.unload(&request.into_inner().model_name).await?;
+        Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
+    }
+}

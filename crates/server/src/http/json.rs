@@ -1,0 +1,376 @@
+//! The KServe v2 HTTP body: JSON tensors and the binary tensor data extension
+//! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`).
+
+use bytes::{Bytes, BytesMut};
+use half::f16;
+use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter, Tensor, TensorData};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::codec::{shape_from_client, tensor_from_raw, tensor_to_raw};
+use crate::ServerError;
+
+#[derive(Deserialize)]
+struct JsonRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<JsonInput>,
+    #[serde(default)]
+    outputs: Vec<JsonRequestedOutput>,
+}
+
+#[derive(Deserialize)]
+struct JsonInput {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct JsonRequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// How the client wants each output: which ones as binary.
+#[derive(Debug, Default)]
+pub struct OutputEncoding {
+    binary_default: bool,
+    binary: Vec<(String, bool)>,
+}
+
+impl OutputEncoding {
+    fn is_binary(&self, name: &str) -> bool {
+        self.binary.iter().find(|(n, _)| n == name).map_or(self.binary_default, |(_, b)| *b)
+    }
+}
+
+fn bad(message: String) -> ServerError {
+    ServerError::BadRequest(message)
+}
+
+/// Decodes an infer body. `header_length` is the `Inference-Header-Content-Length` value: the
+/// JSON header is that many bytes, binary tensor data follows.
+pub fn decode_request(body: Bytes, header_length: Option<usize>) -> Result<(InferRequest, OutputEncoding), ServerError> {
+    let (header, mut binary) = match header_length {
+        Some(length) if length > body.len() => {
+            return Err(bad(format!(
+                "Inference-Header-Content-Length is {length} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(length) => {
+            let mut header = body;
+            let binary = header.split_off(length);
+            (header, binary)
+        }
+        None => (body, Bytes::new()),
+    };
+    let request: JsonRequest =
+        serde_json::from_slice(&header).map_err(|e| bad(format!("invalid inference request JSON: {e}")))?;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype: DataType =
+            input.datatype.parse().map_err(|e| bad(format!("input '{}': {e}", input.name)))?;
+        let shape = shape_from_client(&input.name, &input.shape)?;
+        let tensor = match (input.parameters.get("binary_data_size"), input.data) {
+            (Some(size), None) => {
+                let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                    bad(format!("input '{}': binary_data_size must be a non-negative integer", input.name))
+                })?;
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "input '{}': binary_data_size is {size} but only {} bytes of binary data remain",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                tensor_from_raw(&input.name, datatype, shape, binary.split_to(size))?
+            }
+            (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, &data)?,
+            (Some(_), Some(_)) => {
+                return Err(bad(format!("input '{}': give either data or binary_data_size, not both", input.name)))
+            }
+            (None, None) => return Err(bad(format!("input '{}': no data and no binary_data_size", input.name))),
+        };
+        inputs.push(NamedTensor { name: input.name, tensor });
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "the body has {} bytes of binary data beyond what the inputs' binary_data_size declare",
+            binary.len()
+        )));
+    }
+    let encoding = OutputEncoding {
+        binary_default: flag(&request.parameters, "binary_data_output")?,
+        binary: request
+            .outputs
+            .iter()
+            .map(|o| Ok((o.name.clone(), flag(&o.parameters, "binary_data")?)))
+            .collect::<Result<_, ServerError>>()?,
+    };
+    let request = InferRequest {
+        id: request.id.unwrap_or_default(),
+        inputs,
+        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        parameters: request
+            .parameters
+            .into_iter()
+            .filter_map(|(k, v)| parameter(v).map(|p| (k, p)))
+            .collect(),
+    };
+    Ok((request, encoding))
+}
+
+fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ServerError> {
+    match parameters.get(key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(bad(format!("parameter '{key}' must be true or false, not {other}"))),
+    }
+}
+
+fn parameter(value: Value) -> Option<Parameter> {
+    match value {
+        Value::Bool(b) => Some(Parameter::Bool(b)),
+        Value::String(s) => Some(Parameter::String(s)),
+        Value::Number(n) => n.as_i64().map(Parameter::Int).or_else(|| n.as_f64().map(Parameter::Double)),
+        _ => None,
+    }
+}
+
+/// Flattens nested JSON arrays in row-major order.
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        scalar => out.push(scalar),
+    }
+}
+
+macro_rules! integers {
+    ($name:expr, $values:expr, $t:ty, $get:ident) => {{
+        let mut bytes = Vec::with_capacity($values.len() * std::mem::size_of::<$t>());
+        for (i, v) in $values.iter().enumerate() {
+            let n = v.$get().and_then(|n| <$t>::try_from(n).ok()).ok_or_else(|| {
+                bad(format!("input '{}': element {i} ({v}) is not a {} integer", $name, stringify!($t)))
+            })?;
+            bytes.extend_from_slice(&n.to_le_bytes());
+        }
+        bytes
+    }};
+}
+
+macro_rules! floats {
+    ($name:expr, $values:expr, $convert:expr) => {{
+        let mut bytes = Vec::new();
+        for (i, v) in $values.iter().enumerate() {
+            let n = v
+                .as_f64()
+                .ok_or_else(|| bad(format!("input '{}': element {i} ({v}) is not a number", $name)))?;
+            bytes.extend_from_slice(&$convert(n).to_le_bytes());
+        }
+        bytes
+    }};
+}
+
+fn tensor_from_json(name: &str, datatype: DataType, shape: Vec<usize>, data: &Value) -> Result<Tensor, ServerError> {
+    let mut values = Vec::new();
+    flatten(data, &mut values);
+    let raw: Vec<u8> = match datatype {
+        DataType::Bool => values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::Bool(b) => Ok(u8::from(*b)),
+                other => Err(bad(format!("input '{name}': element {i} ({other}) is not true or false"))),
+            })
+            .collect::<Result<_, _>>()?,
+        DataType::Uint8 => integers!(name, values, u8, as_u64),
+        DataType::Uint16 => integers!(name, values, u16, as_u64),
+        DataType::Uint32 => integers!(name, values, u32, as_u64),
+        DataType::Uint64 => integers!(name, values, u64, as_u64),
+        DataType::Int8 => integers!(name, values, i8, as_i64),
+        DataType::Int16 => integers!(name, values, i16, as_i64),
+        DataType::Int32 => integers!(name, values, i32, as_i64),
+        DataType::Int64 => integers!(name, values, i64, as_i64),
+        DataType::Fp16 => floats!(name, values, f16::from_f64),
+        DataType::Fp32 => floats!(name, values, |n: f64| n as f32),
+        DataType::Fp64 => floats!(name, values, |n: f64| n),
+        DataType::Bytes => {
+            let items = values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Value::String(s) => Ok(Bytes::from(s.clone())),
+                    other => Err(bad(format!("input '{name}': element {i} ({other}) is not a string"))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return Tensor::new(datatype, shape, TensorData::Strings(items))
+                .map_err(|e| bad(format!("input '{name}': {e}")));
+        }
+    };
+    Tensor::new(datatype, shape, TensorData::Raw(raw.into())).map_err(|e| bad(format!("input '{name}': {e}")))
+}
+
+macro_rules! json_values {
+    ($bytes:expr, $t:ty, $n:literal, $map:expr) => {
+        $bytes
+            .chunks_exact($n)
+            .map(|c| {
+                let mut a = [0u8; $n];
+                a.copy_from_slice(c);
+                $map(<$t>::from_le_bytes(a))
+            })
+            .collect::<Vec<Value>>()
+    };
+}
+
+fn tensor_to_json(tensor: &Tensor) -> Value {
+    let raw = match tensor.data() {
+        TensorData::Strings(items) => {
+            return Value::Array(items.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect())
+        }
+        TensorData::Raw(raw) => raw,
+    };
+    let values = match tensor.datatype() {
+        DataType::Bool => raw.iter().map(|b| Value::Bool(*b != 0)).collect(),
+        DataType::Uint8 => raw.iter().map(|b| json!(b)).collect(),
+        DataType::Int8 => raw.iter().map(|b| json!(*b as i8)).collect(),
+        DataType::Uint16 => json_values!(raw, u16, 2, |v| json!(v)),
+        DataType::Uint32 => json_values!(raw, u32, 4, |v| json!(v)),
+        DataType::Uint64 => json_values!(raw, u64, 8, |v| json!(v)),
+        DataType::Int16 => json_values!(raw, i16, 2, |v| json!(v)),
+        DataType::Int32 => json_values!(raw, i32, 4, |v| json!(v)),
+        DataType::Int64 => json_values!(raw, i64, 8, |v| json!(v)),
+        DataType::Fp16 => json_values!(raw, u16, 2, |v| json!(f16::from_bits(v).to_f32())),
+        DataType::Fp32 => json_values!(raw, f32, 4, |v| json!(v)),
+        DataType::Fp64 => json_values!(raw, f64, 8, |v| json!(v)),
+        DataType::Bytes => Vec::new(),
+    };
+    Value::Array(values)
+}
+
+/// Encodes a response. Returns the body and, when outputs are binary, the JSON header length.
+pub fn encode_response(response: &InferResponse, encoding: &OutputEncoding) -> (Bytes, Option<usize>) {
+    let mut binary = BytesMut::new();
+    let outputs: Vec<Value> = response
+        .outputs
+        .iter()
+        .map(|output| {
+            let mut object = json!({
+                "name": output.name,
+                "datatype": output.tensor.datatype().as_str(),
+                "shape": output.tensor.shape(),
+            });
+            if encoding.is_binary(&output.name) {
+                let raw = tensor_to_raw(&output.tensor);
+                object["parameters"] = json!({ "binary_data_size": raw.len() });
+                binary.extend_from_slice(&raw);
+            } else {
+                object["data"] = tensor_to_json(&output.tensor);
+            }
+            object
+        })
+        .collect();
+    let mut header = json!({
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+    });
+    if !response.id.is_empty() {
+        header["id"] = json!(response.id);
+    }
+    let header = header.to_string().into_bytes();
+    if binary.is_empty() {
+        return (header.into(), None);
+    }
+    let length = header.len();
+    let mut body = BytesMut::from(header.as_slice());
+    body.extend_from_slice(&binary);
+    (body.freeze(), Some(length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(body: &str) -> Result<InferRequest, String> {
+        decode_request(Bytes::from(body.to_string()), None).map(|(r, _)| r).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn decodes_nested_json_data() {
+        let request = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#)
+            .expect("valid");
+        assert_eq!(request.inputs[0].tensor.to_f32(), Some(vec![1.0, 2.0, 3.5, 4.0]));
+    }
+
+    #[test]
+    fn binary_and_json_decode_alike() {
+        let values = [1.5f32, -2.0];
+        let header = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        let (binary, _) = decode_request(body.into(), Some(header.len())).expect("valid");
+        let json = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1.5,-2.0]}]}"#).expect("valid");
+        assert_eq!(binary.inputs, json.inputs);
+    }
+
+    #[test]
+    fn refuses_bad_bodies_with_the_field_named() {
+        let cases = [
+            (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,"a"]}]}"#, "input 'x': element 1 (\"a\") is not a number"),
+            (r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, "input 'x': shape [3] holds 3 elements"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, "input 'x': unknown datatype 'FLOAT'"),
+            (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative dimension"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#, "element 0 (300) is not a i8 integer"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "no data and no binary_data_size"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, "binary_data_size is 4 but only 0 bytes"),
+            (r#"{"inputs": ["#, "invalid inference request JSON"),
+        ];
+        for (body, expected) in cases {
+            let err = decode(body).expect_err(body);
+            assert!(err.contains(expected), "'{err}' should contain '{expected}'");
+        }
+    }
+
+    #[test]
+    fn refuses_header_length_past_body_and_trailing_bytes() {
+        let err = decode_request(Bytes::from_static(b"{}"), Some(10)).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("Inference-Header-Content-Length is 10")));
+        let header = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let mut body = header.as_bytes().to_vec();
+        body.extend([0u8; 6]);
+        let err = decode_request(body.into(), Some(header.len())).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("2 bytes of binary data beyond")));
+    }
+
+    #[test]
+    fn encodes_json_without_parameters_and_binary_with_size() {
+        let tensor = Tensor::from_f32(vec![2], &[1.0, 2.0]).expect("valid");
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: String::new(),
+            outputs: vec![NamedTensor { name: "y".into(), tensor }],
+        };
+        let (body, length) = encode_response(&response, &OutputEncoding::default());
+        assert_eq!(length, None);
+        let value: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(value["outputs"][0]["data"], json!([1.0, 2.0]));
+        assert!(value["outputs"][0].get("parameters").is_none());
+        let encoding = OutputEncoding { binary_default: true, binary: vec![] };
+        let (body, length) = encode_response(&response, &encoding);
+        let length = length.expect("binary");
+        let header: Value = serde_json::from_slice(&body[..length]).expect("json");
+        assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], json!(8));
+        assert_eq!(&body[length..], &[0, 0, 128, 63, 0, 0, 0, 64]);
+    }
+}

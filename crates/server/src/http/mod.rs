@@ -1,0 +1,170 @@
+//! The KServe v2 HTTP front end (axum).
+
+mod json;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::error::RETRY_AFTER;
+use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
+use crate::triton_config::{config_json, metadata_json};
+use crate::ServerError;
+
+/// The header that gives the JSON part's length in a binary-extension body.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+type Shared = State<Arc<ServerState>>;
+
+/// The HTTP application. Tests call it with `oneshot`; `serve` binds it to a socket.
+pub fn app(state: Arc<ServerState>) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load_model))
+        .route("/v2/repository/models/{model}/unload", post(unload_model))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+impl IntoResponse for ServerError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(json!({ "error": self.client_message() }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        }
+        response
+    }
+}
+
+/// Path parameters: the model and, on versioned routes, the version.
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+async fn not_found() -> Response {
+    let body = Json(json!({ "error": "no such endpoint; see the KServe v2 protocol (/v2/...)" }));
+    (StatusCode::NOT_FOUND, body).into_response()
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({ "name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS }))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(state): Shared) -> StatusCode {
+    if state.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn model_metadata(State(state): Shared, Path(path): Path<ModelPath>) -> Result<Json<Value>, ServerError> {
+    let model = state.repository.get(&path.model, path.version.as_deref())?;
+    let versions = state.repository.versions(&path.model);
+    Ok(Json(metadata_json(&model, &versions)))
+}
+
+async fn model_ready(State(state): Shared, Path(path): Path<ModelPath>) -> Result<StatusCode, ServerError> {
+    match state.repository.get(&path.model, path.version.as_deref()) {
+        Ok(_) => Ok(StatusCode::OK),
+        Err(ServerError::ModelNotReady { .. }) => Ok(StatusCode::SERVICE_UNAVAILABLE),
+        Err(e) => Err(e),
+    }
+}
+
+async fn model_config(State(state): Shared, Path(path): Path<ModelPath>) -> Result<Json<Value>, ServerError> {
+    let model = state.repository.get(&path.model, path.version.as_deref())?;
+    Ok(Json(config_json(&model.config)))
+}
+
+async fn infer(
+    State(state): Shared,
+    Path(path): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ServerError> {
+    let model = state.repository.get(&path.model, path.version.as_deref())?;
+    let limit = state.max_request_bytes;
+    if let Some(size) = content_length(&headers).filter(|&size| size > limit) {
+        return Err(ServerError::TooLarge { size, limit });
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ServerError::TooLarge { size: limit + 1, limit })?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+            ServerError::BadRequest("Inference-Header-Content-Length must be a non-negative integer".to_string())
+        })?),
+    };
+    let (request, encoding) = json::decode_request(body, header_length)?;
+    let response = model.infer(request).await?;
+    let (body, header_length) = json::encode_response(&response, &encoding);
+    let mut reply = Response::new(Body::from(body));
+    let headers = reply.headers_mut();
+    match header_length {
+        Some(length) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(reply)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn repository_index(State(state): Shared) -> Json<Value> {
+    let rows: Vec<Value> = state
+        .repository
+        .index()
+        .into_iter()
+        .map(|row| {
+            let mut value = json!({ "name": row.name, "state": row.state.as_str() });
+            if !row.version.is_empty() {
+                value["version"] = json!(row.version);
+            }
+            if !row.reason.is_empty() {
+                value["reason"] = json!(row.reason);
+            }
+            value
+        })
+        .collect();
+    Json(Value::Array(rows))
+}
+
+async fn load_model(State(state): Shared, Path(model): Path<String>) -> Result<StatusCode, ServerError> {
+    state.repository.load(&model).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn unload_model(State(state): Shared, Path(model): Path<String>) -> Result<StatusCode, ServerError> {
+    state.repository.unload(&model).await?;
+    Ok(StatusCode::OK)
+}

@@ -1,0 +1,18 @@
+//! rtserve server: KServe v2 over HTTP (axum) and gRPC (tonic) on a Triton-style model
+//! repository. Engines are reached only through `rtserve_core::Engine`.
+
+mod codec;
+mod engines;
+mod error;
+pub mod grpc;
+pub mod http;
+mod model;
+pub mod repository;
+mod serve;
+mod state;
+mod triton_config;
+
+pub use engines::EngineChoice;
+pub use error::ServerError;
+pub use serve::{serve, ServerConfig, StartError};
+pub use state::ServerState;

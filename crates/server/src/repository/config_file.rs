@@ -1,0 +1,291 @@
+//! Model configuration files: Triton's `config.pbtxt` and rtserve's `config.toml`, both read
+//! into one serde schema (Triton's field names), then validated into a [`ModelConfig`].
+//! Unknown fields are logged as warnings, not refused.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rtserve_core::{
+    DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
+    TimeoutAction, VersionPolicy,
+};
+use serde::Deserialize;
+
+use super::pbtxt;
+
+/// The file name the model is loaded from when a config does not say.
+pub const DEFAULT_MODEL_FILENAME: &str = "model.onnx";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    name: Option<String>,
+    platform: Option<String>,
+    backend: Option<String>,
+    max_batch_size: Option<u32>,
+    input: Vec<RawTensor>,
+    output: Vec<RawTensor>,
+    instance_group: Vec<RawInstanceGroup>,
+    dynamic_batching: Option<RawDynamicBatching>,
+    response_cache: Option<RawResponseCache>,
+    parameters: BTreeMap<String, RawScalar>,
+    version_policy: Option<RawVersionPolicy>,
+    default_model_filename: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTensor {
+    name: String,
+    data_type: String,
+    #[serde(default)]
+    dims: Vec<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawInstanceGroup {
+    name: Option<String>,
+    count: Option<u32>,
+    kind: Option<String>,
+    gpus: Vec<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawDynamicBatching {
+    preferred_batch_size: Vec<u32>,
+    max_queue_delay_microseconds: u64,
+    preserve_ordering: bool,
+    priority_levels: u32,
+    default_priority_level: u32,
+    default_queue_policy: Option<RawQueuePolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawQueuePolicy {
+    timeout_action: Option<String>,
+    default_timeout_microseconds: u64,
+    allow_timeout_override: bool,
+    max_queue_size: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawResponseCache {
+    enable: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawVersionPolicy {
+    latest: Option<RawLatest>,
+    all: Option<serde::de::IgnoredAny>,
+    specific: Option<RawSpecific>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLatest {
+    num_versions: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawSpecific {
+    versions: Vec<u64>,
+}
+
+/// A parameter value: config.pbtxt gives strings, config.toml may give numbers or booleans.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawScalar {
+    String(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl RawScalar {
+    fn into_string(self) -> String {
+        match self {
+            RawScalar::String(s) => s,
+            RawScalar::Int(i) => i.to_string(),
+            RawScalar::Float(f) => f.to_string(),
+            RawScalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// Fields that text format may give once but that are lists.
+const REPEATED: &[&str] =
+    &["input", "output", "instance_group", "dims", "preferred_batch_size", "versions", "gpus"];
+
+/// Makes the schema-less text-format tree fit the schema: singletons of repeated fields become
+/// lists, and Triton's `parameters { key value { string_value } }` entries become a map.
+fn normalize(value: &mut serde_json::Value) {
+    let serde_json::Value::Object(map) = value else { return };
+    for (key, field) in map.iter_mut() {
+        if REPEATED.contains(&key.as_str()) && !field.is_array() {
+            *field = serde_json::Value::Array(vec![field.take()]);
+        }
+        if key == "parameters" {
+            *field = parameter_map(field.take());
+        }
+        match field {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(normalize),
+            other => normalize(other),
+        }
+    }
+}
+
+fn parameter_map(value: serde_json::Value) -> serde_json::Value {
+    let entries = match value {
+        serde_json::Value::Array(items) => items,
+        single => vec![single],
+    };
+    let map = entries
+        .into_iter()
+        .filter_map(|entry| {
+            let key = entry.get("key")?.as_str()?.to_string();
+            let value = entry.get("value").and_then(|v| v.get("string_value")).cloned().unwrap_or_default();
+            Some((key, value))
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+/// Reads `config.pbtxt` text.
+pub fn parse_pbtxt(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
+    let mut tree = pbtxt::parse(text).map_err(|e| format!("config.pbtxt: {e}"))?;
+    normalize(&mut tree);
+    let raw: RawConfig = serde_ignored::deserialize(tree, |path| warn_unknown("config.pbtxt", dir_name, &path))
+        .map_err(|e| format!("config.pbtxt: {e}"))?;
+    raw.validate(dir_name).map_err(|e| format!("config.pbtxt: {e}"))
+}
+
+/// Reads `config.toml` text.
+pub fn parse_toml(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| format!("config.toml: {e}"))?;
+    let raw: RawConfig =
+        serde_ignored::deserialize(deserializer, |path| warn_unknown("config.toml", dir_name, &path))
+            .map_err(|e| format!("config.toml: {e}"))?;
+    raw.validate(dir_name).map_err(|e| format!("config.toml: {e}"))
+}
+
+/// Reads the model directory's config file, if it has one. Both files at once is an error.
+pub fn read_config(dir: &Path, dir_name: &str) -> Result<Option<ModelConfig>, String> {
+    let pbtxt_path = dir.join("config.pbtxt");
+    let toml_path = dir.join("config.toml");
+    match (pbtxt_path.is_file(), toml_path.is_file()) {
+        (true, true) => Err("both config.pbtxt and config.toml exist; keep one".to_string()),
+        (true, false) => {
+            let text = std::fs::read_to_string(&pbtxt_path).map_err(|e| format!("config.pbtxt: {e}"))?;
+            parse_pbtxt(&text, dir_name).map(Some)
+        }
+        (false, true) => {
+            let text = std::fs::read_to_string(&toml_path).map_err(|e| format!("config.toml: {e}"))?;
+            parse_toml(&text, dir_name).map(Some)
+        }
+        (false, false) => Ok(None),
+    }
+}
+
+fn warn_unknown(file: &str, model: &str, path: &serde_ignored::Path<'_>) {
+    tracing::warn!(model, "{file}: ignoring unknown field '{path}'");
+}
+
+impl RawConfig {
+    fn validate(self, dir_name: &str) -> Result<ModelConfig, String> {
+        let name = self.name.unwrap_or_else(|| dir_name.to_string());
+        if name != dir_name {
+            return Err(format!("name '{name}' does not match the model directory '{dir_name}'"));
+        }
+        let tensors = |raw: Vec<RawTensor>, what: &str| -> Result<Vec<TensorSpec>, String> {
+            raw.into_iter()
+                .map(|t| {
+                    let data_type: DataType =
+                        t.data_type.parse().map_err(|e| format!("{what} '{}': {e}", t.name))?;
+                    if let Some(bad) = t.dims.iter().find(|&&d| d < -1 || d == 0) {
+                        return Err(format!("{what} '{}': dimension {bad} is invalid (use -1 for any size)", t.name));
+                    }
+                    Ok(TensorSpec { name: t.name, data_type, dims: t.dims })
+                })
+                .collect()
+        };
+        let instance_group = self
+            .instance_group
+            .into_iter()
+            .map(|g| {
+                let kind = match g.kind.as_deref().unwrap_or("KIND_AUTO") {
+                    "KIND_AUTO" => InstanceKind::Auto,
+                    "KIND_CPU" => InstanceKind::Cpu,
+                    "KIND_GPU" => InstanceKind::Gpu,
+                    "KIND_MODEL" => InstanceKind::Model,
+                    other => return Err(format!("instance_group kind '{other}' is not KIND_AUTO, KIND_CPU, KIND_GPU or KIND_MODEL")),
+                };
+                if !g.gpus.is_empty() || g.name.is_some() {
+                    tracing::debug!(model = dir_name, "instance_group name/gpus are accepted but not used");
+                }
+                Ok(InstanceGroup { count: g.count.unwrap_or(1), kind })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let dynamic_batching = self.dynamic_batching.map(|d| d.validate()).transpose()?;
+        let version_policy = match self.version_policy {
+            None => VersionPolicy::default(),
+            Some(RawVersionPolicy { latest: Some(l), all: None, specific: None }) => {
+                VersionPolicy::Latest(l.num_versions.max(1))
+            }
+            Some(RawVersionPolicy { latest: None, all: Some(_), specific: None }) => VersionPolicy::All,
+            Some(RawVersionPolicy { latest: None, all: None, specific: Some(s) }) => {
+                VersionPolicy::Specific(s.versions)
+            }
+            Some(_) => return Err("version_policy must hold exactly one of latest, all, specific".to_string()),
+        };
+        Ok(ModelConfig {
+            name,
+            platform: self.platform.unwrap_or_else(|| "onnxruntime_onnx".to_string()),
+            backend: self.backend,
+            max_batch_size: self.max_batch_size.unwrap_or(0),
+            inputs: tensors(self.input, "input")?,
+            outputs: tensors(self.output, "output")?,
+            instance_group,
+            dynamic_batching,
+            response_cache: self.response_cache.is_some_and(|c| c.enable),
+            parameters: self.parameters.into_iter().map(|(k, v)| (k, v.into_string())).collect(),
+            version_policy,
+            default_model_filename: self
+                .default_model_filename
+                .unwrap_or_else(|| DEFAULT_MODEL_FILENAME.to_string()),
+        })
+    }
+}
+
+impl RawDynamicBatching {
+    fn validate(self) -> Result<DynamicBatching, String> {
+        let default_queue_policy = self
+            .default_queue_policy
+            .map(|q| {
+                let timeout_action = match q.timeout_action.as_deref().unwrap_or("REJECT") {
+                    "REJECT" => TimeoutAction::Reject,
+                    "DELAY" => TimeoutAction::Delay,
+                    other => return Err(format!("timeout_action '{other}' is not REJECT or DELAY")),
+                };
+                Ok(QueuePolicy {
+                    timeout_action,
+                    default_timeout_microseconds: q.default_timeout_microseconds,
+                    allow_timeout_override: q.allow_timeout_override,
+                    max_queue_size: q.max_queue_size,
+                })
+            })
+            .transpose()?;
+        Ok(DynamicBatching {
+            preferred_batch_size: self.preferred_batch_size,
+            max_queue_delay_microseconds: self.max_queue_delay_microseconds,
+            preserve_ordering: self.preserve_ordering,
+            priority_levels: self.priority_levels,
+            default_priority_level: self.default_priority_level,
+            default_queue_policy,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! Loading one model directory: config, versions, engine, instances.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rtserve_core::{Engine, InstancePool, LoadOptions, ModelConfig, ModelSignature, PoolOptions, TensorSpec};
+
+use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
+use crate::engines::Engines;
+use crate::model::LoadedModel;
+
+/// The batch limit given to a model whose config is inferred from a graph with a dynamic
+/// first dimension.
+pub const INFERRED_MAX_BATCH_SIZE: u32 = 64;
+
+/// Loads every selected version of the model in `dir`. Blocking: run it off the async workers.
+pub fn load_model(
+    dir: &Path,
+    name: &str,
+    engines: &Engines,
+    pool_options: &PoolOptions,
+) -> Result<BTreeMap<u64, Arc<LoadedModel>>, String> {
+    let declared = read_config(dir, name)?;
+    let base = declared.clone().unwrap_or_else(|| ModelConfig {
+        name: name.to_string(),
+        platform: "onnxruntime_onnx".to_string(),
+        default_model_filename: DEFAULT_MODEL_FILENAME.to_string(),
+        ..ModelConfig::default()
+    });
+    let available = version_dirs(dir, &base.default_model_filename)?;
+    let selected = base.version_policy.select(&available.keys().copied().collect::<Vec<_>>());
+    if selected.is_empty() {
+        return Err(format!("version_policy {:?} selects none of the versions {:?}", base.version_policy, available.keys()));
+    }
+    let engine = engines.for_model(&base);
+    let mut loaded = BTreeMap::new();
+    for version in selected {
+        let path = &available[&version];
+        let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), pool_options)
+            .map_err(|e| format!("version {version}: {e}"))?;
+        loaded.insert(version, Arc::new(model));
+    }
+    Ok(loaded)
+}
+
+fn load_version(
+    path: &Path,
+    version: u64,
+    declared: Option<ModelConfig>,
+    base: &ModelConfig,
+    engine: &dyn Engine,
+    pool_options: &PoolOptions,
+) -> Result<LoadedModel, String> {
+    let signature = engine.signature(path).map_err(|e| e.to_string())?;
+    let config = match declared {
+        Some(config) => check_against_signature(config, &signature)?,
+        None => infer_config(base.clone(), &signature),
+    };
+    let count = config.instance_count();
+    let options = LoadOptions { intra_op_threads: intra_op_threads(&config, count)? };
+    let instances = (0..count)
+        .map(|_| engine.load(path, &options).map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let pool = InstancePool::start(&format!("{}:{version}", config.name), instances, pool_options);
+    tracing::info!(
+        model = %config.name, version, engine = engine.name(), instances = count,
+        threads = options.intra_op_threads, "loaded {}", path.display()
+    );
+    Ok(LoadedModel::new(config, version, engine.name(), pool))
+}
+
+/// Numeric subdirectories holding the model file.
+fn version_dirs(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    let versions: BTreeMap<u64, PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u64>().ok()?;
+            let file = entry.path().join(file_name);
+            file.is_file().then_some((version, file))
+        })
+        .collect();
+    if versions.is_empty() {
+        return Err(format!("no version directory (like 1/) holding {file_name}"));
+    }
+    Ok(versions)
+}
+
+/// Threads per instance: the `intra_op_threads` parameter, else the cores split across instances.
+fn intra_op_threads(config: &ModelConfig, instances: usize) -> Result<usize, String> {
+    match config.parameters.get("intra_op_threads") {
+        Some(value) => value
+            .parse::<usize>()
+            .map_err(|_| format!("parameter intra_op_threads '{value}' is not a whole number")),
+        None => {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            Ok((cores / instances).max(1))
+        }
+    }
+}
+
+/// A config made from the graph alone. A dynamic first dimension on every tensor is taken as
+/// the batch dimension.
+fn infer_config(mut config: ModelConfig, signature: &ModelSignature) -> ModelConfig {
+    let batched = signature.inputs.iter().chain(&signature.outputs).all(|s| s.dims.first() == Some(&-1));
+    config.max_batch_size = if batched { INFERRED_MAX_BATCH_SIZE } else { 0 };
+    let strip = |specs: &[TensorSpec]| -> Vec<TensorSpec> {
+        specs
+            .iter()
+            .map(|s| TensorSpec {
+                dims: if batched { s.dims[1..].to_vec() } else { s.dims.clone() },
+                ..s.clone()
+            })
+            .collect()
+    };
+    config.inputs = strip(&signature.inputs);
+    config.outputs = strip(&signature.outputs);
+    config
+}
+
+/// Fills what a config leaves out from the graph, and checks what it declares against it.
+fn check_against_signature(mut config: ModelConfig, signature: &ModelSignature) -> Result<ModelConfig, String> {
+    let inferred = infer_config(config.clone(), signature);
+    if config.inputs.is_empty() {
+        config.inputs = strip_to(&config, &signature.inputs)?;
+    }
+    if config.outputs.is_empty() {
+        config.outputs = strip_to(&config, &signature.outputs)?;
+    }
+    if config.max_batch_size > 0 && inferred.max_batch_size == 0 {
+        return Err(format!(
+            "max_batch_size is {} but the model's tensors have no dynamic first (batch) dimension",
+            config.max_batch_size
+        ));
+    }
+    for spec in &config.inputs {
+        check_tensor(&config, spec, &signature.inputs, "input")?;
+    }
+    if let Some(missing) = signature.inputs.iter().find(|s| config.input(&s.name).is_none()) {
+        return Err(format!("the model has input '{}' that the config does not declare", missing.name));
+    }
+    for spec in &config.outputs {
+        check_tensor(&config, spec, &signature.outputs, "output")?;
+    }
+    Ok(config)
+}
+
+/// The graph's tensors with the batch dimension removed when the config batches.
+fn strip_to(config: &ModelConfig, specs: &[TensorSpec]) -> Result<Vec<TensorSpec>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            if config.max_batch_size == 0 {
+                return Ok(s.clone());
+            }
+            match s.dims.split_first() {
+                Some((-1, rest)) => Ok(TensorSpec { dims: rest.to_vec(), ..s.clone() }),
+                _ => Err(format!("tensor '{}' has no dynamic batch dimension: {:?}", s.name, s.dims)),
+            }
+        })
+        .collect()
+}
+
+fn check_tensor(config: &ModelConfig, spec: &TensorSpec, graph: &[TensorSpec], what: &str) -> Result<(), String> {
+    let Some(actual) = graph.iter().find(|g| g.name == spec.name) else {
+        let names: Vec<&str> = graph.iter().map(|g| g.name.as_str()).collect();
+        return Err(format!("config {what} '{}' is not in the model (it has {names:?})", spec.name));
+    };
+    if actual.data_type != spec.data_type {
+        return Err(format!(
+            "config {what} '{}' is {} but the model has {}",
+            spec.name, spec.data_type, actual.data_type
+        ));
+    }
+    let declared = config.full_dims(spec);
+    let compatible = declared.len() == actual.dims.len()
+        && declared.iter().zip(&actual.dims).all(|(&d, &a)| d == -1 || a == -1 || d == a);
+    if !compatible {
+        return Err(format!(
+            "config {what} '{}' has shape {declared:?} (batch included) but the model has {:?}",
+            spec.name, actual.dims
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! The model repository: Triton's layout `<repo>/<model>/<version>/model.onnx`, with explicit
+//! load and unload. A model that fails to load is reported and the others keep serving; a
+//! reload that fails leaves the previous versions serving.
+
+mod config_file;
+mod load;
+mod pbtxt;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use rtserve_core::PoolOptions;
+
+use crate::engines::Engines;
+use crate::model::LoadedModel;
+use crate::ServerError;
+
+pub use load::INFERRED_MAX_BATCH_SIZE;
+
+/// A model's state as the repository index reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelState {
+    Ready,
+    Loading,
+    Unavailable,
+}
+
+impl ModelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Ready => "READY",
+            ModelState::Loading => "LOADING",
+            ModelState::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+struct ModelEntry {
+    state: ModelState,
+    reason: String,
+    versions: BTreeMap<u64, Arc<LoadedModel>>,
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone)]
+pub struct IndexEntry {
+    pub name: String,
+    /// Empty for a model with no loaded version.
+    pub version: String,
+    pub state: ModelState,
+    pub reason: String,
+}
+
+/// All models of the configured repository folders.
+pub struct ModelRepository {
+    roots: Vec<PathBuf>,
+    engines: Engines,
+    pool_options: PoolOptions,
+    models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// Serializes loads and unloads.
+    load_lock: tokio::sync::Mutex<()>,
+}
+
+impl ModelRepository {
+    pub fn new(roots: Vec<PathBuf>, engines: Engines, pool_options: PoolOptions) -> Self {
+        ModelRepository {
+            roots,
+            engines,
+            pool_options,
+            models: RwLock::new(BTreeMap::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Model folders on disk by name. A name found in two repositories is an error for it.
+    fn discover(&self) -> BTreeMap<String, Result<PathBuf, String>> {
+        let mut found: BTreeMap<String, Result<PathBuf, String>> = BTreeMap::new();
+        for root in &self.roots {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                tracing::error!("cannot read model repository {}", root.display());
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+                if name.starts_with('.') || !path.is_dir() {
+                    continue;
+                }
+                let result = match found.remove(&name) {
+                    Some(Ok(first)) => Err(format!(
+                        "model '{name}' is in two repositories: {} and {}",
+                        first.display(),
+                        path.display()
+                    )),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(path),
+                };
+                found.insert(name, result);
+            }
+        }
+        found
+    }
+
+    /// Loads every model on disk; failures are logged and reported as UNAVAILABLE.
+    pub async fn load_all(self: &Arc<Self>) {
+        for name in self.discover().into_keys() {
+            if let Err(e) = self.load(&name).await {
+                tracing::error!(model = %name, "{e}");
+            }
+        }
+    }
+
+    /// Loads (or reloads) a model from disk.
+    pub async fn load(self: &Arc<Self>, name: &str) -> Result<(), ServerError> {
+        let _guard = self.load_lock.lock().await;
+        let dir = match self.discover().remove(name) {
+            None => return Err(ServerError::ModelNotFound(name.to_string())),
+            Some(Err(reason)) => return Err(self.record_failure(name, reason)),
+            Some(Ok(dir)) => dir,
+        };
+        self.set_state(name, ModelState::Loading, "");
+        let this = self.clone();
+        let model = name.to_string();
+        let result = tokio::task::spawn_blocking(move || load::load_model(&dir, &model, &this.engines, &this.pool_options))
+            .await
+            .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+        match result {
+            Ok(versions) => {
+                let entry = ModelEntry { state: ModelState::Ready, reason: String::new(), versions };
+                self.write().insert(name.to_string(), entry);
+                Ok(())
+            }
+            Err(reason) => Err(self.record_failure(name, reason)),
+        }
+    }
+
+    /// Marks a failed load; versions already serving stay.
+    fn record_failure(&self, name: &str, reason: String) -> ServerError {
+        let mut models = self.write();
+        let entry = models.entry(name.to_string()).or_insert_with(|| ModelEntry {
+            state: ModelState::Unavailable,
+            reason: String::new(),
+            versions: BTreeMap::new(),
+        });
+        entry.state = if entry.versions.is_empty() { ModelState::Unavailable } else { ModelState::Ready };
+        entry.reason = format!("load failed: {reason}");
+        tracing::error!(model = name, "{}", entry.reason);
+        ServerError::BadRequest(format!("failed to load model '{name}': {reason}"))
+    }
+
+    /// Stops serving a model. Requests already queued finish.
+    pub async fn unload(&self, name: &str) -> Result<(), ServerError> {
+        let _guard = self.load_lock.lock().await;
+        let mut models = self.write();
+        let entry = models.get_mut(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
+        entry.versions.clear();
+        entry.state = ModelState::Unavailable;
+        entry.reason = "unloaded".to_string();
+        tracing::info!(model = name, "unloaded");
+        Ok(())
+    }
+
+    /// The model version to serve; `None` or an empty version means the highest loaded one.
+    pub fn get(&self, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, ServerError> {
+        let models = self.read();
+        let entry = models.get(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
+        if entry.versions.is_empty() {
+            let reason = if entry.reason.is_empty() { entry.state.as_str().to_string() } else { entry.reason.clone() };
+            return Err(ServerError::ModelNotReady { model: name.to_string(), reason });
+        }
+        let not_found = || ServerError::VersionNotFound {
+            model: name.to_string(),
+            version: version.unwrap_or_default().to_string(),
+        };
+        match version.filter(|v| !v.is_empty()) {
+            None => entry.versions.values().next_back().cloned().ok_or_else(not_found),
+            Some(v) => {
+                let number: u64 = v.parse().map_err(|_| not_found())?;
+                entry.versions.get(&number).cloned().ok_or_else(not_found)
+            }
+        }
+    }
+
+    /// The loaded versions of a model, highest first.
+    pub fn versions(&self, name: &str) -> Vec<String> {
+        self.read()
+            .get(name)
+            .map(|entry| entry.versions.keys().rev().map(u64::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    /// Every model on disk or known to the server, one row per loaded version.
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let models = self.read();
+        let mut rows = Vec::new();
+        let on_disk = self.discover();
+        let names: std::collections::BTreeSet<&String> = models.keys().chain(on_disk.keys()).collect();
+        for name in names {
+            match models.get(name) {
+                Some(entry) if !entry.versions.is_empty() => {
+                    rows.extend(entry.versions.keys().map(|v| IndexEntry {
+                        name: name.clone(),
+                        version: v.to_string(),
+                        state: entry.state,
+                        reason: entry.reason.clone(),
+                    }));
+                }
+                Some(entry) => rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: entry.state,
+                    reason: entry.reason.clone(),
+                }),
+                None => rows.push(IndexEntry {
+                    name: name.clone(),
+                    version: String::new(),
+                    state: ModelState::Unavailable,
+                    reason: "not loaded".to_string(),
+                }),
+            }
+        }
+        rows
+    }
+
+    fn set_state(&self, name: &str, state: ModelState, reason: &str) {
+        let mut models = self.write();
+        let entry = models.entry(name.to_string()).or_insert_with(|| ModelEntry {
+            state,
+            reason: String::new(),
+            versions: BTreeMap::new(),
+        });
+        if entry.versions.is_empty() {
+            entry.state = state;
+        }
+        entry.reason = reason.to_string();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

@@ -1,0 +1,111 @@
+//! Start-up, the two listeners, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtserve_core::PoolOptions;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::engines::{EngineChoice, Engines};
+use crate::repository::ModelRepository;
+use crate::state::ServerState;
+
+/// The validated server configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub model_repositories: Vec<PathBuf>,
+    pub host: String,
+    /// 0 picks a free port.
+    pub http_port: u16,
+    pub grpc_port: u16,
+    pub engine: EngineChoice,
+    pub ort_library: Option<PathBuf>,
+    pub max_request_bytes: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_timeout: Duration,
+    /// Requests that may wait for a free instance, per model version.
+    pub queue_capacity: usize,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("model repository {0} is not a directory")]
+    Repository(PathBuf),
+    #[error("{0}")]
+    Engine(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(String),
+}
+
+async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), StartError> {
+    let addr = format!("{host}:{port}");
+    let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
+}
+
+/// Runs the server until `shutdown` completes, then stops accepting, lets requests in flight
+/// finish (bounded by `shutdown_timeout`) and returns.
+pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    if let Some(missing) = config.model_repositories.iter().find(|p| !p.is_dir()) {
+        return Err(StartError::Repository(missing.clone()));
+    }
+    let engines = Engines::new(config.engine, config.ort_library.clone()).map_err(StartError::Engine)?;
+    let pool_options = PoolOptions { queue_capacity: config.queue_capacity };
+    let repository = Arc::new(ModelRepository::new(config.model_repositories.clone(), engines, pool_options));
+    let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes));
+
+    let (http_listener, http_addr) = bind(&config.host, config.http_port).await?;
+    let (grpc_listener, grpc_addr) = bind(&config.host, config.grpc_port).await?;
+    tracing::info!("HTTP listening on {http_addr}");
+    tracing::info!("gRPC listening on {grpc_addr}");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let http = axum::serve(http_listener, crate::http::app(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(crate::grpc::service(state.clone()))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            stopped(stop_rx.clone()),
+        );
+    let http = tokio::spawn(async move { http.await.map_err(|e| e.to_string()) });
+    let grpc = tokio::spawn(async move { grpc.await.map_err(|e| e.to_string()) });
+
+    repository.load_all().await;
+    state.set_ready();
+    tracing::info!("ready");
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing requests in flight (at most {:?})", config.shutdown_timeout);
+    state.begin_shutdown();
+    let _ = stop_tx.send(true);
+    let finished = async {
+        let (http, grpc) = tokio::join!(http, grpc);
+        for result in [http, grpc] {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(StartError::Serve(e)),
+                Err(e) => return Err(StartError::Serve(e.to_string())),
+            }
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(config.shutdown_timeout, finished).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!("shutdown timeout reached; dropping requests still in flight");
+            Ok(())
+        }
+    }
+}
