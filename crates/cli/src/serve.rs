@@ -10,7 +10,12 @@ use rtserve_server::{EngineChoice, ServerConfig};
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// A model repository folder (<repo>/<model>/<version>/model.onnx). Repeat for several.
-    #[arg(long = "model-repository", env = "RTSERVE_MODEL_REPOSITORY", required = true, value_delimiter = ',')]
+    #[arg(
+        long = "model-repository",
+        env = "RTSERVE_MODEL_REPOSITORY",
+        required = true,
+        value_delimiter = ','
+    )]
     model_repositories: Vec<PathBuf>,
 
     /// Address to listen on.
@@ -70,7 +75,8 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(rtserve_server::serve(config, shutdown_signal()))?;
     tracing::info!("stopped");
     Ok(())

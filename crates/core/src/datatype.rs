@@ -99,10 +99,7 @@ impl FromStr for DataType {
         if bare == "STRING" {
             return Ok(DataType::Bytes);
         }
-        DataType::ALL
-            .into_iter()
-            .find(|d| d.as_str() == bare)
-            .ok_or_else(|| UnknownDataType(s.to_string()))
+        DataType::ALL.into_iter().find(|d| d.as_str() == bare).ok_or_else(|| UnknownDataType(s.to_string()))
     }
 }
 

@@ -1,5 +1,8 @@
 //! The error of the inference path, as the front ends map it to HTTP and gRPC statuses.
 
+use std::time::Duration;
+
+use crate::scheduler::RejectReason;
 use crate::EngineError;
 
 /// Why an inference did not produce a response.
@@ -11,10 +14,30 @@ pub enum InferError {
     /// No capacity now (429 / RESOURCE_EXHAUSTED).
     #[error("model '{0}' is overloaded: its queue is full")]
     Overloaded(String),
+    /// Refused at once by the scheduler: full queue, or a predicted deadline miss
+    /// (429 with `Retry-After` / RESOURCE_EXHAUSTED).
+    #[error("model '{model}' cannot take the request now: {reason}")]
+    Rejected { model: String, reason: RejectReason, retry_after: Duration },
+    /// The request's deadline (timeout, SLO under REJECT, caller deadline) passed while it
+    /// waited; it was not run (429 / DEADLINE_EXCEEDED).
+    #[error("model '{model}': the request's deadline passed after {} ms in the queue", waited.as_millis())]
+    DeadlineExceeded { model: String, waited: Duration },
     /// The model is shutting down or not loaded (503 / UNAVAILABLE).
     #[error("model '{0}' is not available")]
     Unavailable(String),
     /// The engine failed (500 / INTERNAL); details are logged, not sent.
     #[error("engine failure: {0}")]
     Engine(#[from] EngineError),
+}
+
+impl InferError {
+    /// How long a refused client should wait before trying again, for the `Retry-After`
+    /// header; `None` for errors that are no overload.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            InferError::Rejected { retry_after, .. } => Some(*retry_after),
+            InferError::Overloaded(_) | InferError::DeadlineExceeded { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
 }

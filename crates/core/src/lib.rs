@@ -5,27 +5,40 @@
 //! - [`ModelConfig`]: a model's validated configuration, from any config format.
 //! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait.
 //! - [`InstancePool`]: N OS threads, each owning one model instance.
+//! - [`Scheduler`]: admission control, priority queue and SLO-aware dynamic batching in front
+//!   of a model's instances; its policy is the pure [`BatchPlanner`] (see [`scheduler`]).
+//! - [`PredictionCache`]: the reply cache ([`cache_key`], local tier, single-flight, Redis tier).
 
 #[cfg(target_endian = "big")]
 compile_error!("rtserve keeps tensors in host order, which must be the little-endian wire order");
 
+mod cache;
 mod datatype;
 mod engine;
 mod error;
 mod model_config;
 mod pool;
 mod request;
+pub mod scheduler;
 mod tensor;
 mod validate;
 
+pub use cache::{
+    cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
+    LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
+};
 pub use datatype::DataType;
 pub use engine::{Engine, EngineError, LoadOptions, ModelInstance, ModelSignature};
 pub use error::InferError;
 pub use model_config::{
-    DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
-    TimeoutAction, VersionPolicy,
+    DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec, TimeoutAction,
+    VersionPolicy,
 };
 pub use pool::{InstancePool, PoolOptions};
 pub use request::{InferRequest, InferResponse, Parameter};
+pub use scheduler::{
+    BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection, Scheduler,
+    SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,
+};
 pub use tensor::{NamedTensor, Tensor, TensorData};
 pub use validate::validate_request;

@@ -44,19 +44,7 @@ impl InstancePool {
     /// Starts one thread per instance. `model` names the pool in logs and errors.
     pub fn start(model: &str, instances: Vec<Box<dyn ModelInstance>>, options: &PoolOptions) -> Self {
         let (sender, receiver) = flume::bounded::<Job>(options.queue_capacity.max(1));
-        let threads = instances
-            .into_iter()
-            .enumerate()
-            .filter_map(|(index, instance)| {
-                let receiver = receiver.clone();
-                let name = format!("{model}#{index}");
-                let spawned = std::thread::Builder::new().name(name.clone()).spawn({
-                    let name = name.clone();
-                    move || run_instance(&name, instance, receiver)
-                });
-                spawned.map_err(|e| tracing::error!(instance = %name, "cannot start instance thread: {e}")).ok()
-            })
-            .collect();
+        let threads = spawn_instance_threads(model, instances, &receiver, run_job);
         InstancePool { model: model.to_string(), sender, threads }
     }
 
@@ -71,7 +59,11 @@ impl InstancePool {
     }
 
     /// Runs one inference on the next free instance.
-    pub async fn infer(&self, inputs: Vec<NamedTensor>, outputs: Vec<String>) -> Result<Vec<NamedTensor>, InferError> {
+    pub async fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        outputs: Vec<String>,
+    ) -> Result<Vec<NamedTensor>, InferError> {
         let (reply, receive) = oneshot::channel();
         self.sender.try_send(Job { inputs, outputs, reply }).map_err(|e| match e {
             flume::TrySendError::Full(_) => InferError::Overloaded(self.model.clone()),
@@ -84,20 +76,57 @@ impl InstancePool {
     }
 }
 
-fn run_instance(name: &str, mut instance: Box<dyn ModelInstance>, receiver: flume::Receiver<Job>) {
-    while let Ok(job) = receiver.recv() {
-        if job.reply.is_closed() {
-            tracing::debug!(instance = %name, "caller went away; job dropped");
-            continue;
-        }
-        let result = catch_unwind(AssertUnwindSafe(|| instance.infer(&job.inputs, &job.outputs)))
-            .unwrap_or_else(|_| Err(EngineError::new("the engine panicked")));
-        if let Err(e) = &result {
-            tracing::error!(instance = %name, "inference failed: {e}");
-        }
-        // The caller may have gone away meanwhile; nothing to do then.
-        let _ = job.reply.send(result);
+fn run_job(name: &str, instance: &mut dyn ModelInstance, job: Job) {
+    if job.reply.is_closed() {
+        tracing::debug!(instance = %name, "caller went away; job dropped");
+        return;
     }
+    let result = infer_caught(name, instance, &job.inputs, &job.outputs);
+    // The caller may have gone away meanwhile; nothing to do then.
+    let _ = job.reply.send(result);
+}
+
+/// Starts one named OS thread per instance; each takes jobs from `receiver` until every sender
+/// is gone and hands them to `handle` with the instance it owns. Threads that cannot start are
+/// logged and left out.
+pub(crate) fn spawn_instance_threads<J: Send + 'static>(
+    model: &str,
+    instances: Vec<Box<dyn ModelInstance>>,
+    receiver: &flume::Receiver<J>,
+    handle: fn(&str, &mut dyn ModelInstance, J),
+) -> Vec<JoinHandle<()>> {
+    instances
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, mut instance)| {
+            let receiver = receiver.clone();
+            let name = format!("{model}#{index}");
+            let spawned = std::thread::Builder::new().name(name.clone()).spawn({
+                let name = name.clone();
+                move || {
+                    while let Ok(job) = receiver.recv() {
+                        handle(&name, instance.as_mut(), job);
+                    }
+                }
+            });
+            spawned.map_err(|e| tracing::error!(instance = %name, "cannot start instance thread: {e}")).ok()
+        })
+        .collect()
+}
+
+/// Runs one inference, turning a panic in the engine into an error so the instance survives.
+pub(crate) fn infer_caught(
+    name: &str,
+    instance: &mut dyn ModelInstance,
+    inputs: &[NamedTensor],
+    outputs: &[String],
+) -> Result<Vec<NamedTensor>, EngineError> {
+    let result = catch_unwind(AssertUnwindSafe(|| instance.infer(inputs, outputs)))
+        .unwrap_or_else(|_| Err(EngineError::new("the engine panicked")));
+    if let Err(e) = &result {
+        tracing::error!(instance = %name, "inference failed: {e}");
+    }
+    result
 }
 
 #[cfg(test)]
@@ -121,7 +150,11 @@ mod tests {
     }
 
     impl ModelInstance for Doubler {
-        fn infer(&mut self, inputs: &[NamedTensor], _outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+        fn infer(
+            &mut self,
+            inputs: &[NamedTensor],
+            _outputs: &[String],
+        ) -> Result<Vec<NamedTensor>, EngineError> {
             if let Some(gate) = &self.gate {
                 let _ = gate.entered.send(());
                 gate.release.wait();
@@ -144,7 +177,10 @@ mod tests {
     }
 
     fn input(values: &[f32]) -> Vec<NamedTensor> {
-        vec![NamedTensor { name: "x".into(), tensor: Tensor::from_f32(vec![values.len()], values).expect("valid") }]
+        vec![NamedTensor {
+            name: "x".into(),
+            tensor: Tensor::from_f32(vec![values.len()], values).expect("valid"),
+        }]
     }
 
     #[tokio::test]

@@ -34,11 +34,7 @@ pub enum TensorError {
         actual_bytes: usize,
     },
     #[error("shape {shape:?} holds {expected} elements but the data has {actual}")]
-    ElementCount {
-        shape: Vec<usize>,
-        expected: usize,
-        actual: usize,
-    },
+    ElementCount { shape: Vec<usize>, expected: usize, actual: usize },
     #[error("BYTES data given for a {0} tensor, or fixed-size data for a BYTES tensor")]
     Kind(DataType),
     #[error("shape {0:?} is too large")]
@@ -51,9 +47,8 @@ impl Tensor {
         let expected = element_count(&shape).ok_or_else(|| TensorError::Overflow(shape.clone()))?;
         match (&data, datatype.size()) {
             (TensorData::Raw(bytes), Some(size)) => {
-                let expected_bytes = expected
-                    .checked_mul(size)
-                    .ok_or_else(|| TensorError::Overflow(shape.clone()))?;
+                let expected_bytes =
+                    expected.checked_mul(size).ok_or_else(|| TensorError::Overflow(shape.clone()))?;
                 if bytes.len() != expected_bytes {
                     return Err(TensorError::ByteCount {
                         datatype,
@@ -66,11 +61,7 @@ impl Tensor {
             }
             (TensorData::Strings(items), None) => {
                 if items.len() != expected {
-                    return Err(TensorError::ElementCount {
-                        shape,
-                        expected,
-                        actual: items.len(),
-                    });
+                    return Err(TensorError::ElementCount { shape, expected, actual: items.len() });
                 }
             }
             _ => return Err(TensorError::Kind(datatype)),
@@ -116,11 +107,9 @@ impl Tensor {
     /// The values of an FP32 tensor; `None` for other types.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match (self.datatype, &self.data) {
-            (DataType::Fp32, TensorData::Raw(b)) => Some(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            ),
+            (DataType::Fp32, TensorData::Raw(b)) => {
+                Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+            }
             _ => None,
         }
     }

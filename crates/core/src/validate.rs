@@ -89,10 +89,8 @@ fn names(specs: &[TensorSpec]) -> String {
 
 /// `[-1, 784]` reads as `[N, 784]`: any size where the model is dynamic.
 fn format_dims(dims: &[i64]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|&d| if d < 0 { "any".to_string() } else { d.to_string() })
-        .collect();
+    let parts: Vec<String> =
+        dims.iter().map(|&d| if d < 0 { "any".to_string() } else { d.to_string() }).collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -131,7 +129,10 @@ mod tests {
 
     #[test]
     fn accepts_valid_request() {
-        let ok = check(vec![tensor("a", DataType::Fp32, vec![2, 3]), tensor("b", DataType::Int64, vec![2, 7])], &["y"]);
+        let ok = check(
+            vec![tensor("a", DataType::Fp32, vec![2, 3]), tensor("b", DataType::Int64, vec![2, 7])],
+            &["y"],
+        );
         assert_eq!(ok, Ok(()));
     }
 
@@ -140,13 +141,37 @@ mod tests {
         let b = || tensor("b", DataType::Int64, vec![1, 1]);
         let cases: Vec<(Vec<NamedTensor>, &[&str], &str)> = vec![
             (vec![tensor("a", DataType::Fp32, vec![1, 3])], &[], "missing input 'b'"),
-            (vec![tensor("a", DataType::Fp32, vec![1, 3]), b(), tensor("c", DataType::Fp32, vec![1])], &[], "unknown input 'c'"),
-            (vec![tensor("a", DataType::Fp64, vec![1, 3]), b()], &[], "input 'a' has datatype FP64 but the model expects FP32"),
-            (vec![tensor("a", DataType::Fp32, vec![1, 4]), b()], &[], "input 'a' has shape [1, 4] but the model expects [any, 3]"),
+            (
+                vec![tensor("a", DataType::Fp32, vec![1, 3]), b(), tensor("c", DataType::Fp32, vec![1])],
+                &[],
+                "unknown input 'c'",
+            ),
+            (
+                vec![tensor("a", DataType::Fp64, vec![1, 3]), b()],
+                &[],
+                "input 'a' has datatype FP64 but the model expects FP32",
+            ),
+            (
+                vec![tensor("a", DataType::Fp32, vec![1, 4]), b()],
+                &[],
+                "input 'a' has shape [1, 4] but the model expects [any, 3]",
+            ),
             (vec![tensor("a", DataType::Fp32, vec![3]), b()], &[], "input 'a' has shape [3]"),
-            (vec![tensor("a", DataType::Fp32, vec![5, 3]), tensor("b", DataType::Int64, vec![5, 1])], &[], "batch size 5 but model 'm' accepts 1 to 4"),
-            (vec![tensor("a", DataType::Fp32, vec![2, 3]), b()], &[], "input 'b' has batch size 1 but input 'a' has 2"),
-            (vec![tensor("a", DataType::Fp32, vec![1, 3]), b(), b()], &[], "input 'b' is given more than once"),
+            (
+                vec![tensor("a", DataType::Fp32, vec![5, 3]), tensor("b", DataType::Int64, vec![5, 1])],
+                &[],
+                "batch size 5 but model 'm' accepts 1 to 4",
+            ),
+            (
+                vec![tensor("a", DataType::Fp32, vec![2, 3]), b()],
+                &[],
+                "input 'b' has batch size 1 but input 'a' has 2",
+            ),
+            (
+                vec![tensor("a", DataType::Fp32, vec![1, 3]), b(), b()],
+                &[],
+                "input 'b' is given more than once",
+            ),
             (vec![tensor("a", DataType::Fp32, vec![1, 3]), b()], &["z"], "unknown output 'z'"),
         ];
         for (inputs, outputs, expected) in cases {

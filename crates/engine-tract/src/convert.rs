@@ -83,8 +83,9 @@ pub fn to_tract(tensor: &Tensor) -> Result<TractTensor, EngineError> {
 /// Converts a tract output back. tract's buffer is in host order, which rtserve requires to be
 /// little-endian (the wire order).
 pub fn from_tract(value: &TractTensor) -> Result<Tensor, EngineError> {
-    let data_type = data_type(value.datum_type())
-        .ok_or_else(|| EngineError::new(format!("tract: unsupported output type {:?}", value.datum_type())))?;
+    let data_type = data_type(value.datum_type()).ok_or_else(|| {
+        EngineError::new(format!("tract: unsupported output type {:?}", value.datum_type()))
+    })?;
     let shape = value.shape().to_vec();
     let data = if data_type == DataType::Bytes {
         let strings = value.to_plain_array_view::<String>().map_err(conversion_error)?;

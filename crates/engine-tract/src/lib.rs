@@ -29,8 +29,9 @@ fn typed_model(path: &Path) -> Result<TypedModel, EngineError> {
 }
 
 fn spec(name: String, fact: &TypedFact) -> Result<TensorSpec, EngineError> {
-    let data_type = convert::data_type(fact.datum_type)
-        .ok_or_else(|| EngineError::new(format!("tract: tensor '{name}' has unsupported type {:?}", fact.datum_type)))?;
+    let data_type = convert::data_type(fact.datum_type).ok_or_else(|| {
+        EngineError::new(format!("tract: tensor '{name}' has unsupported type {:?}", fact.datum_type))
+    })?;
     let dims = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
     Ok(TensorSpec { name, data_type, dims })
 }

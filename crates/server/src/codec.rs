@@ -8,16 +8,19 @@ use crate::ServerError;
 
 /// Checks a client's shape: no negative dimensions.
 pub fn shape_from_client(name: &str, shape: &[i64]) -> Result<Vec<usize>, ServerError> {
-    shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| ServerError::BadRequest(format!("input '{name}': shape {shape:?} has a negative dimension")))
+    shape.iter().map(|&d| usize::try_from(d)).collect::<Result<Vec<_>, _>>().map_err(|_| {
+        ServerError::BadRequest(format!("input '{name}': shape {shape:?} has a negative dimension"))
+    })
 }
 
 /// Builds a tensor from a raw buffer: packed little-endian elements, or for BYTES a sequence of
 /// 4-byte little-endian lengths each followed by that many bytes.
-pub fn tensor_from_raw(name: &str, datatype: DataType, shape: Vec<usize>, raw: Bytes) -> Result<Tensor, ServerError> {
+pub fn tensor_from_raw(
+    name: &str,
+    datatype: DataType,
+    shape: Vec<usize>,
+    raw: Bytes,
+) -> Result<Tensor, ServerError> {
     let data = if datatype == DataType::Bytes {
         TensorData::Strings(split_bytes_elements(name, raw)?)
     } else {
@@ -93,6 +96,8 @@ mod tests {
     #[test]
     fn wrong_size_is_refused() {
         let err = tensor_from_raw("x", DataType::Fp32, vec![2], Bytes::from_static(&[0; 7]));
-        assert!(err.is_err_and(|e| e.to_string().starts_with("input 'x': shape [2] holds 2 elements of FP32")));
+        assert!(
+            err.is_err_and(|e| e.to_string().starts_with("input 'x': shape [2] holds 2 elements of FP32"))
+        );
     }
 }

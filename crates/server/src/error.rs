@@ -37,7 +37,9 @@ impl ServerError {
             ServerError::ModelNotFound(_) | ServerError::VersionNotFound { .. } => 404,
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => 400,
             ServerError::TooLarge { .. } => 413,
-            ServerError::Infer(InferError::Overloaded(_)) => 429,
+            ServerError::Infer(
+                InferError::Overloaded(_) | InferError::Rejected { .. } | InferError::DeadlineExceeded { .. },
+            ) => 429,
             ServerError::ModelNotReady { .. }
             | ServerError::ShuttingDown
             | ServerError::Infer(InferError::Unavailable(_)) => 503,
@@ -52,9 +54,11 @@ impl ServerError {
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => {
                 tonic::Code::InvalidArgument
             }
-            ServerError::TooLarge { .. } | ServerError::Infer(InferError::Overloaded(_)) => {
+            ServerError::TooLarge { .. }
+            | ServerError::Infer(InferError::Overloaded(_) | InferError::Rejected { .. }) => {
                 tonic::Code::ResourceExhausted
             }
+            ServerError::Infer(InferError::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
             ServerError::ModelNotReady { .. }
             | ServerError::ShuttingDown
             | ServerError::Infer(InferError::Unavailable(_)) => tonic::Code::Unavailable,

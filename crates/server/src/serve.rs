@@ -46,7 +46,8 @@ pub enum StartError {
 
 async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), StartError> {
     let addr = format!("{host}:{port}");
-    let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
+    let listener =
+        TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
     let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
     Ok((listener, local))
 }

@@ -119,7 +119,8 @@ pub fn config_proto(config: &ModelConfig) -> proto::ModelConfig {
         }
     };
     let data_type = |s: &TensorSpec| {
-        proto::DataType::from_str_name(&s.data_type.config_name()).unwrap_or(proto::DataType::TypeInvalid) as i32
+        proto::DataType::from_str_name(&s.data_type.config_name()).unwrap_or(proto::DataType::TypeInvalid)
+            as i32
     };
     let kind = |k: InstanceKind| {
         proto::model_instance_group::Kind::from_str_name(k.as_str())

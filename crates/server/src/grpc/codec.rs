@@ -35,9 +35,14 @@ pub fn decode_request(request: proto::ModelInferRequest) -> Result<InferRequest,
             (Some(bytes), None) => bytes,
             (None, Some(contents)) => contents_to_raw(&input.name, datatype, contents)?,
             (Some(_), Some(_)) => {
-                return Err(bad(format!("input '{}': give contents or raw_input_contents, not both", input.name)))
+                return Err(bad(format!(
+                    "input '{}': give contents or raw_input_contents, not both",
+                    input.name
+                )))
             }
-            (None, None) => return Err(bad(format!("input '{}': no contents and no raw_input_contents", input.name))),
+            (None, None) => {
+                return Err(bad(format!("input '{}': no contents and no raw_input_contents", input.name)))
+            }
         };
         let tensor = tensor_from_raw(&input.name, datatype, shape, bytes)?;
         inputs.push(NamedTensor { name: input.name, tensor });
@@ -67,7 +72,11 @@ fn parameters(map: HashMap<String, InferParameter>) -> std::collections::BTreeMa
 
 /// Packs typed contents into little-endian bytes, checking that each value fits the datatype.
 fn contents_to_raw(name: &str, datatype: DataType, c: InferTensorContents) -> Result<Bytes, ServerError> {
-    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(name: &str, values: &[S], out: impl Fn(T) -> Vec<u8>) -> Result<Vec<u8>, ServerError> {
+    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+        name: &str,
+        values: &[S],
+        out: impl Fn(T) -> Vec<u8>,
+    ) -> Result<Vec<u8>, ServerError> {
         let mut bytes = Vec::new();
         for (i, &v) in values.iter().enumerate() {
             let t = T::try_from(v).map_err(|_| {
@@ -133,7 +142,11 @@ pub fn encode_response(response: InferResponse) -> proto::ModelInferResponse {
 mod tests {
     use super::*;
 
-    fn input(datatype: &str, shape: Vec<i64>, contents: Option<InferTensorContents>) -> proto::model_infer_request::InferInputTensor {
+    fn input(
+        datatype: &str,
+        shape: Vec<i64>,
+        contents: Option<InferTensorContents>,
+    ) -> proto::model_infer_request::InferInputTensor {
         proto::model_infer_request::InferInputTensor {
             name: "x".into(),
             datatype: datatype.into(),

@@ -34,7 +34,10 @@ pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceS
 }
 
 impl InferenceService {
-    async fn infer(&self, request: proto::ModelInferRequest) -> Result<proto::ModelInferResponse, ServerError> {
+    async fn infer(
+        &self,
+        request: proto::ModelInferRequest,
+    ) -> Result<proto::ModelInferResponse, ServerError> {
         let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
         let request = codec::decode_request(request)?;
         let response = model.infer(request).await?;
@@ -153,12 +156,12 @@ impl GrpcInferenceService for InferenceService {
 
     async fn repository_index(
         &self,
-        _: Request<proto::RepositoryIndexRequest>,
+        request: Request<proto::RepositoryIndexRequest>,
     ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
         let models = self
             .state
             .repository
-            .index()
+            .index(request.into_inner().ready)
             .into_iter()
             .map(|row| proto::repository_index_response::ModelIndex {
                 name: row.name,

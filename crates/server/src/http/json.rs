@@ -58,7 +58,10 @@ fn bad(message: String) -> ServerError {
 
 /// Decodes an infer body. `header_length` is the `Inference-Header-Content-Length` value: the
 /// JSON header is that many bytes, binary tensor data follows.
-pub fn decode_request(body: Bytes, header_length: Option<usize>) -> Result<(InferRequest, OutputEncoding), ServerError> {
+pub fn decode_request(
+    body: Bytes,
+    header_length: Option<usize>,
+) -> Result<(InferRequest, OutputEncoding), ServerError> {
     let (header, mut binary) = match header_length {
         Some(length) if length > body.len() => {
             return Err(bad(format!(
@@ -96,9 +99,14 @@ pub fn decode_request(body: Bytes, header_length: Option<usize>) -> Result<(Infe
             }
             (None, Some(data)) => tensor_from_json(&input.name, datatype, shape, &data)?,
             (Some(_), Some(_)) => {
-                return Err(bad(format!("input '{}': give either data or binary_data_size, not both", input.name)))
+                return Err(bad(format!(
+                    "input '{}': give either data or binary_data_size, not both",
+                    input.name
+                )))
             }
-            (None, None) => return Err(bad(format!("input '{}': no data and no binary_data_size", input.name))),
+            (None, None) => {
+                return Err(bad(format!("input '{}': no data and no binary_data_size", input.name)))
+            }
         };
         inputs.push(NamedTensor { name: input.name, tensor });
     }
@@ -180,7 +188,12 @@ macro_rules! floats {
     }};
 }
 
-fn tensor_from_json(name: &str, datatype: DataType, shape: Vec<usize>, data: &Value) -> Result<Tensor, ServerError> {
+fn tensor_from_json(
+    name: &str,
+    datatype: DataType,
+    shape: Vec<usize>,
+    data: &Value,
+) -> Result<Tensor, ServerError> {
     let mut values = Vec::new();
     flatten(data, &mut values);
     let raw: Vec<u8> = match datatype {
@@ -235,7 +248,9 @@ macro_rules! json_values {
 fn tensor_to_json(tensor: &Tensor) -> Value {
     let raw = match tensor.data() {
         TensorData::Strings(items) => {
-            return Value::Array(items.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect())
+            return Value::Array(
+                items.iter().map(|b| Value::String(String::from_utf8_lossy(b).into_owned())).collect(),
+            )
         }
         TensorData::Raw(raw) => raw,
     };
@@ -307,32 +322,50 @@ mod tests {
 
     #[test]
     fn decodes_nested_json_data() {
-        let request = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#)
-            .expect("valid");
+        let request =
+            decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3.5,4]]}]}"#)
+                .expect("valid");
         assert_eq!(request.inputs[0].tensor.to_f32(), Some(vec![1.0, 2.0, 3.5, 4.0]));
     }
 
     #[test]
     fn binary_and_json_decode_alike() {
         let values = [1.5f32, -2.0];
-        let header = r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let header =
+            r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
         let mut body = header.as_bytes().to_vec();
         body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
         let (binary, _) = decode_request(body.into(), Some(header.len())).expect("valid");
-        let json = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1.5,-2.0]}]}"#).expect("valid");
+        let json = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1.5,-2.0]}]}"#)
+            .expect("valid");
         assert_eq!(binary.inputs, json.inputs);
     }
 
     #[test]
     fn refuses_bad_bodies_with_the_field_named() {
         let cases = [
-            (r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,"a"]}]}"#, "input 'x': element 1 (\"a\") is not a number"),
-            (r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, "input 'x': shape [3] holds 3 elements"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, "input 'x': unknown datatype 'FLOAT'"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,"a"]}]}"#,
+                "input 'x': element 1 (\"a\") is not a number",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "input 'x': shape [3] holds 3 elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+                "input 'x': unknown datatype 'FLOAT'",
+            ),
             (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative dimension"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#, "element 0 (300) is not a i8 integer"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
+                "element 0 (300) is not a i8 integer",
+            ),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "no data and no binary_data_size"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#, "binary_data_size is 4 but only 0 bytes"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#,
+                "binary_data_size is 4 but only 0 bytes",
+            ),
             (r#"{"inputs": ["#, "invalid inference request JSON"),
         ];
         for (body, expected) in cases {
@@ -345,7 +378,8 @@ mod tests {
     fn refuses_header_length_past_body_and_trailing_bytes() {
         let err = decode_request(Bytes::from_static(b"{}"), Some(10)).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("Inference-Header-Content-Length is 10")));
-        let header = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let header =
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
         let mut body = header.as_bytes().to_vec();
         body.extend([0u8; 6]);
         let err = decode_request(body.into(), Some(header.len())).err().map(|e| e.to_string());

@@ -82,7 +82,10 @@ async fn ready(State(state): Shared) -> StatusCode {
     }
 }
 
-async fn model_metadata(State(state): Shared, Path(path): Path<ModelPath>) -> Result<Json<Value>, ServerError> {
+async fn model_metadata(
+    State(state): Shared,
+    Path(path): Path<ModelPath>,
+) -> Result<Json<Value>, ServerError> {
     let model = state.repository.get(&path.model, path.version.as_deref())?;
     let versions = state.repository.versions(&path.model);
     Ok(Json(metadata_json(&model, &versions)))
@@ -112,12 +115,18 @@ async fn infer(
     if let Some(size) = content_length(&headers).filter(|&size| size > limit) {
         return Err(ServerError::TooLarge { size, limit });
     }
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ServerError::TooLarge { size: limit + 1, limit })?;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ServerError::TooLarge { size: limit + 1, limit })?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
-        Some(value) => Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
-            ServerError::BadRequest("Inference-Header-Content-Length must be a non-negative integer".to_string())
-        })?),
+        Some(value) => {
+            Some(value.to_str().ok().and_then(|v| v.trim().parse::<usize>().ok()).ok_or_else(|| {
+                ServerError::BadRequest(
+                    "Inference-Header-Content-Length must be a non-negative integer".to_string(),
+                )
+            })?)
+        }
     };
     let (request, encoding) = json::decode_request(body, header_length)?;
     let response = model.infer(request).await?;
@@ -140,10 +149,23 @@ fn content_length(headers: &HeaderMap) -> Option<usize> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-async fn repository_index(State(state): Shared) -> Json<Value> {
+/// `POST /v2/repository/index` body: `{"ready": true}` lists only models that serve.
+#[derive(serde::Deserialize, Default)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(state): Shared, body: axum::body::Bytes) -> Result<Json<Value>, ServerError> {
+    let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        IndexRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ServerError::BadRequest(format!("invalid repository index request: {e}")))?
+    };
     let rows: Vec<Value> = state
         .repository
-        .index()
+        .index(request.ready)
         .into_iter()
         .map(|row| {
             let mut value = json!({ "name": row.name, "state": row.state.as_str() });
@@ -156,7 +178,7 @@ async fn repository_index(State(state): Shared) -> Json<Value> {
             value
         })
         .collect();
-    Json(Value::Array(rows))
+    Ok(Json(Value::Array(rows)))
 }
 
 async fn load_model(State(state): Shared, Path(model): Path<String>) -> Result<StatusCode, ServerError> {

@@ -159,8 +159,9 @@ fn parameter_map(value: serde_json::Value) -> serde_json::Value {
 pub fn parse_pbtxt(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
     let mut tree = pbtxt::parse(text).map_err(|e| format!("config.pbtxt: {e}"))?;
     normalize(&mut tree);
-    let raw: RawConfig = serde_ignored::deserialize(tree, |path| warn_unknown("config.pbtxt", dir_name, &path))
-        .map_err(|e| format!("config.pbtxt: {e}"))?;
+    let raw: RawConfig =
+        serde_ignored::deserialize(tree, |path| warn_unknown("config.pbtxt", dir_name, &path))
+            .map_err(|e| format!("config.pbtxt: {e}"))?;
     raw.validate(dir_name).map_err(|e| format!("config.pbtxt: {e}"))
 }
 
@@ -207,7 +208,10 @@ impl RawConfig {
                     let data_type: DataType =
                         t.data_type.parse().map_err(|e| format!("{what} '{}': {e}", t.name))?;
                     if let Some(bad) = t.dims.iter().find(|&&d| d < -1 || d == 0) {
-                        return Err(format!("{what} '{}': dimension {bad} is invalid (use -1 for any size)", t.name));
+                        return Err(format!(
+                            "{what} '{}': dimension {bad} is invalid (use -1 for any size)",
+                            t.name
+                        ));
                     }
                     Ok(TensorSpec { name: t.name, data_type, dims: t.dims })
                 })
@@ -222,7 +226,11 @@ impl RawConfig {
                     "KIND_CPU" => InstanceKind::Cpu,
                     "KIND_GPU" => InstanceKind::Gpu,
                     "KIND_MODEL" => InstanceKind::Model,
-                    other => return Err(format!("instance_group kind '{other}' is not KIND_AUTO, KIND_CPU, KIND_GPU or KIND_MODEL")),
+                    other => {
+                        return Err(format!(
+                        "instance_group kind '{other}' is not KIND_AUTO, KIND_CPU, KIND_GPU or KIND_MODEL"
+                    ))
+                    }
                 };
                 if !g.gpus.is_empty() || g.name.is_some() {
                     tracing::debug!(model = dir_name, "instance_group name/gpus are accepted but not used");
@@ -240,7 +248,9 @@ impl RawConfig {
             Some(RawVersionPolicy { latest: None, all: None, specific: Some(s) }) => {
                 VersionPolicy::Specific(s.versions)
             }
-            Some(_) => return Err("version_policy must hold exactly one of latest, all, specific".to_string()),
+            Some(_) => {
+                return Err("version_policy must hold exactly one of latest, all, specific".to_string())
+            }
         };
         Ok(ModelConfig {
             name,
@@ -316,7 +326,10 @@ mod tests {
     fn reads_triton_pbtxt() {
         let config = parse_pbtxt(PBTXT, "m").expect("valid");
         assert_eq!(config.max_batch_size, 8);
-        assert_eq!(config.inputs, vec![TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![3, -1] }]);
+        assert_eq!(
+            config.inputs,
+            vec![TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![3, -1] }]
+        );
         assert_eq!(config.outputs[0].dims, vec![3]);
         assert_eq!(config.instance_group, vec![InstanceGroup { count: 2, kind: InstanceKind::Cpu }]);
         let batching = config.dynamic_batching.expect("dynamic batching");
@@ -355,8 +368,10 @@ mod tests {
 
     #[test]
     fn pbtxt_and_toml_agree() {
-        let pbtxt = parse_pbtxt("max_batch_size: 2 input { name: \"a\" data_type: TYPE_BOOL dims: [1] }", "m");
-        let toml = parse_toml("max_batch_size = 2\n[[input]]\nname = \"a\"\ndata_type = \"BOOL\"\ndims = [1]", "m");
+        let pbtxt =
+            parse_pbtxt("max_batch_size: 2 input { name: \"a\" data_type: TYPE_BOOL dims: [1] }", "m");
+        let toml =
+            parse_toml("max_batch_size = 2\n[[input]]\nname = \"a\"\ndata_type = \"BOOL\"\ndims = [1]", "m");
         assert_eq!(pbtxt.expect("pbtxt"), toml.expect("toml"));
     }
 
@@ -364,13 +379,16 @@ mod tests {
     fn refuses_bad_configs_with_reasons() {
         let cases = [
             ("name: \"other\"", "name 'other' does not match the model directory 'm'"),
-            ("input { name: \"x\" data_type: TYPE_FLOAT dims: [1] }", "input 'x': unknown datatype 'TYPE_FLOAT'"),
+            (
+                "input { name: \"x\" data_type: TYPE_FLOAT dims: [1] }",
+                "input 'x': unknown datatype 'TYPE_FLOAT'",
+            ),
             ("input { name: \"x\" data_type: TYPE_FP32 dims: [0] }", "input 'x': dimension 0 is invalid"),
             ("instance_group { kind: KIND_TPU }", "instance_group kind 'KIND_TPU'"),
             ("version_policy { all {} latest { num_versions: 1 } }", "exactly one of latest, all, specific"),
             ("dynamic_batching { default_queue_policy { timeout_action: DROP } }", "timeout_action 'DROP'"),
             ("max_batch_size: \"eight\"", "config.pbtxt: invalid type"),
-            ("input {\n name: \"x\"", "config.pbtxt: line 1"),
+            ("input {\n name: \"x\"", "unterminated message 'input' opened at line 1"),
         ];
         for (text, expected) in cases {
             let err = parse_pbtxt(text, "m").expect_err(text);

@@ -31,7 +31,11 @@ pub fn load_model(
     let available = version_dirs(dir, &base.default_model_filename)?;
     let selected = base.version_policy.select(&available.keys().copied().collect::<Vec<_>>());
     if selected.is_empty() {
-        return Err(format!("version_policy {:?} selects none of the versions {:?}", base.version_policy, available.keys()));
+        return Err(format!(
+            "version_policy {:?} selects none of the versions {:?}",
+            base.version_policy,
+            available.keys()
+        ));
     }
     let engine = engines.for_model(&base);
     let mut loaded = BTreeMap::new();
@@ -120,7 +124,10 @@ fn infer_config(mut config: ModelConfig, signature: &ModelSignature) -> ModelCon
 }
 
 /// Fills what a config leaves out from the graph, and checks what it declares against it.
-fn check_against_signature(mut config: ModelConfig, signature: &ModelSignature) -> Result<ModelConfig, String> {
+fn check_against_signature(
+    mut config: ModelConfig,
+    signature: &ModelSignature,
+) -> Result<ModelConfig, String> {
     let inferred = infer_config(config.clone(), signature);
     if config.inputs.is_empty() {
         config.inputs = strip_to(&config, &signature.inputs)?;
@@ -162,7 +169,12 @@ fn strip_to(config: &ModelConfig, specs: &[TensorSpec]) -> Result<Vec<TensorSpec
         .collect()
 }
 
-fn check_tensor(config: &ModelConfig, spec: &TensorSpec, graph: &[TensorSpec], what: &str) -> Result<(), String> {
+fn check_tensor(
+    config: &ModelConfig,
+    spec: &TensorSpec,
+    graph: &[TensorSpec],
+    what: &str,
+) -> Result<(), String> {
     let Some(actual) = graph.iter().find(|g| g.name == spec.name) else {
         let names: Vec<&str> = graph.iter().map(|g| g.name.as_str()).collect();
         return Err(format!("config {what} '{}' is not in the model (it has {names:?})", spec.name));

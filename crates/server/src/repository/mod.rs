@@ -122,9 +122,11 @@ impl ModelRepository {
         self.set_state(name, ModelState::Loading, "");
         let this = self.clone();
         let model = name.to_string();
-        let result = tokio::task::spawn_blocking(move || load::load_model(&dir, &model, &this.engines, &this.pool_options))
-            .await
-            .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+        let result = tokio::task::spawn_blocking(move || {
+            load::load_model(&dir, &model, &this.engines, &this.pool_options)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
         match result {
             Ok(versions) => {
                 let entry = ModelEntry { state: ModelState::Ready, reason: String::new(), versions };
@@ -166,7 +168,8 @@ impl ModelRepository {
         let models = self.read();
         let entry = models.get(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
         if entry.versions.is_empty() {
-            let reason = if entry.reason.is_empty() { entry.state.as_str().to_string() } else { entry.reason.clone() };
+            let reason =
+                if entry.reason.is_empty() { entry.state.as_str().to_string() } else { entry.reason.clone() };
             return Err(ServerError::ModelNotReady { model: name.to_string(), reason });
         }
         let not_found = || ServerError::VersionNotFound {
@@ -190,8 +193,9 @@ impl ModelRepository {
             .unwrap_or_default()
     }
 
-    /// Every model on disk or known to the server, one row per loaded version.
-    pub fn index(&self) -> Vec<IndexEntry> {
+    /// Every model on disk or known to the server, one row per loaded version; with
+    /// `ready_only`, just the rows of models that serve.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let models = self.read();
         let mut rows = Vec::new();
         let on_disk = self.discover();
@@ -220,6 +224,7 @@ impl ModelRepository {
                 }),
             }
         }
+        rows.retain(|row| !ready_only || row.state == ModelState::Ready);
         rows
     }
 

@@ -1,0 +1,285 @@
+//! The shared tier: Redis behind the local tier, so that replicas share replies.
+//!
+//! Every key has a TTL (`SET .. PX`), every call a short timeout, and no failure reaches the
+//! request: a failed or slow call counts as an error, logs a warning at most every
+//! [`WARN_INTERVAL`], and marks the tier down for [`RedisOptions::down_for`] so that requests do not
+//! each pay the timeout while Redis is away. Connections come from a small pool of
+//! [`ConnectionManager`]s (each one multiplexed), which reconnect by themselves.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::codec::{decode_tensors, encode_tensors};
+use super::key::CacheKey;
+use super::local::CachedOutputs;
+use super::stats::Counters;
+use super::CacheError;
+
+/// At most one warning about Redis failures per this interval.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How to reach the shared tier.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://HOST:PORT[/DB]` (or `rediss://`, `redis+unix://`).
+    pub url: String,
+    /// Limit on each call (GET or SET); past it the call counts as failed.
+    pub timeout: Duration,
+    /// Prefix of every key, so that several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Connections in the pool (each one multiplexed).
+    pub pool_size: usize,
+    /// After a failure, calls are skipped for this long.
+    pub down_for: Duration,
+}
+
+impl RedisOptions {
+    /// Defaults for everything but the URL: 50 ms timeout, prefix `rtserve:`, 4 connections,
+    /// 1 s down time after a failure.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            url: url.into(),
+            timeout: Duration::from_millis(50),
+            key_prefix: "rtserve:".to_string(),
+            pool_size: 4,
+            down_for: Duration::from_secs(1),
+        }
+    }
+}
+
+pub(crate) struct RedisTier {
+    pool: Vec<ConnectionManager>,
+    next: AtomicUsize,
+    options: RedisOptions,
+    ttl_ms: u64,
+    counters: Arc<Counters>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` until which calls are skipped.
+    down_until_ms: AtomicU64,
+    /// Milliseconds since `epoch` before which no warning is logged.
+    next_warning_ms: AtomicU64,
+    /// Failures since the last warning.
+    unreported: AtomicU64,
+}
+
+impl RedisTier {
+    /// Sets up the pool without connecting: a Redis that is down at startup is no error, it is
+    /// reached once it comes up. Needs a tokio runtime.
+    pub(crate) fn new(
+        options: RedisOptions,
+        ttl: Duration,
+        counters: Arc<Counters>,
+    ) -> Result<Self, CacheError> {
+        let url_error = |reason: String| CacheError::RedisUrl { url: options.url.clone(), reason };
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| url_error(e.to_string()))?;
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(CacheError::NoRuntime);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_connection_timeout(Some(Duration::from_secs(1).max(options.timeout)));
+        let pool = (0..options.pool_size.max(1))
+            .map(|_| ConnectionManager::new_lazy_with_config(client.clone(), config.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| url_error(e.to_string()))?;
+        Ok(RedisTier {
+            pool,
+            next: AtomicUsize::new(0),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1),
+            options,
+            counters,
+            epoch: Instant::now(),
+            down_until_ms: AtomicU64::new(0),
+            next_warning_ms: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+        })
+    }
+
+    fn redis_key(&self, key: &CacheKey) -> String {
+        format!("{}{}:{:032x}", self.options.key_prefix, key.model(), key.digest())
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        self.pool[i].clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether calls are being skipped; counts the skip.
+    fn skip(&self) -> bool {
+        if self.now_ms() < self.down_until_ms.load(Ordering::Relaxed) {
+            Counters::add(&self.counters.redis_skipped);
+            return true;
+        }
+        false
+    }
+
+    /// Records a failure: counts it, marks the tier down when Redis itself failed, and logs at most
+    /// one warning per [`WARN_INTERVAL`].
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display, mark_down: bool) {
+        Counters::add(&self.counters.redis_errors);
+        let now = self.now_ms();
+        if mark_down {
+            let down_for = u64::try_from(self.options.down_for.as_millis()).unwrap_or(u64::MAX);
+            self.down_until_ms.store(now.saturating_add(down_for), Ordering::Relaxed);
+        }
+        let suppressed = self.unreported.fetch_add(1, Ordering::Relaxed);
+        let due = self.next_warning_ms.load(Ordering::Relaxed);
+        let next = now.saturating_add(u64::try_from(WARN_INTERVAL.as_millis()).unwrap_or(u64::MAX));
+        if now >= due
+            && self.next_warning_ms.compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.unreported.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                %error,
+                suppressed,
+                "shared cache (Redis) {what} failed; serving without it"
+            );
+        }
+    }
+
+    /// Looks a key up. `None` on a miss and on any failure.
+    pub(crate) async fn get(&self, key: &CacheKey) -> Option<CachedOutputs> {
+        if self.skip() {
+            return None;
+        }
+        let start = Instant::now();
+        let mut connection = self.connection();
+        let command = redis::cmd("GET").arg(self.redis_key(key)).clone();
+        let reply = tokio::time::timeout(
+            self.options.timeout,
+            command.query_async::<Option<Vec<u8>>>(&mut connection),
+        )
+        .await;
+        self.counters.redis_lookup.observe(start.elapsed());
+        match reply {
+            Ok(Ok(Some(value))) => match decode_tensors(Bytes::from(value)) {
+                Ok(tensors) => {
+                    Counters::add(&self.counters.redis_hits);
+                    Some(Arc::new(tensors))
+                }
+                Err(error) => {
+                    self.failed("read", &error, false);
+                    None
+                }
+            },
+            Ok(Ok(None)) => {
+                Counters::add(&self.counters.redis_misses);
+                None
+            }
+            Ok(Err(error)) => {
+                self.failed("GET", &error, true);
+                None
+            }
+            Err(_) => {
+                self.failed("GET", &"timed out", true);
+                None
+            }
+        }
+    }
+
+    /// Stores a value with the cache's TTL. Failures are counted and logged, never returned.
+    pub(crate) async fn set(&self, key: &CacheKey, value: &CachedOutputs) {
+        if self.skip() {
+            return;
+        }
+        let mut connection = self.connection();
+        let command = redis::cmd("SET")
+            .arg(self.redis_key(key))
+            .arg(encode_tensors(value))
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .clone();
+        let reply =
+            tokio::time::timeout(self.options.timeout, command.query_async::<()>(&mut connection)).await;
+        match reply {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => self.failed("SET", &error, true),
+            Err(_) => self.failed("SET", &"timed out", true),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_server {
+    //! A real `redis-server` on a free loopback port, stopped on drop.
+
+    use std::net::{TcpListener, TcpStream};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    pub(crate) struct RedisServer {
+        child: Child,
+        pub(crate) port: u16,
+    }
+
+    /// Whether `redis-server` is installed; prints a note when it is not.
+    pub(crate) fn available() -> bool {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            eprintln!("note: redis-server is not on PATH; skipping this test (CI installs it)");
+        }
+        found
+    }
+
+    pub(crate) fn free_port() -> u16 {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port")
+    }
+
+    impl RedisServer {
+        /// Starts a server on `port` and waits until it accepts connections.
+        pub(crate) fn start(port: u16) -> RedisServer {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            let server = RedisServer { child, port };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not listen on port {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            server
+        }
+
+        pub(crate) fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/", self.port)
+        }
+
+        /// Kills the server and waits until the port is closed.
+        pub(crate) fn stop(mut self) {
+            self.kill();
+        }
+
+        fn kill(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            self.kill();
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Batch assembly: requests' inputs concatenated along dim 0, and the outputs split back.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::{DataType, NamedTensor, Tensor, TensorData};
+
+/// Why tensors could not be batched or unbatched.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BatchError {
+    #[error("no requests to batch")]
+    Empty,
+    #[error("request {request} has no input '{name}'")]
+    MissingInput { request: usize, name: String },
+    #[error("input '{name}' of request {request} does not match the first request's datatype or shape apart from the batch dimension")]
+    Mismatch { request: usize, name: String },
+    #[error("tensor '{name}' has no batch dimension")]
+    NoBatchDimension { name: String },
+    #[error("output '{name}' has {actual} rows but the batch has {expected}")]
+    RowCount { name: String, expected: usize, actual: usize },
+    #[error("tensor '{name}': {message}")]
+    Tensor { name: String, message: String },
+}
+
+/// A hash of what decides whether requests can share a batch: each input's name, datatype and
+/// shape apart from the batch dimension, in name order.
+pub fn batch_group(inputs: &[NamedTensor]) -> u64 {
+    let mut signature: Vec<(&str, DataType, &[usize])> = inputs
+        .iter()
+        .map(|i| (i.name.as_str(), i.tensor.datatype(), i.tensor.shape().get(1..).unwrap_or(&[])))
+        .collect();
+    signature.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut hasher = DefaultHasher::new();
+    signature.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The rows a request carries: the batch dimension of its first input.
+pub fn batch_rows(inputs: &[NamedTensor]) -> usize {
+    inputs.first().and_then(|i| i.tensor.shape().first().copied()).unwrap_or(1)
+}
+
+/// Concatenates the inputs of several requests along dim 0, input by input, in the order of
+/// the first request's inputs.
+pub fn concat_rows(requests: &[&[NamedTensor]]) -> Result<Vec<NamedTensor>, BatchError> {
+    let (first, rest) = requests.split_first().ok_or(BatchError::Empty)?;
+    first
+        .iter()
+        .map(|input| {
+            let mut parts = Vec::with_capacity(requests.len());
+            parts.push(&input.tensor);
+            for (index, request) in rest.iter().enumerate() {
+                let found = request.iter().find(|i| i.name == input.name).ok_or_else(|| {
+                    BatchError::MissingInput { request: index + 1, name: input.name.clone() }
+                })?;
+                let same_kind = found.tensor.datatype() == input.tensor.datatype()
+                    && found.tensor.shape().len() == input.tensor.shape().len()
+                    && found.tensor.shape().get(1..) == input.tensor.shape().get(1..);
+                if !same_kind {
+                    return Err(BatchError::Mismatch { request: index + 1, name: input.name.clone() });
+                }
+                parts.push(&found.tensor);
+            }
+            let tensor = concat_tensors(&input.name, &parts)?;
+            Ok(NamedTensor { name: input.name.clone(), tensor })
+        })
+        .collect()
+}
+
+fn concat_tensors(name: &str, parts: &[&Tensor]) -> Result<Tensor, BatchError> {
+    let first = parts[0];
+    let Some((_, row_shape)) = first.shape().split_first() else {
+        return Err(BatchError::NoBatchDimension { name: name.to_string() });
+    };
+    let rows: usize = parts.iter().map(|t| t.shape()[0]).sum();
+    let shape: Vec<usize> = std::iter::once(rows).chain(row_shape.iter().copied()).collect();
+    let data = match first.data() {
+        TensorData::Raw(_) => {
+            let total = parts.iter().filter_map(|t| t.raw()).map(Bytes::len).sum();
+            let mut joined = BytesMut::with_capacity(total);
+            for part in parts {
+                joined.extend_from_slice(part.raw().map_or(&[][..], |b| b.as_ref()));
+            }
+            TensorData::Raw(joined.freeze())
+        }
+        TensorData::Strings(_) => TensorData::Strings(
+            parts
+                .iter()
+                .flat_map(|t| match t.data() {
+                    TensorData::Strings(items) => items.as_slice(),
+                    TensorData::Raw(_) => &[],
+                })
+                .cloned()
+                .collect(),
+        ),
+    };
+    Tensor::new(first.datatype(), shape, data)
+        .map_err(|e| BatchError::Tensor { name: name.to_string(), message: e.to_string() })
+}
+
+/// Splits each batch output along dim 0 into consecutive pieces of `rows` rows; returns one
+/// list of outputs per piece. Raw data is shared with the batch output, not copied.
+pub fn split_rows(outputs: &[NamedTensor], rows: &[usize]) -> Result<Vec<Vec<NamedTensor>>, BatchError> {
+    let total: usize = rows.iter().sum();
+    let mut pieces: Vec<Vec<NamedTensor>> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in outputs {
+        let name = &output.name;
+        let Some((&actual, row_shape)) = output.tensor.shape().split_first() else {
+            return Err(BatchError::NoBatchDimension { name: name.clone() });
+        };
+        if actual != total {
+            return Err(BatchError::RowCount { name: name.clone(), expected: total, actual });
+        }
+        let per_row: usize = row_shape.iter().product();
+        let mut start = 0;
+        for (piece, &count) in pieces.iter_mut().zip(rows) {
+            let (from, to) = (start * per_row, (start + count) * per_row);
+            start += count;
+            let data = match output.tensor.data() {
+                TensorData::Raw(bytes) => {
+                    let size = output.tensor.datatype().size().unwrap_or(1);
+                    TensorData::Raw(bytes.slice(from * size..to * size))
+                }
+                TensorData::Strings(items) => TensorData::Strings(items[from..to].to_vec()),
+            };
+            let shape = std::iter::once(count).chain(row_shape.iter().copied()).collect();
+            let tensor = Tensor::new(output.tensor.datatype(), shape, data)
+                .map_err(|e| BatchError::Tensor { name: name.clone(), message: e.to_string() })?;
+            piece.push(NamedTensor { name: name.clone(), tensor });
+        }
+    }
+    Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp32(name: &str, shape: Vec<usize>, start: f32) -> NamedTensor {
+        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| start + i as f32).collect();
+        NamedTensor { name: name.into(), tensor: Tensor::from_f32(shape, &values).expect("valid") }
+    }
+
+    fn strings(name: &str, items: &[&str]) -> NamedTensor {
+        let data = TensorData::Strings(items.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect());
+        NamedTensor {
+            name: name.into(),
+            tensor: Tensor::new(DataType::Bytes, vec![items.len(), 1], data).expect("valid"),
+        }
+    }
+
+    #[test]
+    fn concat_then_split_round_trips() {
+        let a = vec![fp32("x", vec![1, 3], 0.0), strings("s", &["a"])];
+        // Inputs in another order: matched by name.
+        let b = vec![strings("s", &["b", "c"]), fp32("x", vec![2, 3], 10.0)];
+        let c = vec![fp32("x", vec![3, 3], 100.0), strings("s", &["d", "e", "f"])];
+        let requests: Vec<&[NamedTensor]> = vec![&a, &b, &c];
+        let batch = concat_rows(&requests).expect("batched");
+        assert_eq!(batch[0].tensor.shape(), &[6, 3]);
+        let mut expected: Vec<f32> = (0..3).map(|i| i as f32).collect();
+        expected.extend((0..6).map(|i| 10.0 + i as f32));
+        expected.extend((0..9).map(|i| 100.0 + i as f32));
+        assert_eq!(batch[0].tensor.to_f32(), Some(expected));
+        assert_eq!(batch[1].tensor.shape(), &[6, 1]);
+
+        let pieces = split_rows(&batch, &[1, 2, 3]).expect("split");
+        assert_eq!(pieces[0], a);
+        assert_eq!(pieces[1], vec![b[1].clone(), b[0].clone()]);
+        assert_eq!(pieces[2], c);
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_batched() {
+        let a = vec![fp32("x", vec![1, 3], 0.0)];
+        let wide = vec![fp32("x", vec![1, 4], 0.0)];
+        let other = vec![fp32("y", vec![1, 3], 0.0)];
+        assert_eq!(concat_rows(&[&a, &wide]), Err(BatchError::Mismatch { request: 1, name: "x".into() }));
+        assert_eq!(
+            concat_rows(&[&a, &other]),
+            Err(BatchError::MissingInput { request: 1, name: "x".into() })
+        );
+        assert_eq!(concat_rows(&[]), Err(BatchError::Empty));
+        let out = vec![fp32("y", vec![4, 2], 0.0)];
+        assert_eq!(
+            split_rows(&out, &[1, 2]),
+            Err(BatchError::RowCount { name: "y".into(), expected: 3, actual: 4 })
+        );
+        let scalar = vec![fp32("y", vec![], 0.0)];
+        assert_eq!(split_rows(&scalar, &[1]), Err(BatchError::NoBatchDimension { name: "y".into() }));
+    }
+
+    #[test]
+    fn group_ignores_rows_and_input_order() {
+        let a = vec![fp32("x", vec![1, 3], 0.0), strings("s", &["a"])];
+        let b = vec![strings("s", &["b", "c"]), fp32("x", vec![2, 3], 5.0)];
+        let wide = vec![fp32("x", vec![1, 4], 0.0), strings("s", &["a"])];
+        assert_eq!(batch_group(&a), batch_group(&b));
+        assert_ne!(batch_group(&a), batch_group(&wide));
+        assert_eq!((batch_rows(&a), batch_rows(&b)), (1, 2));
+    }
+}

@@ -1,0 +1,307 @@
+//! Unit tests of the batch planner, on a fake clock: `t0` plus offsets, never a real wait.
+
+use super::*;
+use crate::TimeoutAction;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn batching(max: usize) -> PlannerConfig {
+    PlannerConfig { batching: true, max_batch_size: max, ..PlannerConfig::default() }
+}
+
+fn entry(id: EntryId, rows: usize, arrival: Instant) -> Entry {
+    Entry { id, rows, group: 0, priority: 0, arrival, deadlines: Deadlines::default() }
+}
+
+/// A profile of 1 ms per call plus 1 ms per row.
+fn linear_profile() -> LatencyProfile {
+    let mut profile = LatencyProfile::default();
+    for rows in [1, 2, 4, 8] {
+        profile.record(rows, ms(1 + rows as u64));
+    }
+    profile
+}
+
+fn admit_all(planner: &mut BatchPlanner, entries: Vec<Entry>, now: Instant) {
+    for e in entries {
+        planner.admit(e, now).expect("admitted");
+    }
+}
+
+fn dispatch(planner: &mut BatchPlanner, now: Instant) -> Batch {
+    match planner.next_batch(now) {
+        Decision::Dispatch(batch) => batch,
+        other => panic!("expected a batch, got {other:?}"),
+    }
+}
+
+#[test]
+fn batch_never_exceeds_max_batch_size() {
+    let t0 = Instant::now();
+    let mut planner = BatchPlanner::new(batching(4), LatencyProfile::default());
+    let rows = [2, 1, 2, 3, 1];
+    admit_all(&mut planner, rows.iter().enumerate().map(|(i, &r)| entry(i as u64, r, t0)).collect(), t0);
+    let first = dispatch(&mut planner, t0);
+    assert_eq!((first.entries.clone(), first.rows), (vec![0, 1], 3), "entry 2 would make 5 rows");
+    assert_eq!(planner.next_batch(t0), Decision::Idle, "the only instance is busy");
+    planner.complete(first.id, None);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![2]);
+    planner.complete(1, None);
+    let last = dispatch(&mut planner, t0);
+    assert_eq!((last.entries, last.rows), (vec![3, 4], 4));
+}
+
+#[test]
+fn higher_priority_first_and_fifo_within_a_level() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { priority_levels: 2, default_priority_level: 2, ..PlannerConfig::default() };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    for (id, level) in [(0, 2), (1, 1), (2, 2), (3, 1)] {
+        planner.admit(Entry { priority: level, ..entry(id, 1, t0 + ms(id)) }, t0 + ms(id)).expect("admitted");
+    }
+    let mut order = Vec::new();
+    while let Decision::Dispatch(batch) = planner.next_batch(t0 + ms(5)) {
+        order.extend(batch.entries);
+        planner.complete(batch.id, None);
+    }
+    assert_eq!(order, vec![1, 3, 0, 2]);
+}
+
+#[test]
+fn batches_fill_across_levels_but_start_with_the_head() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { priority_levels: 2, default_priority_level: 2, ..batching(8) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(
+        &mut planner,
+        vec![Entry { priority: 2, ..entry(0, 1, t0) }, Entry { priority: 1, ..entry(1, 1, t0) }],
+        t0,
+    );
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![1, 0]);
+}
+
+#[test]
+fn waits_for_max_queue_delay_then_sends_what_it_has() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { max_queue_delay: ms(2), ..batching(8) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    assert_eq!(planner.next_batch(t0), Decision::WaitUntil(t0 + ms(2)));
+    admit_all(&mut planner, vec![entry(1, 3, t0 + ms(1))], t0 + ms(1));
+    assert_eq!(
+        planner.next_batch(t0 + ms(1)),
+        Decision::WaitUntil(t0 + ms(2)),
+        "the oldest request sets the time"
+    );
+    let batch = dispatch(&mut planner, t0 + ms(2));
+    assert_eq!((batch.entries, batch.rows), (vec![0, 1], 4));
+}
+
+#[test]
+fn full_batch_goes_at_once() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { max_queue_delay: ms(100), ..batching(4) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 3, t0)], t0);
+    assert!(matches!(planner.next_batch(t0), Decision::WaitUntil(_)));
+    admit_all(&mut planner, vec![entry(1, 1, t0)], t0);
+    assert_eq!(dispatch(&mut planner, t0).rows, 4);
+    // A batch that cannot grow (the next request does not fit) goes at once too.
+    planner.complete(0, None);
+    admit_all(&mut planner, vec![entry(2, 3, t0), entry(3, 2, t0)], t0);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![2]);
+}
+
+#[test]
+fn largest_preferred_size_goes_at_once() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { preferred_batch_sizes: vec![2, 4], max_queue_delay: ms(100), ..batching(8) };
+    let mut planner = BatchPlanner::new(config.clone(), LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    assert_eq!(planner.next_batch(t0), Decision::WaitUntil(t0 + ms(100)));
+    admit_all(&mut planner, vec![entry(1, 1, t0), entry(2, 1, t0)], t0);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![0, 1], "2 is preferred, 3 is not");
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(&mut planner, (0..5).map(|id| entry(id, 1, t0)).collect(), t0);
+    assert_eq!(dispatch(&mut planner, t0).rows, 4, "the largest preferred size formed");
+}
+
+#[test]
+fn without_batching_each_request_runs_alone_at_once() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { instances: 3, max_queue_delay: ms(100), ..PlannerConfig::default() };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(&mut planner, (0..4).map(|id| entry(id, 1, t0)).collect(), t0);
+    for id in 0..3 {
+        assert_eq!(dispatch(&mut planner, t0).entries, vec![id], "one per instance, no delay");
+    }
+    assert_eq!(planner.next_batch(t0), Decision::Idle);
+    planner.complete(1, None);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![3]);
+}
+
+#[test]
+fn requests_of_different_shapes_do_not_share_a_batch() {
+    let t0 = Instant::now();
+    let mut planner =
+        BatchPlanner::new(PlannerConfig { instances: 2, ..batching(8) }, LatencyProfile::default());
+    admit_all(
+        &mut planner,
+        vec![entry(0, 1, t0), Entry { group: 7, ..entry(1, 1, t0) }, entry(2, 1, t0)],
+        t0,
+    );
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![0, 2]);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![1]);
+}
+
+#[test]
+fn reject_expires_a_request_instead_of_running_it_late() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { default_timeout: Some(ms(5)), ..batching(8) };
+    let mut planner = BatchPlanner::new(config.clone(), LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    let busy = dispatch(&mut planner, t0);
+    let late = Entry { deadlines: config.deadlines(t0, None, None), ..entry(1, 1, t0) };
+    admit_all(&mut planner, vec![late], t0);
+    assert_eq!(planner.next_batch(t0 + ms(1)), Decision::WaitUntil(t0 + ms(5)), "wakes to expire it");
+    assert_eq!(planner.next_batch(t0 + ms(5)), Decision::Idle);
+    assert_eq!(planner.take_expired(), vec![1]);
+    planner.complete(busy.id, None);
+    assert_eq!(planner.next_batch(t0 + ms(6)), Decision::Idle, "never dispatched after its deadline");
+    assert!(planner.take_expired().is_empty(), "reported once");
+}
+
+#[test]
+fn delay_lets_a_timed_out_request_yield_its_place() {
+    let t0 = Instant::now();
+    let config = PlannerConfig {
+        timeout_action: TimeoutAction::Delay,
+        default_timeout: Some(ms(2)),
+        allow_timeout_override: true,
+        ..PlannerConfig::default()
+    };
+    let mut planner = BatchPlanner::new(config.clone(), LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    let busy = dispatch(&mut planner, t0);
+    let first = Entry { deadlines: config.deadlines(t0, None, None), ..entry(1, 1, t0) };
+    let second =
+        Entry { deadlines: config.deadlines(t0 + ms(1), Some(ms(100)), None), ..entry(2, 1, t0 + ms(1)) };
+    admit_all(&mut planner, vec![first, second], t0 + ms(1));
+    // Entry 2 asked for 100 ms but may only shorten the default: both time out, 1 first.
+    assert_eq!(planner.next_batch(t0 + ms(3)), Decision::Idle);
+    planner.complete(busy.id, None);
+    assert_eq!(dispatch(&mut planner, t0 + ms(4)).entries, vec![1], "both late: arrival order");
+    assert!(planner.take_expired().is_empty(), "DELAY never expires on the timeout");
+
+    let mut planner = BatchPlanner::new(config.clone(), LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    let busy = dispatch(&mut planner, t0);
+    let timed = Entry { deadlines: config.deadlines(t0, None, None), ..entry(1, 1, t0) };
+    let untimed = Entry { deadlines: Deadlines::default(), ..entry(2, 1, t0 + ms(1)) };
+    admit_all(&mut planner, vec![timed, untimed], t0 + ms(1));
+    assert_eq!(planner.next_batch(t0 + ms(3)), Decision::Idle);
+    planner.complete(busy.id, None);
+    assert_eq!(dispatch(&mut planner, t0 + ms(3)).entries, vec![2], "the punctual one goes first");
+}
+
+#[test]
+fn admission_refuses_a_full_queue_and_oversized_requests() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { max_queue_size: 2, ..batching(4) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 1, t0), entry(1, 1, t0)], t0);
+    let full = planner.admit(entry(2, 1, t0), t0).expect_err("queue full");
+    assert_eq!(full.reason, RejectReason::QueueFull { capacity: 2 });
+    assert!(full.retry_after > Duration::ZERO);
+    let big = planner.admit(entry(3, 5, t0), t0).expect_err("too many rows");
+    assert_eq!(big.reason, RejectReason::TooManyRows { rows: 5, max: 4 });
+    assert_eq!(planner.queue_len(), 2);
+}
+
+#[test]
+fn admission_refuses_a_predicted_deadline_miss() {
+    let t0 = Instant::now();
+    // One instance, no batching, 2 ms per request (1 ms fixed + 1 ms per row), due in 5 ms.
+    let config = PlannerConfig { slo: Some(ms(5)), ..PlannerConfig::default() };
+    let mut planner = BatchPlanner::new(config.clone(), linear_profile());
+    let due = |id: EntryId| Entry { deadlines: config.deadlines(t0, None, None), ..entry(id, 1, t0) };
+    admit_all(&mut planner, vec![due(0), due(1)], t0);
+    let miss = planner.admit(due(2), t0).expect_err("third would finish at 6 ms");
+    assert_eq!(miss.reason, RejectReason::PredictedMiss { predicted: ms(6), allowed: ms(5) });
+    assert_eq!(miss.retry_after, ms(4), "when the queue ahead of it has run");
+    assert!(miss.reason.to_string().contains("about 6.0 ms but the deadline allows 5.0 ms"));
+    let past = Entry { deadlines: config.deadlines(t0, None, None), ..entry(3, 1, t0) };
+    assert_eq!(planner.admit(past, t0 + ms(5)).map_err(|r| r.reason), Err(RejectReason::DeadlinePassed));
+}
+
+#[test]
+fn slo_fires_early_to_meet_the_oldest_deadline() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { max_queue_delay: ms(100), slo: Some(ms(10)), ..batching(8) };
+    let mut planner = BatchPlanner::new(config.clone(), linear_profile());
+    let arrive =
+        |id: EntryId, at: Instant| Entry { deadlines: config.deadlines(at, None, None), ..entry(id, 1, at) };
+    admit_all(&mut planner, vec![arrive(0, t0)], t0);
+    // Alone it takes 2 ms, so it can wait until 8 ms, not the 100 ms queue delay.
+    assert_eq!(planner.next_batch(t0), Decision::WaitUntil(t0 + ms(8)));
+    admit_all(&mut planner, vec![arrive(1, t0 + ms(1))], t0 + ms(1));
+    // Two rows take 3 ms: leave by 7 ms.
+    assert_eq!(planner.next_batch(t0 + ms(1)), Decision::WaitUntil(t0 + ms(7)));
+    let batch = dispatch(&mut planner, t0 + ms(7));
+    assert_eq!(batch.entries, vec![0, 1]);
+}
+
+#[test]
+fn slo_sends_the_prefix_that_meets_every_deadline() {
+    let t0 = Instant::now();
+    let mut planner = BatchPlanner::new(batching(8), linear_profile());
+    let due_in = |id: EntryId, due: Duration| Entry {
+        deadlines: Deadlines { due: Some(t0 + due), ..Deadlines::default() },
+        ..entry(id, 1, t0)
+    };
+    // 4 rows take 5 ms, too late for entry 0 (due at 3.5 ms); 2 rows take 3 ms.
+    let entries =
+        vec![due_in(0, Duration::from_micros(3500)), due_in(1, ms(50)), due_in(2, ms(50)), due_in(3, ms(50))];
+    admit_all(&mut planner, entries, t0);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![0, 1]);
+}
+
+#[test]
+fn slo_prefers_throughput_among_feasible_sizes() {
+    let t0 = Instant::now();
+    // Batches of 3 are slow on this engine (say, a kernel falls off a fast path).
+    let mut profile = LatencyProfile::default();
+    for (rows, exec) in [(1, 2), (2, 2), (3, 9), (4, 9)] {
+        profile.record(rows, ms(exec));
+    }
+    let mut planner = BatchPlanner::new(batching(3), profile);
+    let due = Deadlines { due: Some(t0 + ms(20)), ..Deadlines::default() };
+    admit_all(&mut planner, (0..3).map(|id| Entry { deadlines: due, ..entry(id, 1, t0) }).collect(), t0);
+    assert_eq!(dispatch(&mut planner, t0).rows, 2, "2 rows in 2 ms beat 3 rows in 9 ms");
+}
+
+#[test]
+fn instances_run_batches_at_once_and_cancelled_requests_leave() {
+    let t0 = Instant::now();
+    let mut planner =
+        BatchPlanner::new(PlannerConfig { instances: 2, ..batching(1) }, LatencyProfile::default());
+    admit_all(&mut planner, (0..4).map(|id| entry(id, 1, t0)).collect(), t0);
+    assert!(planner.cancel(1));
+    assert!(!planner.cancel(1));
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![0]);
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![2]);
+    assert_eq!(planner.next_batch(t0), Decision::Idle);
+    assert_eq!((planner.in_flight(), planner.free_instances(), planner.queue_len()), (2, 0, 1));
+}
+
+#[test]
+fn completions_update_the_profile() {
+    let t0 = Instant::now();
+    let mut planner = BatchPlanner::new(batching(4), LatencyProfile::default());
+    admit_all(&mut planner, vec![entry(0, 2, t0)], t0);
+    let batch = dispatch(&mut planner, t0);
+    planner.complete(batch.id, Some((2, ms(3))));
+    assert_eq!(planner.profile().predict(2), Some(ms(3)));
+}

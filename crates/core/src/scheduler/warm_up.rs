@@ -1,0 +1,117 @@
+//! Warm-up at load: runs batches of zeros through an instance to seed the latency profile.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::pool::infer_caught;
+use crate::{EngineError, ModelConfig, ModelInstance, NamedTensor, Tensor, TensorData};
+
+/// The batch sizes a warm-up measures: powers of two below `max_batch_size`, the maximum itself
+/// and the preferred sizes; just 1 for a model that does not batch.
+pub fn warm_up_sizes(config: &ModelConfig) -> Vec<usize> {
+    let max = config.max_batch_size as usize;
+    if max == 0 {
+        return vec![1];
+    }
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(1usize), |s| s.checked_mul(2)).take_while(|&s| s < max).collect();
+    sizes.push(max);
+    if let Some(batching) = &config.dynamic_batching {
+        sizes.extend(
+            batching.preferred_batch_size.iter().map(|&s| s as usize).filter(|&s| s >= 1 && s <= max),
+        );
+    }
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// Inputs of zeros (empty strings for BYTES) with `rows` rows, shaped by the config's specs;
+/// dynamic dimensions become 1. For a model that does not batch, `rows` is ignored.
+pub fn zero_inputs(config: &ModelConfig, rows: usize) -> Result<Vec<NamedTensor>, EngineError> {
+    config
+        .inputs
+        .iter()
+        .map(|spec| {
+            let dims = spec.dims.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d > 0).unwrap_or(1));
+            let shape: Vec<usize> = if config.max_batch_size > 0 {
+                std::iter::once(rows).chain(dims).collect()
+            } else {
+                dims.collect()
+            };
+            let count: usize = shape.iter().product();
+            let data = match spec.data_type.size() {
+                Some(size) => TensorData::Raw(Bytes::from(vec![0u8; count * size])),
+                None => TensorData::Strings(vec![Bytes::new(); count]),
+            };
+            let tensor =
+                Tensor::new(spec.data_type, shape, data).map_err(|e| EngineError::new(e.to_string()))?;
+            Ok(NamedTensor { name: spec.name.clone(), tensor })
+        })
+        .collect()
+}
+
+/// Times `rounds` runs of each warm-up size on `instance`, after one untimed run at the
+/// largest size (first runs allocate). Blocking: it runs the model.
+pub fn warm_up(
+    instance: &mut dyn ModelInstance,
+    config: &ModelConfig,
+    rounds: usize,
+) -> Result<Vec<(usize, Duration)>, EngineError> {
+    let name = format!("{}#warm-up", config.name);
+    let outputs: Vec<String> = config.outputs.iter().map(|o| o.name.clone()).collect();
+    let sizes = warm_up_sizes(config);
+    let mut samples = Vec::with_capacity(sizes.len() * rounds);
+    if let Some(&largest) = sizes.last() {
+        infer_caught(&name, instance, &zero_inputs(config, largest)?, &outputs)?;
+    }
+    for rows in sizes {
+        let inputs = zero_inputs(config, rows)?;
+        for _ in 0..rounds {
+            let start = Instant::now();
+            infer_caught(&name, instance, &inputs, &outputs)?;
+            samples.push((rows, start.elapsed()));
+        }
+    }
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DataType, DynamicBatching, TensorSpec};
+
+    fn config(max_batch_size: u32) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            max_batch_size,
+            inputs: vec![
+                TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![3, -1] },
+                TensorSpec { name: "s".into(), data_type: DataType::Bytes, dims: vec![2] },
+            ],
+            dynamic_batching: Some(DynamicBatching {
+                preferred_batch_size: vec![6],
+                ..DynamicBatching::default()
+            }),
+            ..ModelConfig::default()
+        }
+    }
+
+    #[test]
+    fn sizes_cover_powers_of_two_the_maximum_and_preferred() {
+        assert_eq!(warm_up_sizes(&config(10)), vec![1, 2, 4, 6, 8, 10]);
+        assert_eq!(warm_up_sizes(&config(1)), vec![1]);
+        assert_eq!(warm_up_sizes(&config(0)), vec![1]);
+    }
+
+    #[test]
+    fn zero_inputs_follow_the_specs() {
+        let inputs = zero_inputs(&config(8), 4).expect("valid");
+        assert_eq!(inputs[0].tensor.shape(), &[4, 3, 1]);
+        assert_eq!(inputs[0].tensor.to_f32(), Some(vec![0.0; 12]));
+        assert_eq!(inputs[1].tensor.shape(), &[4, 2]);
+        assert_eq!(inputs[1].tensor.data(), &TensorData::Strings(vec![Bytes::new(); 8]));
+        assert_eq!(zero_inputs(&config(0), 4).expect("valid")[0].tensor.shape(), &[3, 1]);
+    }
+}
