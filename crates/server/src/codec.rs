@@ -56,15 +56,19 @@ fn split_bytes_elements(name: &str, mut raw: Bytes) -> Result<Vec<Bytes>, Server
 pub fn tensor_to_raw(tensor: &Tensor) -> Bytes {
     match tensor.data() {
         TensorData::Raw(bytes) => bytes.clone(),
-        TensorData::Strings(items) => {
-            let mut out = Vec::with_capacity(items.iter().map(|i| i.len() + 4).sum());
-            for item in items {
-                out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                out.extend_from_slice(item);
-            }
-            out.into()
-        }
+        TensorData::Strings(items) => join_bytes_elements(items.iter().map(|b| b.as_ref())).into(),
     }
+}
+
+/// Lays out BYTES elements as [`tensor_from_raw`] reads them: each a 4-byte little-endian length
+/// followed by its bytes.
+pub fn join_bytes_elements<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        out.extend_from_slice(&(item.len() as u32).to_le_bytes());
+        out.extend_from_slice(item);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use half::f16;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter};
 
 use super::proto::{self, infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
-use crate::codec::{shape_from_client, tensor_from_raw, tensor_to_raw};
+use crate::codec::{join_bytes_elements, shape_from_client, tensor_from_raw, tensor_to_raw};
 use crate::ServerError;
 
 fn bad(message: String) -> ServerError {
@@ -99,14 +99,7 @@ fn contents_to_raw(name: &str, datatype: DataType, c: InferTensorContents) -> Re
         DataType::Fp16 => c.fp32_contents.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
         DataType::Fp32 => c.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Fp64 => c.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Bytes => {
-            let mut out = Vec::new();
-            for item in &c.bytes_contents {
-                out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-                out.extend_from_slice(item);
-            }
-            out
-        }
+        DataType::Bytes => join_bytes_elements(c.bytes_contents.iter().map(|b| b.as_ref())),
     };
     Ok(bytes.into())
 }
