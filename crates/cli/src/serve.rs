@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use rtserve_server::{EngineChoice, ServerConfig};
+use rtserve_server::{CacheOptions, EngineChoice, RedisOptions, ServerConfig};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -48,9 +48,33 @@ pub struct ServeArgs {
     #[arg(long, env = "RTSERVE_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
 
-    /// Requests that may wait for a free instance, per model version; more get 429.
+    /// Requests that may wait per model version when its config sets no
+    /// `dynamic_batching.default_queue_policy.max_queue_size`; more get 429.
     #[arg(long, env = "RTSERVE_QUEUE_CAPACITY", default_value_t = 1024)]
     queue_capacity: usize,
+
+    /// Timed warm-up runs per batch size at load, seeding the latency profile of models with
+    /// dynamic batching or an SLO. 0 skips the warm-up (the profile then learns online).
+    #[arg(long, env = "RTSERVE_WARM_UP_ROUNDS", default_value_t = 2)]
+    warm_up_rounds: usize,
+
+    /// Size limit of the local prediction cache, in bytes of cached outputs. The cache serves
+    /// models whose config has `response_cache { enable: true }`.
+    #[arg(long, env = "RTSERVE_CACHE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    cache_bytes: u64,
+
+    /// Seconds a cached reply lives, in the local tier and in Redis.
+    #[arg(long, env = "RTSERVE_CACHE_TTL", default_value_t = 600.0)]
+    cache_ttl: f64,
+
+    /// Shared cache tier behind the local one: redis://HOST:PORT[/DB]. When Redis is slow or
+    /// down, requests are computed as if it were absent, and it is reconnected by itself.
+    #[arg(long, env = "RTSERVE_CACHE_REDIS")]
+    cache_redis: Option<String>,
+
+    /// Limit on each Redis call, in milliseconds; a slower call counts as a miss.
+    #[arg(long, env = "RTSERVE_CACHE_REDIS_TIMEOUT_MS", default_value_t = 50)]
+    cache_redis_timeout_ms: u64,
 }
 
 impl ServeArgs {
@@ -59,6 +83,15 @@ impl ServeArgs {
             .context("--shutdown-timeout must be a non-negative number of seconds")?;
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.queue_capacity > 0, "--queue-capacity must be positive");
+        let ttl = Duration::try_from_secs_f64(self.cache_ttl)
+            .ok()
+            .filter(|ttl| !ttl.is_zero())
+            .context("--cache-ttl must be a positive number of seconds")?;
+        anyhow::ensure!(self.cache_redis_timeout_ms > 0, "--cache-redis-timeout-ms must be positive");
+        let redis = self.cache_redis.map(|url| RedisOptions {
+            timeout: Duration::from_millis(self.cache_redis_timeout_ms),
+            ..RedisOptions::new(url)
+        });
         Ok(ServerConfig {
             model_repositories: self.model_repositories,
             host: self.host,
@@ -69,6 +102,8 @@ impl ServeArgs {
             max_request_bytes: self.max_request_bytes,
             shutdown_timeout,
             queue_capacity: self.queue_capacity,
+            warm_up_rounds: self.warm_up_rounds,
+            cache: CacheOptions { max_bytes: self.cache_bytes, ttl, redis },
         })
     }
 }

@@ -11,9 +11,6 @@ pub enum InferError {
     /// The request does not fit the model (400 / INVALID_ARGUMENT); the text names the field.
     #[error("{0}")]
     InvalidInput(String),
-    /// No capacity now (429 / RESOURCE_EXHAUSTED).
-    #[error("model '{0}' is overloaded: its queue is full")]
-    Overloaded(String),
     /// Refused at once by the scheduler: full queue, or a predicted deadline miss
     /// (429 with `Retry-After` / RESOURCE_EXHAUSTED).
     #[error("model '{model}' cannot take the request now: {reason}")]
@@ -36,7 +33,7 @@ impl InferError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             InferError::Rejected { retry_after, .. } => Some(*retry_after),
-            InferError::Overloaded(_) | InferError::DeadlineExceeded { .. } => Some(Duration::from_secs(1)),
+            InferError::DeadlineExceeded { .. } => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

@@ -4,7 +4,6 @@
 //! - [`InferRequest`] / [`InferResponse`]: one inference, protocol-independent.
 //! - [`ModelConfig`]: a model's validated configuration, from any config format.
 //! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait.
-//! - [`InstancePool`]: N OS threads, each owning one model instance.
 //! - [`Scheduler`]: admission control, priority queue and SLO-aware dynamic batching in front
 //!   of a model's instances; its policy is the pure [`BatchPlanner`] (see [`scheduler`]).
 //! - [`PredictionCache`]: the reply cache ([`cache_key`], local tier, single-flight, Redis tier).
@@ -34,7 +33,6 @@ pub use model_config::{
     DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec, TimeoutAction,
     VersionPolicy,
 };
-pub use pool::{InstancePool, PoolOptions};
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use scheduler::{
     BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection, Scheduler,

@@ -27,9 +27,6 @@ pub enum ServerError {
     Internal(String),
 }
 
-/// How long clients are asked to wait after an overload answer.
-pub const RETRY_AFTER: Duration = Duration::from_secs(1);
-
 impl ServerError {
     /// The HTTP status for this error.
     pub fn http_status(&self) -> u16 {
@@ -37,9 +34,7 @@ impl ServerError {
             ServerError::ModelNotFound(_) | ServerError::VersionNotFound { .. } => 404,
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => 400,
             ServerError::TooLarge { .. } => 413,
-            ServerError::Infer(
-                InferError::Overloaded(_) | InferError::Rejected { .. } | InferError::DeadlineExceeded { .. },
-            ) => 429,
+            ServerError::Infer(InferError::Rejected { .. } | InferError::DeadlineExceeded { .. }) => 429,
             ServerError::ModelNotReady { .. }
             | ServerError::ShuttingDown
             | ServerError::Infer(InferError::Unavailable(_)) => 503,
@@ -54,8 +49,7 @@ impl ServerError {
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => {
                 tonic::Code::InvalidArgument
             }
-            ServerError::TooLarge { .. }
-            | ServerError::Infer(InferError::Overloaded(_) | InferError::Rejected { .. }) => {
+            ServerError::TooLarge { .. } | ServerError::Infer(InferError::Rejected { .. }) => {
                 tonic::Code::ResourceExhausted
             }
             ServerError::Infer(InferError::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
@@ -63,6 +57,14 @@ impl ServerError {
             | ServerError::ShuttingDown
             | ServerError::Infer(InferError::Unavailable(_)) => tonic::Code::Unavailable,
             ServerError::Infer(InferError::Engine(_)) | ServerError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    /// How long a refused client should wait (HTTP `Retry-After`); `None` unless overloaded.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ServerError::Infer(e) => e.retry_after(),
+            _ => None,
         }
     }
 

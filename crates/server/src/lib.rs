@@ -14,5 +14,6 @@ mod triton_config;
 
 pub use engines::EngineChoice;
 pub use error::ServerError;
+pub use rtserve_core::{CacheOptions, RedisOptions};
 pub use serve::{serve, ServerConfig, StartError};
 pub use state::ServerState;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rtserve_core::PoolOptions;
+use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,8 +27,12 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// How long in-flight requests may take to finish after a shutdown signal.
     pub shutdown_timeout: Duration,
-    /// Requests that may wait for a free instance, per model version.
+    /// The queue bound of a model version whose config sets no `max_queue_size`.
     pub queue_capacity: usize,
+    /// Timed warm-up runs per batch size at load (models with dynamic batching or an SLO).
+    pub warm_up_rounds: usize,
+    /// The prediction cache (used by models with `response_cache` on).
+    pub cache: CacheOptions,
 }
 
 /// Why the server could not start.
@@ -38,6 +42,8 @@ pub enum StartError {
     Repository(PathBuf),
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Cache(#[from] rtserve_core::CacheError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -59,8 +65,14 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
         return Err(StartError::Repository(missing.clone()));
     }
     let engines = Engines::new(config.engine, config.ort_library.clone()).map_err(StartError::Engine)?;
-    let pool_options = PoolOptions { queue_capacity: config.queue_capacity };
-    let repository = Arc::new(ModelRepository::new(config.model_repositories.clone(), engines, pool_options));
+    let scheduling = SchedulerOptions {
+        default_max_queue_size: config.queue_capacity,
+        warm_up_rounds: config.warm_up_rounds,
+        ..SchedulerOptions::default()
+    };
+    let cache = PredictionCache::new(config.cache.clone())?;
+    let repository =
+        Arc::new(ModelRepository::new(config.model_repositories.clone(), engines, scheduling, cache));
     let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes));
 
     let (http_listener, http_addr) = bind(&config.host, config.http_port).await?;

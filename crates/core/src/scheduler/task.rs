@@ -35,7 +35,8 @@ pub struct SchedulerOptions {
     /// The queue bound when the config sets none (Triton's `max_queue_size: 0` is unbounded;
     /// rtserve always bounds its queues).
     pub default_max_queue_size: usize,
-    /// Timed warm-up runs per batch size before serving; 0 skips the warm-up.
+    /// Timed warm-up runs per batch size before serving; 0 skips the warm-up. Only a policy
+    /// that plans with the latency profile (dynamic batching or an SLO) warms up.
     pub warm_up_rounds: usize,
     /// Recent samples kept per batch size in the latency profile.
     pub profile_window: usize,
@@ -101,7 +102,9 @@ impl Scheduler {
             PlannerConfig::from_model_config(config, instances.len(), options.default_max_queue_size)
                 .map_err(|message| SchedulerError::Config { model: model.clone(), message })?;
         let mut profile = LatencyProfile::new(options.profile_window);
-        if let (Some(first), true) = (instances.first_mut(), options.warm_up_rounds > 0) {
+        let plans_with_profile = policy.batching || policy.slo.is_some();
+        if let (Some(first), true) = (instances.first_mut(), options.warm_up_rounds > 0 && plans_with_profile)
+        {
             match warm_up(first.as_mut(), config, options.warm_up_rounds) {
                 Ok(samples) => samples.into_iter().for_each(|(rows, exec)| profile.record(rows, exec)),
                 Err(e) => {

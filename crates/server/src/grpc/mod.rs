@@ -1,9 +1,11 @@
 //! The KServe v2 gRPC front end (`inference.GRPCInferenceService`, tonic).
 
 mod codec;
+mod deadline;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -34,14 +36,17 @@ pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceS
 }
 
 impl InferenceService {
+    /// One inference; `deadline` is the call's (unary calls only: a stream's deadline bounds
+    /// the whole stream, not each request).
     async fn infer(
         &self,
         request: proto::ModelInferRequest,
+        deadline: Option<Instant>,
     ) -> Result<proto::ModelInferResponse, ServerError> {
         let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
         let request = codec::decode_request(request)?;
-        let response = model.infer(request).await?;
-        Ok(codec::encode_response(response))
+        let inferred = model.infer(request, deadline).await?;
+        Ok(codec::encode_response(inferred.response))
     }
 }
 
@@ -103,7 +108,8 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        Ok(Response::new(self.infer(request.into_inner()).await?))
+        let deadline = deadline::call_deadline(request.metadata(), Instant::now());
+        Ok(Response::new(self.infer(request.into_inner(), deadline).await?))
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -122,7 +128,7 @@ impl GrpcInferenceService for InferenceService {
                 async move {
                     let message = message?;
                     let id = message.id.clone();
-                    Ok(match service.infer(message).await {
+                    Ok(match service.infer(message, None).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -12,13 +12,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::error::RETRY_AFTER;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_json, metadata_json};
 use crate::ServerError;
 
 /// The header that gives the JSON part's length in a binary-extension body.
 const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Where the reply came from (`hit`, `redis_hit`, `miss`, `coalesced`, `bypass`), on models that
+/// use the prediction cache.
+pub const HEADER_CACHE: &str = "x-rtserve-cache";
 
 type Shared = State<Arc<ServerState>>;
 
@@ -47,8 +50,10 @@ impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(json!({ "error": self.client_message() }))).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        if let Some(wait) = self.retry_after() {
+            // Retry-After counts whole seconds: round up, so a client never retries too early.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -129,8 +134,8 @@ async fn infer(
         }
     };
     let (request, encoding) = json::decode_request(body, header_length)?;
-    let response = model.infer(request).await?;
-    let (body, header_length) = json::encode_response(&response, &encoding);
+    let inferred = model.infer(request, None).await?;
+    let (body, header_length) = json::encode_response(&inferred.response, &encoding);
     let mut reply = Response::new(Body::from(body));
     let headers = reply.headers_mut();
     match header_length {
@@ -141,6 +146,9 @@ async fn infer(
         None => {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+    }
+    if let Some(outcome) = inferred.cache {
+        headers.insert(HEADER_CACHE, HeaderValue::from_static(outcome.as_str()));
     }
     Ok(reply)
 }

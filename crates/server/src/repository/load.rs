@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rtserve_core::{Engine, InstancePool, LoadOptions, ModelConfig, ModelSignature, PoolOptions, TensorSpec};
+use rtserve_core::{
+    Engine, LoadOptions, ModelConfig, ModelSignature, PredictionCache, Scheduler, SchedulerOptions,
+    TensorSpec,
+};
 
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
 use crate::engines::Engines;
@@ -19,7 +22,8 @@ pub fn load_model(
     dir: &Path,
     name: &str,
     engines: &Engines,
-    pool_options: &PoolOptions,
+    scheduling: &SchedulerOptions,
+    cache: &PredictionCache,
 ) -> Result<BTreeMap<u64, Arc<LoadedModel>>, String> {
     let declared = read_config(dir, name)?;
     let base = declared.clone().unwrap_or_else(|| ModelConfig {
@@ -41,11 +45,19 @@ pub fn load_model(
     let mut loaded = BTreeMap::new();
     for version in selected {
         let path = &available[&version];
-        let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), pool_options)
+        let serving = Serving { engine: engine.as_ref(), scheduling, cache };
+        let model = load_version(path, version, declared.clone(), &base, &serving)
             .map_err(|e| format!("version {version}: {e}"))?;
         loaded.insert(version, Arc::new(model));
     }
     Ok(loaded)
+}
+
+/// What a loaded version is served with.
+struct Serving<'a> {
+    engine: &'a dyn Engine,
+    scheduling: &'a SchedulerOptions,
+    cache: &'a PredictionCache,
 }
 
 fn load_version(
@@ -53,9 +65,9 @@ fn load_version(
     version: u64,
     declared: Option<ModelConfig>,
     base: &ModelConfig,
-    engine: &dyn Engine,
-    pool_options: &PoolOptions,
+    serving: &Serving<'_>,
 ) -> Result<LoadedModel, String> {
+    let engine = serving.engine;
     let signature = engine.signature(path).map_err(|e| e.to_string())?;
     let config = match declared {
         Some(config) => check_against_signature(config, &signature)?,
@@ -66,12 +78,14 @@ fn load_version(
     let instances = (0..count)
         .map(|_| engine.load(path, &options).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    let pool = InstancePool::start(&format!("{}:{version}", config.name), instances, pool_options);
+    let scheduler = Scheduler::start(&config, instances, serving.scheduling).map_err(|e| e.to_string())?;
+    let policy = scheduler.policy();
     tracing::info!(
         model = %config.name, version, engine = engine.name(), instances = count,
-        threads = options.intra_op_threads, "loaded {}", path.display()
+        threads = options.intra_op_threads, batching = policy.batching, slo = ?policy.slo,
+        cache = config.response_cache, "loaded {}", path.display()
     );
-    Ok(LoadedModel::new(config, version, engine.name(), pool))
+    Ok(LoadedModel::new(config, version, engine.name(), scheduler, serving.cache.clone()))
 }
 
 /// Numeric subdirectories holding the model file.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use rtserve_core::PoolOptions;
+use rtserve_core::{PredictionCache, SchedulerOptions};
 
 use crate::engines::Engines;
 use crate::model::LoadedModel;
@@ -56,18 +56,25 @@ pub struct IndexEntry {
 pub struct ModelRepository {
     roots: Vec<PathBuf>,
     engines: Engines,
-    pool_options: PoolOptions,
+    scheduling: SchedulerOptions,
+    cache: PredictionCache,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Serializes loads and unloads.
     load_lock: tokio::sync::Mutex<()>,
 }
 
 impl ModelRepository {
-    pub fn new(roots: Vec<PathBuf>, engines: Engines, pool_options: PoolOptions) -> Self {
+    pub fn new(
+        roots: Vec<PathBuf>,
+        engines: Engines,
+        scheduling: SchedulerOptions,
+        cache: PredictionCache,
+    ) -> Self {
         ModelRepository {
             roots,
             engines,
-            pool_options,
+            scheduling,
+            cache,
             models: RwLock::new(BTreeMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
         }
@@ -123,12 +130,13 @@ impl ModelRepository {
         let this = self.clone();
         let model = name.to_string();
         let result = tokio::task::spawn_blocking(move || {
-            load::load_model(&dir, &model, &this.engines, &this.pool_options)
+            load::load_model(&dir, &model, &this.engines, &this.scheduling, &this.cache)
         })
         .await
         .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
         match result {
             Ok(versions) => {
+                self.cache.invalidate_model(name);
                 let entry = ModelEntry { state: ModelState::Ready, reason: String::new(), versions };
                 self.write().insert(name.to_string(), entry);
                 Ok(())
@@ -157,6 +165,7 @@ impl ModelRepository {
         let mut models = self.write();
         let entry = models.get_mut(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
         entry.versions.clear();
+        self.cache.invalidate_model(name);
         entry.state = ModelState::Unavailable;
         entry.reason = "unloaded".to_string();
         tracing::info!(model = name, "unloaded");
