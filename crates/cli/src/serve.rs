@@ -30,6 +30,11 @@ pub struct ServeArgs {
     #[arg(long, env = "RTSERVE_GRPC_PORT", default_value_t = 8001)]
     grpc_port: u16,
 
+    /// Also serve `GET /metrics` (Prometheus) on this port of its own; it is always on the
+    /// HTTP port.
+    #[arg(long, env = "RTSERVE_METRICS_PORT")]
+    metrics_port: Option<u16>,
+
     /// Engine: auto (ONNX Runtime when its library is found, else tract), onnxruntime or tract.
     /// An explicit engine applies to every model; auto honours each model's `backend`.
     #[arg(long, env = "RTSERVE_ENGINE", default_value = "auto")]
@@ -97,6 +102,7 @@ impl ServeArgs {
             host: self.host,
             http_port: self.http_port,
             grpc_port: self.grpc_port,
+            metrics_port: self.metrics_port,
             engine: self.engine,
             ort_library: self.ort_library,
             max_request_bytes: self.max_request_bytes,

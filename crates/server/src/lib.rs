@@ -6,11 +6,13 @@ mod engines;
 mod error;
 pub mod grpc;
 pub mod http;
+mod metrics;
 mod model;
 pub mod repository;
 mod serve;
 mod state;
 mod triton_config;
+mod triton_stats;
 
 pub use engines::EngineChoice;
 pub use error::ServerError;

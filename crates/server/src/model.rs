@@ -1,9 +1,10 @@
 //! A loaded model version: its configuration, its scheduler, and the request path through the
 //! prediction cache to the scheduler.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use rtserve_core::scheduler::DurationTotal;
 use rtserve_core::{
     cache_enabled, cache_key, validate_request, CacheOutcome, InferRequest, InferResponse, ModelConfig,
     NamedTensor, PredictionCache, Scheduler,
@@ -19,6 +20,21 @@ pub struct LoadedModel {
     pub engine: &'static str,
     pub scheduler: Scheduler,
     cache: PredictionCache,
+    requests: Mutex<RequestStats>,
+}
+
+/// Requests to one model version, as Triton's statistics report them.
+#[derive(Debug, Clone, Default)]
+pub struct RequestStats {
+    /// Answered with outputs, and their time in the model's request path.
+    pub success: DurationTotal,
+    pub fail: DurationTotal,
+    /// Answered from the cache (local, Redis or an identical request in flight), and their time.
+    pub cache_hit: DurationTotal,
+    /// Cache lookups that ran the model (counted; their time is in `success`).
+    pub cache_miss: DurationTotal,
+    /// When the last request arrived, in milliseconds since the Unix epoch; 0 before any.
+    pub last_inference_ms: u64,
 }
 
 /// A reply, and where it came from: `None` when the model does not use the cache.
@@ -35,13 +51,45 @@ impl LoadedModel {
         scheduler: Scheduler,
         cache: PredictionCache,
     ) -> Self {
-        LoadedModel { config, version, engine, scheduler, cache }
+        LoadedModel { config, version, engine, scheduler, cache, requests: Mutex::default() }
+    }
+
+    /// A snapshot of the request counters.
+    pub fn request_stats(&self) -> RequestStats {
+        self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Validates the request against the config, then answers it from the cache (when the model
     /// has `response_cache` on and the request does not bypass it) or through the scheduler.
     /// `deadline` is the caller's own (the gRPC deadline): the request never runs after it.
     pub async fn infer(
+        self: &Arc<Self>,
+        request: InferRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Inferred, ServerError> {
+        let start = Instant::now();
+        let result = self.serve(request, deadline).await;
+        let elapsed = start.elapsed();
+        let mut stats = self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stats.last_inference_ms =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        match &result {
+            Ok(inferred) => {
+                stats.success.add(elapsed);
+                match inferred.cache {
+                    Some(CacheOutcome::Hit | CacheOutcome::RedisHit | CacheOutcome::Coalesced) => {
+                        stats.cache_hit.add(elapsed)
+                    }
+                    Some(CacheOutcome::Miss) => stats.cache_miss.add(std::time::Duration::ZERO),
+                    Some(CacheOutcome::Bypass) | None => {}
+                }
+            }
+            Err(_) => stats.fail.add(elapsed),
+        }
+        result
+    }
+
+    async fn serve(
         self: &Arc<Self>,
         mut request: InferRequest,
         deadline: Option<Instant>,

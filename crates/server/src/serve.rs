@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::engines::{EngineChoice, Engines};
-use crate::repository::ModelRepository;
+use crate::metrics::Metrics;
+use crate::repository::{ModelRepository, Serving};
 use crate::state::ServerState;
 
 /// The validated server configuration.
@@ -22,6 +23,8 @@ pub struct ServerConfig {
     /// 0 picks a free port.
     pub http_port: u16,
     pub grpc_port: u16,
+    /// A port of its own for `GET /metrics` (it is on the HTTP port as well).
+    pub metrics_port: Option<u16>,
     pub engine: EngineChoice,
     pub ort_library: Option<PathBuf>,
     pub max_request_bytes: usize,
@@ -44,6 +47,8 @@ pub enum StartError {
     Engine(String),
     #[error(transparent)]
     Cache(#[from] rtserve_core::CacheError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("server failed: {0}")]
@@ -71,14 +76,27 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
         ..SchedulerOptions::default()
     };
     let cache = PredictionCache::new(config.cache.clone())?;
-    let repository =
-        Arc::new(ModelRepository::new(config.model_repositories.clone(), engines, scheduling, cache));
-    let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes));
+    let metrics = Arc::new(Metrics::new()?);
+    let repository = Arc::new(ModelRepository::new(
+        config.model_repositories.clone(),
+        engines,
+        Serving { scheduling, stages: metrics.stages(), cache: cache.clone() },
+    ));
+    metrics.watch(repository.clone(), cache);
+    let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));
 
     let (http_listener, http_addr) = bind(&config.host, config.http_port).await?;
     let (grpc_listener, grpc_addr) = bind(&config.host, config.grpc_port).await?;
     tracing::info!("HTTP listening on {http_addr}");
     tracing::info!("gRPC listening on {grpc_addr}");
+    let metrics_listener = match config.metrics_port {
+        Some(port) => {
+            let (listener, addr) = bind(&config.host, port).await?;
+            tracing::info!("metrics listening on {addr}");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -92,6 +110,15 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
             stopped(stop_rx.clone()),
         );
+    if let Some(listener) = metrics_listener {
+        let metrics = axum::serve(listener, crate::http::metrics_app(state.clone()))
+            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        tokio::spawn(async move {
+            if let Err(e) = metrics.await {
+                tracing::error!("metrics listener failed: {e}");
+            }
+        });
+    }
     let http = tokio::spawn(async move { http.await.map_err(|e| e.to_string()) });
     let grpc = tokio::spawn(async move { grpc.await.map_err(|e| e.to_string()) });
 

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use crate::metrics::Metrics;
 use crate::repository::ModelRepository;
 
 /// Shared server state.
@@ -10,15 +11,17 @@ pub struct ServerState {
     pub repository: Arc<ModelRepository>,
     /// Largest request body or message accepted, in bytes.
     pub max_request_bytes: usize,
+    pub metrics: Arc<Metrics>,
     ready: AtomicBool,
     shutting_down: AtomicBool,
 }
 
 impl ServerState {
-    pub fn new(repository: Arc<ModelRepository>, max_request_bytes: usize) -> Self {
+    pub fn new(repository: Arc<ModelRepository>, max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
         ServerState {
             repository,
             max_request_bytes,
+            metrics,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
         }
@@ -42,4 +45,4 @@ impl ServerState {
 pub const SERVER_NAME: &str = "rtserve";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Protocol extensions that work end to end.
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "statistics"];

@@ -271,3 +271,40 @@ pub fn assert_grpc_error<T: std::fmt::Debug>(
         );
     }
 }
+
+/// The Triton statistics of the (only loaded version of) `model`.
+pub async fn model_stats(http: &reqwest::Client, server: &Server, model: &str) -> Value {
+    let reply = get(http, server, &format!("/v2/models/{model}/stats")).await;
+    assert_eq!(reply.status, 200, "stats: {}", String::from_utf8_lossy(&reply.body));
+    reply.json()["model_stats"][0].clone()
+}
+
+/// The statistics of `model` once `ready` holds for them (the scheduler counts a batch just
+/// after answering its callers, so counters may trail the replies a moment); panics after 5 s.
+pub async fn model_stats_when(
+    http: &reqwest::Client,
+    server: &Server,
+    model: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let stats = model_stats(http, server, model).await;
+        if ready(&stats) {
+            return stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "statistics of {model} never matched: {stats}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The value of the sample `name{labels}` in a Prometheus text scrape; labels are matched as
+/// `key="value"` pairs, in any order.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let all_match = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        (metric == name && all_match).then(|| value.parse().ok()).flatten()
+    })
+}

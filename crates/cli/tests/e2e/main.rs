@@ -6,10 +6,13 @@
 //! ONNX Runtime, its cases are skipped with a note, unless `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is
 //! set. `RTSERVE_E2E_LOG=1` echoes the servers' logs.
 
+mod batching;
+mod cache;
 mod client;
 mod errors;
 mod grpc;
 mod http;
+mod metrics;
 mod repository;
 mod server;
 mod shutdown;
@@ -88,6 +91,24 @@ pub fn temp_repository(models: &[&str]) -> tempfile::TempDir {
         copy_dir(&server::example_repository().join(model), &dir.path().join(model));
     }
     dir
+}
+
+/// Adds to `repository` a model `name` with the versions of the example model `from` and the
+/// given config.pbtxt text.
+pub fn add_model(repository: &Path, from: &str, name: &str, config: &str) {
+    let target = repository.join(name);
+    copy_dir(&server::example_repository().join(from).join("1"), &target.join("1"));
+    std::fs::write(target.join("config.pbtxt"), config).expect("write config.pbtxt");
+}
+
+/// The MLP's config.pbtxt under another name, with `extra` appended (dynamic_batching,
+/// response_cache, parameters...).
+pub fn mlp_config(name: &str, extra: &str) -> String {
+    format!(
+        "name: \"{name}\"\nmax_batch_size: 8\n\
+         input [ {{ name: \"input\" data_type: TYPE_FP32 dims: [ 784 ] }} ]\n\
+         output [ {{ name: \"output\" data_type: TYPE_FP32 dims: [ 10 ] }} ]\n{extra}\n"
+    )
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -186,3 +186,23 @@ pub fn assert_bitwise_equal(a: &[Tensor], b: &[Tensor], what: &str) {
         assert!(x.to_raw() == y.to_raw(), "{what}, output '{}': values differ:\n{x:?}\n{y:?}", x.name);
     }
 }
+
+/// `n` distinct one-row MLP inputs: the reference case's two rows, scaled by 1 + 0.1 i.
+pub fn mlp_rows(n: usize) -> Vec<Vec<Tensor>> {
+    let reference = &case("mlp").inputs[0];
+    let Values::Fp32(values) = &reference.values else { panic!("the MLP input is FP32") };
+    let width = values.len() / reference.shape[0] as usize;
+    (0..n)
+        .map(|i| {
+            let row = &values[(i % 2) * width..(i % 2 + 1) * width];
+            let scale = 1.0 + 0.1 * i as f32;
+            let values = Values::Fp32(row.iter().map(|v| v * scale).collect());
+            vec![Tensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, width as i64],
+                values,
+            }]
+        })
+        .collect()
+}

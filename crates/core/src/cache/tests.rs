@@ -4,9 +4,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::redis::test_server::{self, RedisServer};
 use super::*;
 use crate::{NamedTensor, Tensor};
+use rtserve_testkit::redis::{self as test_server, RedisServer};
 
 fn key_for(model: &str, x: f32) -> CacheKey {
     let input = NamedTensor { name: "x".into(), tensor: Tensor::from_f32(vec![1], &[x]).expect("valid") };

@@ -31,12 +31,10 @@ pub struct SchedulerStats {
     /// Instances running a batch (gauge).
     pub instances_busy: usize,
     pub instances: usize,
-    /// Batches sent to an instance, by rows.
-    pub batches_by_size: BTreeMap<usize, u64>,
+    /// Engine executions by rows, with their time inside the engine.
+    pub batches: BTreeMap<usize, DurationTotal>,
     /// Per request: arrival to dispatch.
     pub queue_wait: DurationTotal,
-    /// Per batch: time inside the engine.
-    pub exec: DurationTotal,
     /// Requests refused at admission, by [`RejectReason::label`].
     pub rejections: BTreeMap<&'static str, u64>,
     /// Requests whose deadline passed while they waited.
@@ -56,6 +54,19 @@ pub struct SchedulerStats {
 }
 
 impl SchedulerStats {
+    /// Engine executions and their total engine time.
+    pub fn executions(&self) -> DurationTotal {
+        self.batches.values().fold(DurationTotal::default(), |total, b| DurationTotal {
+            count: total.count + b.count,
+            sum: total.sum + b.sum,
+        })
+    }
+
+    /// Rows run by the engine (inferences).
+    pub fn rows(&self) -> u64 {
+        self.batches.iter().map(|(&rows, b)| rows as u64 * b.count).sum()
+    }
+
     pub(crate) fn reject(&mut self, reason: &RejectReason) {
         *self.rejections.entry(reason.label()).or_default() += 1;
     }

@@ -385,8 +385,6 @@ impl Driver {
             self.planner.complete(batch.id, None);
             return;
         }
-        let rows = parts.iter().map(|p| p.rows).sum();
-        *lock(&self.stats).batches_by_size.entry(rows).or_default() += 1;
         let job = BatchJob { batch: batch.id, parts, done: self.done.clone() };
         // The planner keeps at most one batch per instance in flight, so the channel (one slot
         // per instance) is never full; it fails only when every instance thread is gone.
@@ -403,7 +401,7 @@ impl Driver {
         self.planner.complete(done.batch, done.measured);
         let mut stats = lock(&self.stats);
         if let Some((rows, exec)) = done.measured {
-            stats.exec.add(exec);
+            stats.batches.entry(rows).or_default().add(exec);
             stats.profile = self.planner.profile().points();
             if let Some(observer) = &self.observer {
                 observer.batch(rows, exec);

@@ -129,8 +129,12 @@ async fn waiting_requests_run_as_one_batch_and_get_their_own_rows() {
 
     until(&h.scheduler, |s| s.completed == 4).await;
     let stats = h.scheduler.stats();
-    assert_eq!(stats.batches_by_size, [(1, 1), (4, 1)].into_iter().collect());
-    assert_eq!((stats.queue_wait.count, stats.exec.count, stats.queue_depth), (4, 2, 0));
+    let counts: Vec<(usize, u64)> = stats.batches.iter().map(|(&rows, b)| (rows, b.count)).collect();
+    assert_eq!(counts, [(1, 1), (4, 1)]);
+    assert_eq!(
+        (stats.queue_wait.count, stats.executions().count, stats.rows(), stats.queue_depth),
+        (4, 2, 5, 0)
+    );
     assert_eq!(stats.profile.iter().map(|p| p.rows).collect::<Vec<_>>(), vec![1, 4]);
 }
 

@@ -10,8 +10,10 @@ use std::time::Instant;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::Protocol;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_proto, metadata_proto};
+use crate::triton_stats::stats_proto;
 use crate::ServerError;
 
 /// Types generated from `proto/inference.proto`.
@@ -43,10 +45,17 @@ impl InferenceService {
         request: proto::ModelInferRequest,
         deadline: Option<Instant>,
     ) -> Result<proto::ModelInferResponse, ServerError> {
-        let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
-        let request = codec::decode_request(request)?;
-        let inferred = model.infer(request, deadline).await?;
-        Ok(codec::encode_response(inferred.response))
+        let mut timer = self.state.metrics.request(Protocol::Grpc);
+        let result = async {
+            let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
+            timer.model(&model.config.name, model.version);
+            let request = codec::decode_request(request)?;
+            let inferred = model.infer(request, deadline).await?;
+            Ok(codec::encode_response(inferred.response))
+        }
+        .await;
+        timer.finish(&result);
+        result
     }
 }
 
@@ -155,9 +164,11 @@ impl GrpcInferenceService for InferenceService {
 
     async fn model_statistics(
         &self,
-        _: Request<proto::ModelStatisticsRequest>,
+        request: Request<proto::ModelStatisticsRequest>,
     ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
-        Err(Status::unimplemented("model statistics are not implemented yet"))
+        let r = request.into_inner();
+        let models = self.state.repository.select(&r.name, &r.version)?;
+        Ok(Response::new(stats_proto(&models)))
     }
 
     async fn repository_index(

@@ -12,8 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::metrics::{Protocol, RequestTimer};
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_json, metadata_json};
+use crate::triton_stats::stats_json;
 use crate::ServerError;
 
 /// The header that gives the JSON part's length in a binary-extension body.
@@ -37,11 +39,15 @@ pub fn app(state: Arc<ServerState>) -> Router {
         .route("/v2/models/{model}/versions/{version}/ready", get(model_ready))
         .route("/v2/models/{model}/config", get(model_config))
         .route("/v2/models/{model}/versions/{version}/config", get(model_config))
+        .route("/v2/models/stats", get(all_model_stats))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(model_stats))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -109,13 +115,48 @@ async fn model_config(State(state): Shared, Path(path): Path<ModelPath>) -> Resu
     Ok(Json(config_json(&model.config)))
 }
 
+async fn all_model_stats(State(state): Shared) -> Json<Value> {
+    Json(stats_json(&state.repository.loaded()))
+}
+
+async fn model_stats(State(state): Shared, Path(path): Path<ModelPath>) -> Result<Json<Value>, ServerError> {
+    let models = state.repository.select(&path.model, path.version.as_deref().unwrap_or_default())?;
+    Ok(Json(stats_json(&models)))
+}
+
+/// `GET /metrics`, in the Prometheus text format.
+pub async fn metrics(State(state): Shared) -> Result<Response, ServerError> {
+    let text = state.metrics.render()?;
+    let content_type = HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8");
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+/// The metrics alone, for `--metrics-port`.
+pub fn metrics_app(state: Arc<ServerState>) -> Router {
+    Router::new().route("/metrics", get(metrics)).fallback(not_found).with_state(state)
+}
+
 async fn infer(
     State(state): Shared,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ServerError> {
+    let mut timer = state.metrics.request(Protocol::Http);
+    let result = infer_timed(&state, path, headers, body, &mut timer).await;
+    timer.finish(&result);
+    result
+}
+
+async fn infer_timed(
+    state: &ServerState,
+    path: ModelPath,
+    headers: HeaderMap,
+    body: Body,
+    timer: &mut RequestTimer,
+) -> Result<Response, ServerError> {
     let model = state.repository.get(&path.model, path.version.as_deref())?;
+    timer.model(&model.config.name, model.version);
     let limit = state.max_request_bytes;
     if let Some(size) = content_length(&headers).filter(|&size| size > limit) {
         return Err(ServerError::TooLarge { size, limit });

@@ -9,6 +9,8 @@ use rtserve_core::{
     TensorSpec,
 };
 
+use crate::metrics::StageMetrics;
+
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
 use crate::engines::Engines;
 use crate::model::LoadedModel;
@@ -22,8 +24,7 @@ pub fn load_model(
     dir: &Path,
     name: &str,
     engines: &Engines,
-    scheduling: &SchedulerOptions,
-    cache: &PredictionCache,
+    serving: &Serving,
 ) -> Result<BTreeMap<u64, Arc<LoadedModel>>, String> {
     let declared = read_config(dir, name)?;
     let base = declared.clone().unwrap_or_else(|| ModelConfig {
@@ -45,19 +46,19 @@ pub fn load_model(
     let mut loaded = BTreeMap::new();
     for version in selected {
         let path = &available[&version];
-        let serving = Serving { engine: engine.as_ref(), scheduling, cache };
-        let model = load_version(path, version, declared.clone(), &base, &serving)
+        let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), serving)
             .map_err(|e| format!("version {version}: {e}"))?;
         loaded.insert(version, Arc::new(model));
     }
     Ok(loaded)
 }
 
-/// What a loaded version is served with.
-struct Serving<'a> {
-    engine: &'a dyn Engine,
-    scheduling: &'a SchedulerOptions,
-    cache: &'a PredictionCache,
+/// What every loaded version is served with.
+pub struct Serving {
+    pub scheduling: SchedulerOptions,
+    /// Where each version's scheduler reports its batches.
+    pub stages: StageMetrics,
+    pub cache: PredictionCache,
 }
 
 fn load_version(
@@ -65,9 +66,9 @@ fn load_version(
     version: u64,
     declared: Option<ModelConfig>,
     base: &ModelConfig,
-    serving: &Serving<'_>,
+    engine: &dyn Engine,
+    serving: &Serving,
 ) -> Result<LoadedModel, String> {
-    let engine = serving.engine;
     let signature = engine.signature(path).map_err(|e| e.to_string())?;
     let config = match declared {
         Some(config) => check_against_signature(config, &signature)?,
@@ -78,7 +79,11 @@ fn load_version(
     let instances = (0..count)
         .map(|_| engine.load(path, &options).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    let scheduler = Scheduler::start(&config, instances, serving.scheduling).map_err(|e| e.to_string())?;
+    let scheduling = SchedulerOptions {
+        observer: Some(serving.stages.observer(&config.name, version)),
+        ..serving.scheduling.clone()
+    };
+    let scheduler = Scheduler::start(&config, instances, &scheduling).map_err(|e| e.to_string())?;
     let policy = scheduler.policy();
     tracing::info!(
         model = %config.name, version, engine = engine.name(), instances = count,

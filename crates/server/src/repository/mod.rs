@@ -10,13 +10,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use rtserve_core::{PredictionCache, SchedulerOptions};
-
 use crate::engines::Engines;
 use crate::model::LoadedModel;
 use crate::ServerError;
 
-pub use load::INFERRED_MAX_BATCH_SIZE;
+pub use load::{Serving, INFERRED_MAX_BATCH_SIZE};
 
 /// A model's state as the repository index reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,25 +54,18 @@ pub struct IndexEntry {
 pub struct ModelRepository {
     roots: Vec<PathBuf>,
     engines: Engines,
-    scheduling: SchedulerOptions,
-    cache: PredictionCache,
+    serving: Serving,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Serializes loads and unloads.
     load_lock: tokio::sync::Mutex<()>,
 }
 
 impl ModelRepository {
-    pub fn new(
-        roots: Vec<PathBuf>,
-        engines: Engines,
-        scheduling: SchedulerOptions,
-        cache: PredictionCache,
-    ) -> Self {
+    pub fn new(roots: Vec<PathBuf>, engines: Engines, serving: Serving) -> Self {
         ModelRepository {
             roots,
             engines,
-            scheduling,
-            cache,
+            serving,
             models: RwLock::new(BTreeMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
         }
@@ -129,14 +120,13 @@ impl ModelRepository {
         self.set_state(name, ModelState::Loading, "");
         let this = self.clone();
         let model = name.to_string();
-        let result = tokio::task::spawn_blocking(move || {
-            load::load_model(&dir, &model, &this.engines, &this.scheduling, &this.cache)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+        let result =
+            tokio::task::spawn_blocking(move || load::load_model(&dir, &model, &this.engines, &this.serving))
+                .await
+                .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
         match result {
             Ok(versions) => {
-                self.cache.invalidate_model(name);
+                self.serving.cache.invalidate_model(name);
                 let entry = ModelEntry { state: ModelState::Ready, reason: String::new(), versions };
                 self.write().insert(name.to_string(), entry);
                 Ok(())
@@ -165,7 +155,7 @@ impl ModelRepository {
         let mut models = self.write();
         let entry = models.get_mut(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
         entry.versions.clear();
-        self.cache.invalidate_model(name);
+        self.serving.cache.invalidate_model(name);
         entry.state = ModelState::Unavailable;
         entry.reason = "unloaded".to_string();
         tracing::info!(model = name, "unloaded");
@@ -191,6 +181,25 @@ impl ModelRepository {
                 let number: u64 = v.parse().map_err(|_| not_found())?;
                 entry.versions.get(&number).cloned().ok_or_else(not_found)
             }
+        }
+    }
+
+    /// Every loaded model version.
+    pub fn loaded(&self) -> Vec<Arc<LoadedModel>> {
+        self.read().values().flat_map(|entry| entry.versions.values().cloned()).collect()
+    }
+
+    /// The versions that statistics cover: every loaded one, a model's loaded versions, or one
+    /// version; empty names and versions mean "all".
+    pub fn select(&self, name: &str, version: &str) -> Result<Vec<Arc<LoadedModel>>, ServerError> {
+        match (name, version) {
+            ("", _) => Ok(self.loaded()),
+            (name, "") => {
+                self.get(name, None)?;
+                let models = self.read();
+                Ok(models.get(name).map(|e| e.versions.values().cloned().collect()).unwrap_or_default())
+            }
+            (name, version) => Ok(vec![self.get(name, Some(version))?]),
         }
     }
 

@@ -1,0 +1,242 @@
+//! Prometheus metrics on `GET /metrics`: histograms fed as requests and batches happen, plus
+//! counters and gauges read from the schedulers, the cache and the process at scrape time
+//! (`snapshot`). Every name starts with `rtserve_`; docs/monitoring.md lists them all.
+
+mod snapshot;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
+use rtserve_core::{InferError, PredictionCache, RejectReason, SchedulerObserver};
+
+use crate::repository::ModelRepository;
+use crate::ServerError;
+
+/// Geometric latency buckets, in seconds: 10 µs × 2^k up to about 10 s.
+fn latency_buckets() -> Vec<f64> {
+    (0..21).map(|k| 1e-5 * f64::from(1u32 << k)).collect()
+}
+
+/// Rows per engine execution: 1, 2, 4, … 1024.
+fn batch_buckets() -> Vec<f64> {
+    (0..11).map(|k| f64::from(1u32 << k)).collect()
+}
+
+/// The front end a request came through.
+#[derive(Debug, Clone, Copy)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// How a request ended, as the `outcome` label says it.
+pub fn outcome<T>(result: &Result<T, ServerError>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(ServerError::Infer(InferError::Rejected { reason, .. })) => match reason {
+            RejectReason::QueueFull { .. } => "rejected_overload",
+            RejectReason::TooManyRows { .. } => "invalid",
+            RejectReason::PredictedMiss { .. } | RejectReason::DeadlinePassed => "rejected_deadline",
+        },
+        Err(ServerError::Infer(InferError::DeadlineExceeded { .. })) => "rejected_deadline",
+        Err(
+            ServerError::BadRequest(_)
+            | ServerError::TooLarge { .. }
+            | ServerError::ModelNotFound(_)
+            | ServerError::VersionNotFound { .. }
+            | ServerError::Infer(InferError::InvalidInput(_)),
+        ) => "invalid",
+        Err(_) => "error",
+    }
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    request_duration: HistogramVec,
+    requests: IntCounterVec,
+    inflight: IntGaugeVec,
+    stages: StageMetrics,
+    snapshot: std::sync::OnceLock<snapshot::Snapshot>,
+}
+
+/// The per-batch histograms that each model's scheduler feeds through its observer.
+#[derive(Clone)]
+pub struct StageMetrics {
+    queue: HistogramVec,
+    compute: HistogramVec,
+    batch_size: HistogramVec,
+}
+
+impl StageMetrics {
+    /// The observer for one model version's scheduler.
+    pub fn observer(&self, model: &str, version: u64) -> Arc<dyn SchedulerObserver> {
+        let version = version.to_string();
+        let labels = [model, version.as_str()];
+        Arc::new(ModelObserver {
+            queue: self.queue.with_label_values(&labels),
+            compute: self.compute.with_label_values(&labels),
+            batch_size: self.batch_size.with_label_values(&labels),
+        })
+    }
+}
+
+struct ModelObserver {
+    queue: Histogram,
+    compute: Histogram,
+    batch_size: Histogram,
+}
+
+impl SchedulerObserver for ModelObserver {
+    fn queue_wait(&self, wait: Duration) {
+        self.queue.observe(wait.as_secs_f64());
+    }
+
+    fn batch(&self, rows: usize, exec: Duration) {
+        self.compute.observe(exec.as_secs_f64());
+        self.batch_size.observe(rows as f64);
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)?;
+            registry.register(Box::new(vec.clone()))?;
+            Ok::<_, prometheus::Error>(vec)
+        };
+        let request_labels = ["model", "version", "protocol", "outcome"];
+        let request_duration = histogram(
+            "rtserve_request_duration_seconds",
+            "Inference requests, end to end inside the server (decode to encode)",
+            &request_labels,
+            latency_buckets(),
+        )?;
+        let stage = ["model", "version"];
+        let stages = StageMetrics {
+            queue: histogram(
+                "rtserve_queue_duration_seconds",
+                "Per request: arrival at the scheduler to dispatch to an instance",
+                &stage,
+                latency_buckets(),
+            )?,
+            compute: histogram(
+                "rtserve_compute_duration_seconds",
+                "Per engine execution: time inside the engine (batch assembly excluded)",
+                &stage,
+                latency_buckets(),
+            )?,
+            batch_size: histogram(
+                "rtserve_batch_size",
+                "Rows per engine execution",
+                &stage,
+                batch_buckets(),
+            )?,
+        };
+        let requests = IntCounterVec::new(
+            Opts::new("rtserve_requests_total", "Inference requests by outcome"),
+            &request_labels,
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        let inflight = IntGaugeVec::new(
+            Opts::new("rtserve_inflight_requests", "Inference requests being served now"),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(inflight.clone()))?;
+        Ok(Metrics {
+            registry,
+            request_duration,
+            requests,
+            inflight,
+            stages,
+            snapshot: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// What each model's scheduler reports to.
+    pub fn stages(&self) -> StageMetrics {
+        self.stages.clone()
+    }
+
+    /// Adds the scrape-time counters and gauges of the models, the cache and the process.
+    pub fn watch(&self, repository: Arc<ModelRepository>, cache: PredictionCache) {
+        let _ = self.snapshot.set(snapshot::Snapshot::new(repository, cache));
+    }
+
+    /// Starts timing one inference request; see [`RequestTimer`].
+    pub fn request(self: &Arc<Self>, protocol: Protocol) -> RequestTimer {
+        self.inflight.with_label_values(&[protocol.as_str()]).inc();
+        RequestTimer {
+            metrics: self.clone(),
+            protocol,
+            start: Instant::now(),
+            model: String::new(),
+            version: String::new(),
+            outcome: "cancelled",
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> Result<String, ServerError> {
+        let mut families = self.registry.gather();
+        if let Some(snapshot) = self.snapshot.get() {
+            families.extend(snapshot.collect());
+        }
+        // The text encoder refuses a family without samples (no model has an SLO, say).
+        families.retain(|family| !family.get_metric().is_empty());
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&families, &mut text)
+            .map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))?;
+        String::from_utf8(text).map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))
+    }
+}
+
+/// Times one request from its arrival; recorded when dropped, so a request whose client went
+/// away counts with the outcome `cancelled`. The model labels stay empty for a request that
+/// names no loaded model (so clients cannot grow the label set).
+pub struct RequestTimer {
+    metrics: Arc<Metrics>,
+    protocol: Protocol,
+    start: Instant,
+    model: String,
+    version: String,
+    outcome: &'static str,
+}
+
+impl RequestTimer {
+    /// The model version serving the request.
+    pub fn model(&mut self, name: &str, version: u64) {
+        self.model = name.to_string();
+        self.version = version.to_string();
+    }
+
+    /// Records how the request ended.
+    pub fn finish<T>(mut self, result: &Result<T, ServerError>) {
+        self.outcome = outcome(result);
+    }
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        let protocol = self.protocol.as_str();
+        let labels = [self.model.as_str(), self.version.as_str(), protocol, self.outcome];
+        let metrics = &self.metrics;
+        metrics.request_duration.with_label_values(&labels).observe(self.start.elapsed().as_secs_f64());
+        metrics.requests.with_label_values(&labels).inc();
+        metrics.inflight.with_label_values(&[protocol]).dec();
+    }
+}
