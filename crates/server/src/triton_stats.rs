@@ -66,7 +66,7 @@ pub fn stats_proto(models: &[Arc<LoadedModel>]) -> proto::ModelStatisticsRespons
 
 /// `{"count", "ns"}`; an absent duration is zero.
 fn duration_json(duration: Option<&proto::StatisticDuration>) -> Value {
-    let d = duration.cloned().unwrap_or_default();
+    let d = duration.copied().unwrap_or_default();
     json!({ "count": d.count, "ns": d.ns })
 }
 
@@ -76,7 +76,7 @@ pub fn stats_json(models: &[Arc<LoadedModel>]) -> Value {
         .model_stats
         .iter()
         .map(|m| {
-            let s = m.inference_stats.clone().unwrap_or_default();
+            let s = m.inference_stats.unwrap_or_default();
             let batch_stats: Vec<Value> = m
                 .batch_stats
                 .iter()
