@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Batching benchmark: the MLP and the small CNN on ONNX Runtime, batching off and on, closed loop
+# at concurrency 1, 4, 16 and 64 with Triton's perf_analyzer over gRPC. Prints one Markdown table:
+# throughput, p50, p99 and the mean batch the scheduler formed (from the statistics endpoint).
+#
+#   cargo build --release && bash scripts/install_perf_analyzer.sh
+#   bash scripts/bench/batching.sh [MEASUREMENT_MS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MEASURE_MS=${1:-3000}
+PA=${PERF_ANALYZER:-.tools/perf_analyzer/perf_analyzer}
+BIN=${RTSERVE_BIN:-target/release/rtserve}
+WORK=$(mktemp -d)
+trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+model() { # name source batching-block
+  mkdir -p "$WORK/repo/$1/1"
+  cp "examples/model_repository/$2/1/model.onnx" "$WORK/repo/$1/1/"
+  sed -e "s/^name: \"$2\"/name: \"$1\"/" -e 's/^max_batch_size: 8/max_batch_size: 64/' \
+      -e '/^dynamic_batching {/,/^}/d' -e '/^parameters {/,/^}/d' \
+      "examples/model_repository/$2/config.pbtxt" > "$WORK/repo/$1/config.pbtxt"
+  echo "$3" >> "$WORK/repo/$1/config.pbtxt"
+}
+ON='dynamic_batching { max_queue_delay_microseconds: 200 }'
+model mlp_off mlp ''
+model mlp_on mlp "$ON"
+model cnn_off cnn ''
+model cnn_on cnn "$ON"
+# One instance each, so "off" is one request at a time per model and "on" is one batch at a time.
+sed -i 's/count: 2/count: 1/' "$WORK"/repo/cnn_*/config.pbtxt
+
+"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
+  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
+SERVER=$!
+for _ in $(seq 200); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
+HTTP=$(grep -o 'HTTP listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+
+stat() { curl -s "http://$HTTP/v2/models/$1/stats" | python3 -c '
+import json,sys; s=json.load(sys.stdin)["model_stats"][0]; print(s["inference_count"], s["execution_count"])'; }
+
+echo "| model | batching | concurrency | throughput (infer/s) | p50 (µs) | p99 (µs) | mean batch |"
+echo "|---|---|---:|---:|---:|---:|---:|"
+for m in mlp cnn; do
+  for mode in off on; do
+    for c in 1 4 16 64; do
+      read -r rows0 exec0 < <(stat "${m}_$mode")
+      "$PA" -m "${m}_$mode" -i grpc -u "$GRPC" --concurrency-range "$c:$c" \
+        --measurement-interval "$MEASURE_MS" --max-trials 3 --stability-percentage 100 \
+        -f "$WORK/pa.csv" > "$WORK/pa.log" 2>&1 || { cat "$WORK/pa.log"; exit 1; }
+      read -r rows1 exec1 < <(stat "${m}_$mode")
+      python3 - "$WORK/pa.csv" "$m" "$mode" "$c" $((rows1 - rows0)) $((exec1 - exec0)) <<'PY'
+import csv, sys
+row = next(csv.DictReader(open(sys.argv[1])))
+rows, execs = int(sys.argv[5]), max(int(sys.argv[6]), 1)
+print(f"| {sys.argv[2]} | {sys.argv[3]} | {sys.argv[4]} | {float(row['Inferences/Second']):.0f} | "
+      f"{row['p50 latency']} | {row['p99 latency']} | {rows / execs:.1f} |")
+PY
+    done
+  done
+done
