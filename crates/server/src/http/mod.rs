@@ -57,8 +57,9 @@ impl IntoResponse for ServerError {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(json!({ "error": self.client_message() }))).into_response();
         if let Some(wait) = self.retry_after() {
-            // Retry-After counts whole seconds: round up, so a client never retries too early.
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            // Retry-After counts whole seconds: round up, at least 1, so a client never retries
+            // too early.
+            let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
