@@ -1,8 +1,8 @@
 //! A loaded model version: its configuration, its scheduler, and the request path through the
 //! prediction cache to the scheduler.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rtserve_core::scheduler::DurationTotal;
 use rtserve_core::{
@@ -37,10 +37,55 @@ pub struct RequestStats {
     pub last_inference_ms: u64,
 }
 
-/// A reply, and where it came from: `None` when the model does not use the cache.
+/// A reply, and where it came from.
 pub struct Inferred {
     pub response: InferResponse,
+    /// `None` when the model does not use the cache.
     pub cache: Option<CacheOutcome>,
+    /// Where the time went, when this request ran the model (not for a cache hit or a
+    /// coalesced request).
+    pub stages: Option<StageTimes>,
+}
+
+impl Inferred {
+    /// How the reply was served, as `(name, value)` pairs: `cache` (when the model caches),
+    /// `queue_us` and `compute_us` (when this request ran the model). HTTP sends them as
+    /// `x-rtserve-{name}` headers (`_` as `-`), gRPC as `rtserve_{name}` response parameters.
+    pub fn served(&self) -> Vec<(&'static str, Served)> {
+        let micros = |d: Duration| Served::Micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut served = Vec::new();
+        if let Some(outcome) = self.cache {
+            served.push(("cache", Served::Text(outcome.as_str())));
+        }
+        if let Some(stages) = self.stages {
+            served.push(("queue_us", micros(stages.queue)));
+            served.push(("compute_us", micros(stages.compute)));
+        }
+        served
+    }
+}
+
+/// One value of [`Inferred::served`].
+#[derive(Debug, Clone, Copy)]
+pub enum Served {
+    Text(&'static str),
+    Micros(u64),
+}
+
+impl std::fmt::Display for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Served::Text(text) => f.write_str(text),
+            Served::Micros(us) => write!(f, "{us}"),
+        }
+    }
+}
+
+/// A request's time in the scheduler's queue and in the engine (its whole batch's run).
+#[derive(Debug, Clone, Copy)]
+pub struct StageTimes {
+    pub queue: Duration,
+    pub compute: Duration,
 }
 
 impl LoadedModel {
@@ -101,16 +146,26 @@ impl LoadedModel {
             std::mem::take(&mut request.outputs)
         };
         let id = std::mem::take(&mut request.id);
-        let (outputs, cache) = if self.config.response_cache {
+        let (outputs, cache, stages) = if self.config.response_cache {
             let enabled = cache_enabled(true, &request);
             let key = cache_key(&self.config.name, &self.version.to_string(), &request.inputs, &outputs, &[]);
-            let model = self.clone();
-            let requested = outputs.clone();
-            let compute = async move { model.scheduler.infer(request, requested, deadline).await };
+            let (model, requested) = (self.clone(), outputs.clone());
+            // Filled only when this request's own computation runs.
+            let ran = Arc::new(OnceLock::new());
+            let compute = {
+                let ran = ran.clone();
+                async move {
+                    let scheduled = model.scheduler.infer(request, requested, deadline).await?;
+                    let _ = ran.set(StageTimes { queue: scheduled.queue, compute: scheduled.compute });
+                    Ok(scheduled.outputs)
+                }
+            };
             let (result, outcome) = self.cache.get_or_compute(key, enabled, compute).await;
-            (in_requested_order(&result?, &outputs), Some(outcome))
+            (in_requested_order(&result?, &outputs), Some(outcome), ran.get().copied())
         } else {
-            (self.scheduler.infer(request, outputs, deadline).await?, None)
+            let scheduled = self.scheduler.infer(request, outputs, deadline).await?;
+            let stages = StageTimes { queue: scheduled.queue, compute: scheduled.compute };
+            (scheduled.outputs, None, Some(stages))
         };
         let response = InferResponse {
             model_name: self.config.name.clone(),
@@ -118,7 +173,7 @@ impl LoadedModel {
             id,
             outputs,
         };
-        Ok(Inferred { response, cache })
+        Ok(Inferred { response, cache, stages })
     }
 }
 

@@ -67,6 +67,8 @@ async fn repeats_hit_and_identical_requests_run_once(engine: Engine) {
     let again = binary(&http, &server, "cached", &reference.inputs, none.clone()).await;
     assert_eq!(cache_header(&again).as_deref(), Some("hit"));
     assert_eq!(first.body, again.body, "a hit returns the same bytes");
+    assert!(first.headers.contains_key("x-rtserve-compute-us"), "a miss ran the model");
+    assert!(!again.headers.contains_key("x-rtserve-compute-us"), "a hit did not");
     let mut named = reference.clone();
     named.model = "cached".into();
     assert_matches_reference(&named, &again.outputs(), "a cache hit");

@@ -1,6 +1,7 @@
 //! Metrics and statistics through the real server: `/metrics` in the Prometheus text format
 //! (also on `--metrics-port`), Triton's statistics over HTTP and gRPC.
 
+use rtserve_server::grpc::proto::infer_parameter::ParameterChoice;
 use rtserve_server::grpc::proto::ModelStatisticsRequest;
 use serde_json::json;
 use tonic::Code;
@@ -115,4 +116,32 @@ async fn metrics_port_serves_metrics_alone() {
     let other = http.get(format!("http://{addr}/v2/models/mlp")).send().await.expect("request");
     assert_eq!(other.status(), 404, "only /metrics on the metrics port");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn replies_carry_their_stage_times() {
+    let Some(server) = shared_server(Engine::Tract) else { return };
+    let http = reqwest::Client::new();
+    let mlp = case("mlp");
+    let reply =
+        post_json(&http, server, "/v2/models/mlp/infer", &crate::client::json_body(&mlp.inputs)).await;
+    assert_eq!(reply.status, 200);
+    let micros = |name: &str| -> u64 {
+        let value = reply.headers.get(name).unwrap_or_else(|| panic!("no {name} header"));
+        value.to_str().expect("ascii").parse().expect("whole microseconds")
+    };
+    assert!(micros("x-rtserve-compute-us") > 0, "the engine took some time");
+    micros("x-rtserve-queue-us");
+    assert!(reply.headers.get("x-rtserve-cache").is_none(), "mlp does not cache");
+
+    let mut grpc = grpc(server).await;
+    let request = crate::client::grpc_request("mlp", &mlp.inputs, crate::client::Contents::Raw);
+    let response = grpc.model_infer(request).await.expect("ModelInfer").into_inner();
+    for name in ["rtserve_queue_us", "rtserve_compute_us"] {
+        let parameter = response.parameters.get(name).unwrap_or_else(|| panic!("no {name} parameter"));
+        assert!(
+            matches!(parameter.parameter_choice, Some(ParameterChoice::Uint64Param(_))),
+            "{name}: {parameter:?}"
+        );
+    }
 }

@@ -31,3 +31,4 @@ pub use slo::{slo_from_parameters, slo_preset, SLO_MS_PARAMETER, SLO_PARAMETER, 
 pub use stats::{DurationTotal, SchedulerObserver, SchedulerStats};
 pub use task::{Scheduler, SchedulerError, SchedulerOptions};
 pub use warm_up::{warm_up, warm_up_sizes, zero_inputs};
+pub use worker::Scheduled;

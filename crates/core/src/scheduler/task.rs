@@ -19,7 +19,7 @@ use super::policy::{PlannerConfig, RequestOptions, DEFAULT_MAX_QUEUE_SIZE};
 use super::profile::{LatencyProfile, DEFAULT_PROFILE_WINDOW};
 use super::stats::{SchedulerObserver, SchedulerStats};
 use super::warm_up::warm_up;
-use super::worker::{run_batch, BatchJob, Completion, JobPart, Reply};
+use super::worker::{run_batch, BatchJob, Completion, JobPart, Reply, Scheduled};
 use crate::pool::spawn_instance_threads;
 use crate::{InferError, InferRequest, ModelConfig, ModelInstance, NamedTensor};
 
@@ -151,7 +151,7 @@ impl Scheduler {
         request: InferRequest,
         outputs: Vec<String>,
         deadline: Option<Instant>,
-    ) -> Result<Vec<NamedTensor>, InferError> {
+    ) -> Result<Scheduled, InferError> {
         let arrival = Instant::now();
         let options =
             RequestOptions::from_parameters(&request.parameters).map_err(InferError::InvalidInput)?;
@@ -375,6 +375,7 @@ impl Driver {
             parts.push(JobPart {
                 rows: pending.entry.rows,
                 slo_at: pending.entry.deadlines.slo_at,
+                queued: wait,
                 inputs: pending.inputs,
                 outputs: pending.outputs,
                 reply: pending.reply,

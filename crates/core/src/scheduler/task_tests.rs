@@ -86,7 +86,7 @@ type Answer = tokio::task::JoinHandle<Result<Vec<NamedTensor>, InferError>>;
 fn spawn_infer(scheduler: &Arc<Scheduler>, request: InferRequest, outputs: &[&str]) -> Answer {
     let scheduler = scheduler.clone();
     let outputs = outputs.iter().map(|s| s.to_string()).collect();
-    tokio::spawn(async move { scheduler.infer(request, outputs, None).await })
+    tokio::spawn(async move { scheduler.infer(request, outputs, None).await.map(|s| s.outputs) })
 }
 
 /// Yields until the stats satisfy `ready` (synchronisation, not a timing assertion).

@@ -10,7 +10,17 @@ use super::planner::BatchId;
 use crate::pool::infer_caught;
 use crate::{EngineError, InferError, ModelInstance, NamedTensor};
 
-pub(crate) type Reply = oneshot::Sender<Result<Vec<NamedTensor>, InferError>>;
+pub(crate) type Reply = oneshot::Sender<Result<Scheduled, InferError>>;
+
+/// A request's outputs, and where its time went.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub outputs: Vec<NamedTensor>,
+    /// Arrival at the scheduler to dispatch to an instance.
+    pub queue: Duration,
+    /// Time inside the engine for the batch this request ran in.
+    pub compute: Duration,
+}
 
 /// One request inside a batch.
 pub(crate) struct JobPart {
@@ -19,6 +29,8 @@ pub(crate) struct JobPart {
     /// The outputs this caller wants, in its order.
     pub outputs: Vec<String>,
     pub slo_at: Option<Instant>,
+    /// How long it waited in the queue.
+    pub queued: Duration,
     pub reply: Reply,
 }
 
@@ -52,7 +64,8 @@ pub(crate) fn run_batch(name: &str, instance: &mut dyn ModelInstance, job: Batch
     if !parts.is_empty() {
         let (result, measured) = run(name, instance, &parts);
         completion.measured = measured;
-        answer(parts, result, &mut completion);
+        let compute = measured.map_or(Duration::ZERO, |(_, exec)| exec);
+        answer(parts, result, compute, &mut completion);
     }
     // The scheduler is gone only when shutting down; nothing is waiting then.
     let _ = done.send(completion);
@@ -96,6 +109,7 @@ fn run(
 fn answer(
     parts: Vec<JobPart>,
     result: Result<Vec<Vec<NamedTensor>>, EngineError>,
+    compute: Duration,
     completion: &mut Completion,
 ) {
     let finished = Instant::now();
@@ -119,7 +133,7 @@ fn answer(
                             Some(_) => completion.slo_missed += 1,
                             None => {}
                         }
-                        let _ = part.reply.send(Ok(outputs));
+                        let _ = part.reply.send(Ok(Scheduled { outputs, queue: part.queued, compute }));
                     }
                     Err(e) => {
                         completion.failed += 1;

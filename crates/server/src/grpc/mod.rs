@@ -11,10 +11,12 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Protocol;
+use crate::model::Served;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_proto, metadata_proto};
 use crate::triton_stats::stats_proto;
 use crate::ServerError;
+use proto::infer_parameter::ParameterChoice;
 
 /// Types generated from `proto/inference.proto`.
 pub mod proto {
@@ -51,7 +53,17 @@ impl InferenceService {
             timer.model(&model.config.name, model.version);
             let request = codec::decode_request(request)?;
             let inferred = model.infer(request, deadline).await?;
-            Ok(codec::encode_response(inferred.response))
+            let served = inferred.served();
+            let mut response = codec::encode_response(inferred.response);
+            for (name, value) in served {
+                let value = match value {
+                    Served::Micros(us) => ParameterChoice::Uint64Param(us),
+                    Served::Text(text) => ParameterChoice::StringParam(text.to_string()),
+                };
+                let parameter = proto::InferParameter { parameter_choice: Some(value) };
+                response.parameters.insert(format!("rtserve_{name}"), parameter);
+            }
+            Ok(response)
         }
         .await;
         timer.finish(&result);

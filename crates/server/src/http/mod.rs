@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,10 +20,6 @@ use crate::ServerError;
 
 /// The header that gives the JSON part's length in a binary-extension body.
 const HEADER_LENGTH: &str = "inference-header-content-length";
-
-/// Where the reply came from (`hit`, `redis_hit`, `miss`, `coalesced`, `bypass`), on models that
-/// use the prediction cache.
-pub const HEADER_CACHE: &str = "x-rtserve-cache";
 
 type Shared = State<Arc<ServerState>>;
 
@@ -189,8 +185,12 @@ async fn infer_timed(
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    if let Some(outcome) = inferred.cache {
-        headers.insert(HEADER_CACHE, HeaderValue::from_static(outcome.as_str()));
+    for (name, value) in inferred.served() {
+        let name = format!("x-rtserve-{}", name.replace('_', "-"));
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value.to_string()))
+        {
+            headers.insert(name, value);
+        }
     }
     Ok(reply)
 }
