@@ -9,6 +9,7 @@
 //! - `batch`: concatenating requests along dim 0 and splitting outputs back.
 //! - [`Scheduler`] (`task`): the handle and the thin task; `worker`: the instance-thread side.
 //! - [`SchedulerStats`] (`stats`): what the metrics endpoint exports.
+//! - `timer`: sub-millisecond waits (tokio's timer ticks in milliseconds).
 
 mod batch;
 mod planner;
@@ -17,6 +18,7 @@ mod profile;
 mod slo;
 mod stats;
 mod task;
+mod timer;
 mod warm_up;
 mod worker;
 

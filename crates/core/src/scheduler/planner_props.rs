@@ -183,9 +183,15 @@ impl Run {
                 .queued
                 .values()
                 .any(|r| r.entry.group == first.entry.group && rows + r.entry.rows > self.capacity());
+            // A due time in the batch, or behind it in the same group (FIFO: an urgent request
+            // can only go once those ahead of it have), may fire the batch early.
+            let urgent = batch
+                .iter()
+                .chain(self.queued.values())
+                .any(|q| q.entry.group == first.entry.group && q.entry.deadlines.due.is_some());
             let reason = rows == self.capacity()
                 || self.config.preferred_batch_sizes.contains(&rows)
-                || batch.iter().any(|q| q.entry.deadlines.due.is_some())
+                || urgent
                 || blocked;
             prop_assert!(reason, "batch of {} rows sent before max_queue_delay for no reason", rows);
         }

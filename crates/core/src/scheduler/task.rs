@@ -246,7 +246,7 @@ impl Driver {
             let wake = self.plan(Instant::now());
             let timer = async {
                 match wake {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    Some(at) => super::timer::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
