@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+use futures::StreamExt;
 use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -55,6 +57,13 @@ pub enum StartError {
     Serve(String),
 }
 
+/// Small replies must not wait for the peer's delayed ACK (Nagle's algorithm adds up to 40 ms).
+fn no_delay(stream: &tokio::net::TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
+}
+
 async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), StartError> {
     let addr = format!("{host}:{port}");
     let listener =
@@ -102,17 +111,19 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let http = axum::serve(http_listener, crate::http::app(state.clone()))
+    let http = axum::serve(http_listener.tap_io(|stream| no_delay(stream)), crate::http::app(state.clone()))
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let grpc = tonic::transport::Server::builder()
         .add_service(crate::grpc::service(state.clone()))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)
+                .map(|accepted| accepted.inspect(no_delay)),
             stopped(stop_rx.clone()),
         );
     if let Some(listener) = metrics_listener {
-        let metrics = axum::serve(listener, crate::http::metrics_app(state.clone()))
-            .with_graceful_shutdown(stopped(stop_rx.clone()));
+        let metrics =
+            axum::serve(listener.tap_io(|stream| no_delay(stream)), crate::http::metrics_app(state.clone()))
+                .with_graceful_shutdown(stopped(stop_rx.clone()));
         tokio::spawn(async move {
             if let Err(e) = metrics.await {
                 tracing::error!("metrics listener failed: {e}");
