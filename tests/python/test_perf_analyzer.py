@@ -43,3 +43,7 @@ def test_perf_analyzer_measures(rtserve, tmp_path, model, protocol, extra):
     rows = list(csv.DictReader(report.open()))
     assert len(rows) == 1, rows
     assert float(rows[0]["Inferences/Second"]) > 0
+    # perf_analyzer reads rtserve's statistics endpoint and splits the server-side time.
+    assert "Server:" in result.stdout, result.stdout
+    assert int(rows[0]["Server Compute Infer"]) > 0, rows[0]
+    assert "Server Queue" in rows[0], rows[0]
