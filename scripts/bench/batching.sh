@@ -46,7 +46,7 @@ for m in mlp cnn; do
     for c in 1 4 16 64; do
       read -r rows0 exec0 < <(stat "${m}_$mode")
       "$PA" -m "${m}_$mode" -i grpc -u "$GRPC" --concurrency-range "$c:$c" \
-        --measurement-interval "$MEASURE_MS" --max-trials 3 --stability-percentage 100 \
+        --measurement-interval "$MEASURE_MS" --max-trials 3 --stability-percentage 1000 \
         -f "$WORK/pa.csv" > "$WORK/pa.log" 2>&1 || { cat "$WORK/pa.log"; exit 1; }
       read -r rows1 exec1 < <(stat "${m}_$mode")
       python3 - "$WORK/pa.csv" "$m" "$mode" "$c" $((rows1 - rows0)) $((exec1 - exec0)) <<'PY'

@@ -56,7 +56,7 @@ for m in mlp cnn; do
       if [ "$protocol" = http ]; then url=$(addr $server HTTP); else url=$(addr $server gRPC); fi
       for c in 1 16; do
         "$PA" -m "$model" -i "$protocol" -u "$url" --concurrency-range "$c:$c" \
-          --measurement-interval "$MEASURE_MS" --max-trials 3 --stability-percentage 100 \
+          --measurement-interval "$MEASURE_MS" --max-trials 3 --stability-percentage 1000 \
           -f "$WORK/pa.csv" > "$WORK/pa.log" 2>&1 || { cat "$WORK/pa.log"; exit 1; }
         python3 - "$WORK/pa.csv" "$m" "$protocol" "$path" "$c" <<'PY'
 import csv, sys
