@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Batching benchmark: the MLP and the small CNN on ONNX Runtime, batching off and on, closed loop
+# Batching benchmark: the MLP, the small CNN and ResNet-50 (when fetched) on ONNX Runtime, batching off and on, closed loop
 # at concurrency 1, 4, 16 and 64 with Triton's perf_analyzer over gRPC. Prints one Markdown table:
 # throughput, p50, p99 and the mean batch the scheduler formed (from the statistics endpoint).
 #
@@ -13,26 +13,35 @@ BIN=${RTSERVE_BIN:-target/release/rtserve}
 WORK=$(mktemp -d)
 trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-model() { # name source batching-block
+model() { # name source-folder max-batch batching-block
+  local source=$2 base
+  base=$(basename "$source")
   mkdir -p "$WORK/repo/$1/1"
-  cp "examples/model_repository/$2/1/model.onnx" "$WORK/repo/$1/1/"
-  sed -e "s/^name: \"$2\"/name: \"$1\"/" -e 's/^max_batch_size: 8/max_batch_size: 64/' \
-      -e '/^dynamic_batching {/,/^}/d' -e '/^parameters {/,/^}/d' \
-      "examples/model_repository/$2/config.pbtxt" > "$WORK/repo/$1/config.pbtxt"
-  echo "$3" >> "$WORK/repo/$1/config.pbtxt"
+  cp "$source/1/model.onnx" "$WORK/repo/$1/1/"
+  sed -e "s/^name: \"$base\"/name: \"$1\"/" -e "s/^max_batch_size: .*/max_batch_size: $3/" \
+      -e '/^dynamic_batching {/,/^}/d' -e '/^parameters {/,/^}/d' -e '/^instance_group \[/,/^\]/d' \
+      "$source/config.pbtxt" > "$WORK/repo/$1/config.pbtxt"
+  # One instance each: "off" runs one request at a time, "on" one batch at a time.
+  echo "instance_group [ { count: 1 kind: KIND_CPU } ]" >> "$WORK/repo/$1/config.pbtxt"
+  echo "$4" >> "$WORK/repo/$1/config.pbtxt"
 }
 ON='dynamic_batching { max_queue_delay_microseconds: 200 }'
-model mlp_off mlp ''
-model mlp_on mlp "$ON"
-model cnn_off cnn ''
-model cnn_on cnn "$ON"
-# One instance each, so "off" is one request at a time per model and "on" is one batch at a time.
-sed -i 's/count: 2/count: 1/' "$WORK"/repo/cnn_*/config.pbtxt
+MODELS=(mlp cnn)
+model mlp_off examples/model_repository/mlp 64 ''
+model mlp_on examples/model_repository/mlp 64 "$ON"
+model cnn_off examples/model_repository/cnn 64 ''
+model cnn_on examples/model_repository/cnn 64 "$ON"
+# ResNet-50 from the model zoo (python3 scripts/model_zoo.py fetch), when present.
+if [ -f models/zoo/resnet50/1/model.onnx ]; then
+  MODELS+=(resnet50)
+  model resnet50_off models/zoo/resnet50 16 ''
+  model resnet50_on models/zoo/resnet50 16 'dynamic_batching { max_queue_delay_microseconds: 5000 }'
+fi
 
 "$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
   --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
 SERVER=$!
-for _ in $(seq 200); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
 HTTP=$(grep -o 'HTTP listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
 GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
 
@@ -41,7 +50,7 @@ import json,sys; s=json.load(sys.stdin)["model_stats"][0]; print(s["inference_co
 
 echo "| model | batching | concurrency | throughput (infer/s) | p50 (µs) | p99 (µs) | mean batch |"
 echo "|---|---|---:|---:|---:|---:|---:|"
-for m in mlp cnn; do
+for m in "${MODELS[@]}"; do
   for mode in off on; do
     for c in 1 4 16 64; do
       read -r rows0 exec0 < <(stat "${m}_$mode")

@@ -1,5 +1,6 @@
 //! `rtserve`: one binary, thin over the library crates.
 
+mod bench;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Serve the models of one or more model repositories.
     Serve(serve::ServeArgs),
+    /// Load a server with inference requests and report latency percentiles and throughput.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +30,7 @@ fn main() -> std::process::ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,183 @@
+//! A reader for NumPy `.npy` files (format versions 1.0 to 3.0, little-endian or
+//! byte-sized dtypes, C order): booleans, integers and floats.
+
+use crate::values::Values;
+
+/// An array read from a `.npy` file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NpyArray {
+    pub shape: Vec<usize>,
+    pub values: Values,
+}
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Parses the bytes of a `.npy` file.
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
+    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+        return Err("not a .npy file (bad magic)".into());
+    }
+    let (header_length, header_start) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 => {
+            let raw = bytes.get(8..12).ok_or("truncated header")?;
+            let length = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+            (usize::try_from(length).map_err(|_| "header too large")?, 12)
+        }
+        major => return Err(format!("unsupported .npy format version {major}")),
+    };
+    let header_end = header_start + header_length;
+    let header = bytes.get(header_start..header_end).ok_or("truncated header")?;
+    let header = std::str::from_utf8(header).map_err(|_| "the header is not text")?;
+    let descr = dict_value(header, "descr").ok_or("the header has no 'descr'")?;
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    if dict_value(header, "fortran_order").is_some_and(|v| v.starts_with("True")) {
+        return Err("Fortran-order arrays are not supported (save with np.ascontiguousarray)".into());
+    }
+    let shape = parse_shape(dict_value(header, "shape").ok_or("the header has no 'shape'")?)?;
+    let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or("shape too large")?;
+    let data = &bytes[header_end..];
+    let values = decode(descr, data, count)?;
+    Ok(NpyArray { shape, values })
+}
+
+/// The text of `key`'s value in the header's Python dict literal, up to the next top-level
+/// comma (a tuple's commas are inside parentheses).
+fn dict_value<'h>(header: &'h str, key: &str) -> Option<&'h str> {
+    let start = header.find(&format!("'{key}'")).or_else(|| header.find(&format!("\"{key}\"")))?;
+    let rest = &header[start + key.len() + 2..];
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start();
+    let mut depth = 0usize;
+    let end = rest
+        .char_indices()
+        .find(|&(_, c)| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            (c == ',' || c == '}') && depth == 0
+        })
+        .map_or(rest.len(), |(i, _)| i);
+    Some(rest[..end].trim())
+}
+
+fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|t| t.strip_suffix(')'))
+        .ok_or_else(|| format!("shape {text} is not a tuple"))?;
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| {
+            d.trim_end_matches('L').parse().map_err(|_| format!("shape {text} has a bad dimension '{d}'"))
+        })
+        .collect()
+}
+
+fn decode(descr: &str, data: &[u8], count: usize) -> Result<Values, String> {
+    let (order, code) = descr.split_at(descr.len().min(1));
+    if order == ">" && !code.ends_with('1') {
+        return Err(format!("big-endian dtype '{descr}' is not supported"));
+    }
+    if !matches!(order, "<" | "|" | "=" | ">") {
+        return Err(format!("unsupported dtype '{descr}'"));
+    }
+    let size: usize =
+        code.get(1..).and_then(|s| s.parse().ok()).ok_or_else(|| format!("unsupported dtype '{descr}'"))?;
+    let needed = count.checked_mul(size).ok_or("array too large")?;
+    if data.len() < needed {
+        return Err(format!(
+            "the data holds {} bytes but shape and dtype '{descr}' need {needed}",
+            data.len()
+        ));
+    }
+    let chunks = data[..needed].chunks_exact(size);
+    let values = match code {
+        "b1" => Values::Bool(chunks.map(|c| c[0] != 0).collect()),
+        "i1" => Values::Int(chunks.map(|c| i64::from(i8::from_le_bytes([c[0]]))).collect()),
+        "i2" => Values::Int(chunks.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
+        "i4" => {
+            Values::Int(chunks.map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
+        "i8" => Values::Int(chunks.map(|c| i64::from_le_bytes(eight(c))).collect()),
+        "u1" => Values::Uint(chunks.map(|c| u64::from(c[0])).collect()),
+        "u2" => Values::Uint(chunks.map(|c| u64::from(u16::from_le_bytes([c[0], c[1]]))).collect()),
+        "u4" => {
+            Values::Uint(chunks.map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
+        "u8" => Values::Uint(chunks.map(|c| u64::from_le_bytes(eight(c))).collect()),
+        "f2" => Values::Float(chunks.map(|c| f64::from(half::f16::from_le_bytes([c[0], c[1]]))).collect()),
+        "f4" => {
+            Values::Float(chunks.map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
+        }
+        "f8" => Values::Float(chunks.map(|c| f64::from_le_bytes(eight(c))).collect()),
+        _ => return Err(format!("unsupported dtype '{descr}' (bool, int, uint and float only)")),
+    };
+    Ok(values)
+}
+
+fn eight(c: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    out.copy_from_slice(c);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files written by NumPy 2.4 (`np.save`), so the reader is checked against the real writer:
+    /// see `testdata/README.md` for the script.
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    #[test]
+    fn reads_numpy_written_files() {
+        let f32s = parse_npy(&fixture("f32_2x3.npy")).expect("valid");
+        assert_eq!(f32s.shape, vec![2, 3]);
+        assert_eq!(f32s.values, Values::Float(vec![0.0, 0.5, 1.0, 1.5, 2.0, -2.5]));
+        let i64s = parse_npy(&fixture("i64_4.npy")).expect("valid");
+        assert_eq!(i64s, NpyArray { shape: vec![4], values: Values::Int(vec![-3, 0, 7, 1 << 40]) });
+        let bools = parse_npy(&fixture("bool_2x2.npy")).expect("valid");
+        assert_eq!(
+            bools,
+            NpyArray { shape: vec![2, 2], values: Values::Bool(vec![true, false, false, true]) }
+        );
+        let u8s = parse_npy(&fixture("u8_3x1.npy")).expect("valid");
+        assert_eq!(u8s, NpyArray { shape: vec![3, 1], values: Values::Uint(vec![1, 2, 255]) });
+    }
+
+    fn npy(descr: &str, fortran: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header = format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[1, 0]);
+        out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        let err = |bytes: Vec<u8>| parse_npy(&bytes).expect_err("should fail");
+        assert!(err(b"PK\x03\x04 not npy".to_vec()).contains("bad magic"));
+        assert!(err(npy("<f4", "True", "(1,)", &[0; 4])).contains("Fortran"));
+        assert!(err(npy(">f4", "False", "(1,)", &[0; 4])).contains("big-endian"));
+        assert!(err(npy("<c8", "False", "(1,)", &[0; 8])).contains("unsupported dtype"));
+        assert!(err(npy("<f4", "False", "(2,)", &[0; 4])).contains("need 8"));
+        // A scalar has shape () and one element.
+        assert_eq!(
+            parse_npy(&npy("<i4", "False", "()", &7i32.to_le_bytes())).expect("ok").values,
+            Values::Int(vec![7])
+        );
+    }
+}

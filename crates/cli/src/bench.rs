@@ -1,0 +1,148 @@
+//! `rtserve bench`: flags → [`BenchConfig`] → a load run against a server → a table on stdout,
+//! and JSON / CSV files when asked.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rtserve_bench::{
+    parse_duration, report, BenchConfig, BenchOptions, Endpoint, InputDataArg, ShapeOverride,
+};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Server to load: http://HOST:PORT (KServe v2 REST) or grpc://HOST:PORT.
+    #[arg(long, env = "RTSERVE_BENCH_URL")]
+    url: Endpoint,
+
+    /// Model to benchmark.
+    #[arg(long, env = "RTSERVE_BENCH_MODEL")]
+    model: String,
+
+    /// Model version (default: the server's choice, normally the latest).
+    #[arg(long, env = "RTSERVE_BENCH_MODEL_VERSION")]
+    model_version: Option<String>,
+
+    /// Closed loop: requests kept in flight, one step per value (e.g. 1,4,16). The default when
+    /// neither --concurrency nor --rate is given is 1.
+    #[arg(long, env = "RTSERVE_BENCH_CONCURRENCY", value_delimiter = ',')]
+    concurrency: Vec<usize>,
+
+    /// Open loop: Poisson arrivals at this many requests/s, one step per value (e.g. 100,500).
+    /// Latency counts from each request's scheduled send time. Runs after the closed-loop steps.
+    #[arg(long, env = "RTSERVE_BENCH_RATE", value_delimiter = ',')]
+    rate: Vec<f64>,
+
+    /// Warm-up before each step's measurement window (e.g. 500ms, 2s, 1m); not counted.
+    #[arg(long, env = "RTSERVE_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Length of each step's measurement window.
+    #[arg(long, env = "RTSERVE_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Limit per request; a request unanswered by then counts as a timeout.
+    #[arg(long, env = "RTSERVE_BENCH_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+
+    /// Open loop: most requests in flight; a request due while this many are out is counted
+    /// as dropped instead of delaying the schedule.
+    #[arg(long, env = "RTSERVE_BENCH_MAX_INFLIGHT", default_value_t = 1024)]
+    max_inflight: usize,
+
+    /// HTTP: send JSON tensors instead of the binary tensor data extension.
+    #[arg(long, env = "RTSERVE_BENCH_HTTP_JSON")]
+    http_json: bool,
+
+    /// gRPC: use ModelStreamInfer (one bidirectional stream per closed-loop slot, one for an
+    /// open loop) instead of unary ModelInfer.
+    #[arg(long, env = "RTSERVE_BENCH_GRPC_STREAM")]
+    grpc_stream: bool,
+
+    /// Rows per request when the model batches (every input's first dimension is -1).
+    #[arg(long, env = "RTSERVE_BENCH_BATCH", default_value_t = 1)]
+    batch: usize,
+
+    /// Shape of an input with dynamic dimensions, without the batch dimension when the model
+    /// batches: NAME:D1,D2,... Repeat for several inputs. Dynamic dimensions default to 1.
+    #[arg(long = "shape", value_name = "NAME:D1,D2,...")]
+    shapes: Vec<ShapeOverride>,
+
+    /// Input data instead of random values: a perf_analyzer JSON file ({"data": [...]}), or
+    /// NAME=FILE.npy per input (the array's first axis indexes samples). Repeatable for .npy.
+    #[arg(long = "input-data", value_name = "FILE.json | NAME=FILE.npy")]
+    input_data: Vec<InputDataArg>,
+
+    /// Random data: distinct requests in the pool, cycled round-robin (fewer means more
+    /// repeats, i.e. more hits in a server's response cache).
+    #[arg(long, env = "RTSERVE_BENCH_DISTINCT", default_value_t = 1024)]
+    distinct: usize,
+
+    /// Seed of the random input values and of the open-loop arrival times.
+    #[arg(long, env = "RTSERVE_BENCH_SEED", default_value_t = 1)]
+    seed: u64,
+
+    /// Server's Prometheus metrics (http://HOST:PORT[/PATH]), for the server-side queue and
+    /// compute times and batch size. Default: /metrics at an http:// --url, when it answers.
+    #[arg(long, env = "RTSERVE_BENCH_METRICS_URL")]
+    metrics_url: Option<String>,
+
+    /// Process id of the server (same machine), to report its peak resident memory per step.
+    #[arg(long, env = "RTSERVE_BENCH_SERVER_PID")]
+    server_pid: Option<u32>,
+
+    /// No progress bar (it is also hidden when stderr is not a terminal).
+    #[arg(long, short, env = "RTSERVE_BENCH_QUIET")]
+    quiet: bool,
+
+    /// Also write every step to this JSON file.
+    #[arg(long, env = "RTSERVE_BENCH_JSON")]
+    json: Option<PathBuf>,
+
+    /// Also write every step to this CSV file (one row per step).
+    #[arg(long, env = "RTSERVE_BENCH_CSV")]
+    csv: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn into_config(self) -> anyhow::Result<BenchConfig> {
+        Ok(BenchConfig::new(BenchOptions {
+            url: self.url,
+            model: self.model,
+            model_version: self.model_version,
+            concurrency: self.concurrency,
+            rate: self.rate,
+            http_json: self.http_json,
+            grpc_stream: self.grpc_stream,
+            warmup: self.warmup,
+            duration: self.duration,
+            timeout: self.timeout,
+            max_inflight: self.max_inflight,
+            batch: self.batch,
+            shapes: self.shapes,
+            input_data: self.input_data,
+            distinct: self.distinct,
+            seed: self.seed,
+            metrics_url: self.metrics_url,
+            server_pid: self.server_pid,
+            progress: !self.quiet,
+        })?)
+    }
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (json, csv) = (args.json.clone(), args.csv.clone());
+    let config = args.into_config()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let results = runtime.block_on(rtserve_bench::run(&config))?;
+    print!("{}", report::render_table(&results));
+    if let Some(path) = json {
+        report::write_file(&path, &report::to_json(&results))?;
+    }
+    if let Some(path) = csv {
+        report::write_file(&path, &report::to_csv(&results))?;
+    }
+    Ok(())
+}
