@@ -71,7 +71,8 @@ done
 for server in local redis; do
   curl -s "http://$(addr $server HTTP)/metrics" | python3 -c '
 import sys
-v = {l.split(" ")[0]: float(l.split(" ")[1]) for l in sys.stdin if l.startswith("rtserve_cache_lookup_duration_seconds_")}
-n = v["rtserve_cache_lookup_duration_seconds_count"]
-print(f"server '"$server"': {n:.0f} local lookups, mean {1e6 * v[\"rtserve_cache_lookup_duration_seconds_sum\"] / n:.2f} µs")'
+values = {l.split(" ")[0]: float(l.split(" ")[1]) for l in sys.stdin if l.startswith("rtserve_cache_lookup_duration_seconds_")}
+count = values["rtserve_cache_lookup_duration_seconds_count"]
+mean_us = 1e6 * values["rtserve_cache_lookup_duration_seconds_sum"] / count
+print(f"server {sys.argv[1]}: {count:.0f} local lookups, mean {mean_us:.2f} µs")' "$server"
 done

@@ -15,9 +15,12 @@ pub enum InferError {
     /// (429 with `Retry-After` / RESOURCE_EXHAUSTED).
     #[error("model '{model}' cannot take the request now: {reason}")]
     Rejected { model: String, reason: RejectReason, retry_after: Duration },
-    /// The request's deadline (timeout, SLO under REJECT, caller deadline) passed while it
-    /// waited; it was not run (429 / DEADLINE_EXCEEDED).
-    #[error("model '{model}': the request's deadline passed after {} ms in the queue", waited.as_millis())]
+    /// While it waited, the request's deadline (timeout, SLO under REJECT, caller deadline)
+    /// passed or came too close to run it in time; it was not run (429 / DEADLINE_EXCEEDED).
+    #[error(
+        "model '{model}': after {} ms in the queue the request could no longer finish before its deadline (SLO, timeout or client deadline); it was not run",
+        waited.as_millis()
+    )]
     DeadlineExceeded { model: String, waited: Duration },
     /// The model is shutting down or not loaded (503 / UNAVAILABLE).
     #[error("model '{0}' is not available")]

@@ -22,6 +22,9 @@ pub struct InferRequest {
     /// The outputs the client asked for; empty means all of them.
     pub outputs: Vec<String>,
     pub parameters: BTreeMap<String, Parameter>,
+    /// When the server received it (before decoding): timeouts and the SLO count from here.
+    /// `None`: from when the scheduler sees it.
+    pub received: Option<std::time::Instant>,
 }
 
 /// The outputs of one inference.

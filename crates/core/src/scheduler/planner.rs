@@ -11,11 +11,12 @@
 //!   waited `max_queue_delay`, or earlier when waiting longer would make a request in it miss
 //!   its due time. Among the prefixes of the batch whose predicted completion meets every due
 //!   time in them, it sends the one with the highest predicted throughput.
-//! - Requests past their expiry are never dispatched; they are handed back through
-//!   [`BatchPlanner::take_expired`] to be answered with an error.
+//! - Requests that can no longer finish before their expiry (the typical run time of their own
+//!   rows from now) are never dispatched; they are handed back through
+//!   [`BatchPlanner::take_expired`] to be answered with an error, early rather than late.
 //! - Admission refuses a request when the queue is full, when it has more rows than a batch
-//!   holds, or when its predicted completion (the queue ahead of it, then its own batch) is past
-//!   its due time.
+//!   holds, or when its predicted completion (the queue ahead of it, then its own batch, timed
+//!   with the profile's upper, 90th-percentile curve) is past its due time.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -30,6 +31,16 @@ pub type EntryId = u64;
 
 /// Identifies a dispatched batch, chosen by the planner.
 pub type BatchId = u64;
+
+/// Which execution time a prediction assumes.
+#[derive(Debug, Clone, Copy)]
+enum Estimate {
+    /// The typical (median) one: for retry hints.
+    Typical,
+    /// One most runs stay within (90th percentile): for admission, which must not admit what
+    /// is only on time when every run ahead of it is typical.
+    Upper,
+}
 
 /// The retry hint when nothing better can be predicted.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -215,7 +226,8 @@ impl BatchPlanner {
         }
         if let Some(due) = entry.deadlines.due {
             let (ahead_requests, ahead_rows) = self.ahead_of(entry.priority);
-            if let Some((start, end)) = self.predict(now, ahead_requests, ahead_rows, entry.rows) {
+            let estimate = Estimate::Upper;
+            if let Some((start, end)) = self.predict(now, ahead_requests, ahead_rows, entry.rows, estimate) {
                 if end > due {
                     let reason = RejectReason::PredictedMiss { predicted: end - now, allowed: due - now };
                     let retry_after = start.saturating_duration_since(now).max(Duration::from_millis(1));
@@ -373,16 +385,24 @@ impl BatchPlanner {
     fn next_deadline_event(&self) -> Option<Instant> {
         self.queue
             .iter()
-            .flat_map(|(key, e)| [e.deadlines.expire_at, e.deadlines.demote_at.filter(|_| !key.late)])
+            .flat_map(|(key, e)| [self.last_start(e), e.deadlines.demote_at.filter(|_| !key.late)])
             .flatten()
             .min()
+    }
+
+    /// From this instant `entry`, run alone, would typically finish at or after its expiry; it
+    /// expires then. Without a profile it is the expiry itself.
+    fn last_start(&self, entry: &Entry) -> Option<Instant> {
+        let expire = entry.deadlines.expire_at?;
+        let exec = self.profile.predict(entry.rows).unwrap_or_default();
+        Some(expire.checked_sub(exec).unwrap_or(expire))
     }
 
     fn expire_and_demote(&mut self, now: Instant) {
         let mut expired = Vec::new();
         let mut demoted = Vec::new();
         for (key, entry) in &self.queue {
-            if entry.deadlines.expire_at.is_some_and(|t| t <= now) {
+            if self.last_start(entry).is_some_and(|t| t <= now) {
                 expired.push(entry.id);
             } else if !key.late && entry.deadlines.demote_at.is_some_and(|t| t <= now) {
                 demoted.push(entry.id);
@@ -432,7 +452,7 @@ impl BatchPlanner {
     fn drain_time(&self, now: Instant) -> Duration {
         let requests = self.queue.len();
         let rows = self.queued_rows();
-        match self.predict(now, requests, rows, 0) {
+        match self.predict(now, requests, rows, 0, Estimate::Typical) {
             Some((start, _)) => start.saturating_duration_since(now).max(Duration::from_millis(1)),
             None => DEFAULT_RETRY_AFTER,
         }
@@ -447,8 +467,12 @@ impl BatchPlanner {
         ahead_requests: usize,
         ahead_rows: usize,
         own_rows: usize,
+        estimate: Estimate,
     ) -> Option<(Instant, Instant)> {
-        let exec = |rows: usize| self.profile.predict(rows);
+        let exec = |rows: usize| match estimate {
+            Estimate::Typical => self.profile.predict(rows),
+            Estimate::Upper => self.profile.predict_upper(rows),
+        };
         let mut free: BinaryHeap<Reverse<Instant>> =
             self.in_flight.values().map(|f| Reverse(f.predicted_end.max(now))).collect();
         free.extend(std::iter::repeat_n(Reverse(now), self.free_instances()));

@@ -174,6 +174,22 @@ fn reject_expires_a_request_instead_of_running_it_late() {
 }
 
 #[test]
+fn reject_expires_a_request_once_it_can_no_longer_finish_in_time() {
+    // 1 ms + 1 ms per row: one row typically runs 2 ms, so a request due at 10 ms must start by 8.
+    let t0 = Instant::now();
+    let config = PlannerConfig { default_timeout: Some(ms(10)), ..batching(8) };
+    let mut planner = BatchPlanner::new(config.clone(), linear_profile());
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    let busy = dispatch(&mut planner, t0);
+    let waiting = Entry { deadlines: config.deadlines(t0, None, None), ..entry(1, 1, t0) };
+    admit_all(&mut planner, vec![waiting], t0);
+    assert_eq!(planner.next_batch(t0 + ms(1)), Decision::WaitUntil(t0 + ms(8)), "wakes to expire it");
+    assert_eq!(planner.next_batch(t0 + ms(8)), Decision::Idle);
+    assert_eq!(planner.take_expired(), vec![1], "expired at 8 ms, not run to finish after 10 ms");
+    planner.complete(busy.id, None);
+}
+
+#[test]
 fn delay_lets_a_timed_out_request_yield_its_place() {
     let t0 = Instant::now();
     let config = PlannerConfig {

@@ -5,12 +5,19 @@
 //! made non-decreasing in the batch size (a bigger batch is never predicted faster), sizes in
 //! between are interpolated, and sizes past the largest measured one are extrapolated along a
 //! Theil–Sen line (the median of pairwise slopes), which ignores up to ~29% outlying points.
+//!
+//! A second, *upper* curve is built the same way from each window's 90th percentile: admission
+//! control predicts with it, so a request is admitted only when it will most likely be on time,
+//! not merely on time when every run ahead of it is typical.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Samples kept per batch size unless told otherwise.
 pub const DEFAULT_PROFILE_WINDOW: usize = 16;
+
+/// The quantile of each window that the upper curve follows.
+const UPPER_QUANTILE: f64 = 0.9;
 
 /// At most this many points enter the line fit (pairwise slopes are quadratic in it).
 const MAX_FIT_POINTS: usize = 48;
@@ -27,10 +34,52 @@ pub struct ProfilePoint {
 pub struct LatencyProfile {
     window: usize,
     samples: BTreeMap<usize, VecDeque<f64>>,
-    /// `(rows, nanoseconds)`, increasing in both; rebuilt on every sample.
-    curve: Vec<(usize, f64)>,
+    /// From each window's median: the typical execution time. Rebuilt on every sample.
+    typical: Curve,
+    /// From each window's 90th percentile: a time most runs stay within.
+    upper: Curve,
+}
+
+/// Execution time over batch size: measured levels, made non-decreasing, interpolated between
+/// and extrapolated past them along a robust line.
+#[derive(Debug, Clone, Default)]
+struct Curve {
+    /// `(rows, nanoseconds)`, increasing in both.
+    points: Vec<(usize, f64)>,
     /// Nanoseconds per extra row past the largest measured size.
     slope: f64,
+}
+
+impl Curve {
+    fn new(levels: Vec<(usize, f64)>) -> Curve {
+        // The slope comes from the raw levels: one slow size must not tilt the line.
+        let slope = theil_sen_slope(&levels).max(0.0);
+        let mut running_max = 0.0f64;
+        let points = levels
+            .into_iter()
+            .map(|(rows, nanos)| {
+                running_max = running_max.max(nanos);
+                (rows, running_max)
+            })
+            .collect();
+        Curve { points, slope }
+    }
+
+    fn predict(&self, rows: usize) -> Option<Duration> {
+        let (&(first_rows, first), &(last_rows, last)) = (self.points.first()?, self.points.last()?);
+        let nanos = if rows >= last_rows {
+            last + self.slope * (rows - last_rows) as f64
+        } else if rows <= first_rows {
+            (first - self.slope * (first_rows - rows) as f64)
+                .clamp(first * rows as f64 / first_rows as f64, first)
+        } else {
+            let above = self.points.partition_point(|&(r, _)| r < rows);
+            let (r1, t1) = self.points[above - 1];
+            let (r2, t2) = self.points[above];
+            t1 + (t2 - t1) * (rows - r1) as f64 / (r2 - r1) as f64
+        };
+        Some(Duration::from_nanos(nanos.max(0.0).round() as u64))
+    }
 }
 
 impl Default for LatencyProfile {
@@ -42,12 +91,17 @@ impl Default for LatencyProfile {
 impl LatencyProfile {
     /// An empty profile keeping `window` samples per batch size.
     pub fn new(window: usize) -> Self {
-        LatencyProfile { window: window.max(1), samples: BTreeMap::new(), curve: Vec::new(), slope: 0.0 }
+        LatencyProfile {
+            window: window.max(1),
+            samples: BTreeMap::new(),
+            typical: Curve::default(),
+            upper: Curve::default(),
+        }
     }
 
     /// True until the first sample.
     pub fn is_empty(&self) -> bool {
-        self.curve.is_empty()
+        self.typical.points.is_empty()
     }
 
     /// Records that a batch of `rows` took `exec` to run.
@@ -63,47 +117,36 @@ impl LatencyProfile {
         self.rebuild();
     }
 
-    /// The predicted execution time of a batch of `rows`; `None` while the profile is empty.
+    /// The predicted (typical) execution time of a batch of `rows`; `None` while the profile is
+    /// empty.
     pub fn predict(&self, rows: usize) -> Option<Duration> {
-        let (&(first_rows, first), &(last_rows, last)) = (self.curve.first()?, self.curve.last()?);
-        let nanos = if rows >= last_rows {
-            last + self.slope * (rows - last_rows) as f64
-        } else if rows <= first_rows {
-            (first - self.slope * (first_rows - rows) as f64)
-                .clamp(first * rows as f64 / first_rows as f64, first)
-        } else {
-            let above = self.curve.partition_point(|&(r, _)| r < rows);
-            let (r1, t1) = self.curve[above - 1];
-            let (r2, t2) = self.curve[above];
-            t1 + (t2 - t1) * (rows - r1) as f64 / (r2 - r1) as f64
-        };
-        Some(Duration::from_nanos(nanos.max(0.0).round() as u64))
+        self.typical.predict(rows)
+    }
+
+    /// A time a batch of `rows` most likely stays within (the 90th percentile curve); `None`
+    /// while the profile is empty.
+    pub fn predict_upper(&self, rows: usize) -> Option<Duration> {
+        self.upper.predict(rows)
     }
 
     /// The measured points (median per batch size, made non-decreasing), smallest batch first.
     pub fn points(&self) -> Vec<ProfilePoint> {
-        self.curve
+        self.typical
+            .points
             .iter()
             .map(|&(rows, ns)| ProfilePoint { rows, exec: Duration::from_nanos(ns.round() as u64) })
             .collect()
     }
 
     fn rebuild(&mut self) {
-        let medians: Vec<(usize, f64)> = self
-            .samples
-            .iter()
-            .map(|(&rows, window)| (rows, median(window.iter().copied().collect())))
-            .collect();
-        // The slope comes from the raw medians: one slow size must not tilt the line.
-        self.slope = theil_sen_slope(&medians).max(0.0);
-        let mut running_max = 0.0f64;
-        self.curve = medians
-            .into_iter()
-            .map(|(rows, nanos)| {
-                running_max = running_max.max(nanos);
-                (rows, running_max)
-            })
-            .collect();
+        let levels = |level: &dyn Fn(Vec<f64>) -> f64| -> Vec<(usize, f64)> {
+            self.samples
+                .iter()
+                .map(|(&rows, window)| (rows, level(window.iter().copied().collect())))
+                .collect()
+        };
+        self.typical = Curve::new(levels(&median));
+        self.upper = Curve::new(levels(&|values| quantile(values, UPPER_QUANTILE)));
     }
 }
 
@@ -121,6 +164,16 @@ fn theil_sen_slope(points: &[(usize, f64)]) -> f64 {
         }
     }
     median(slopes)
+}
+
+/// The nearest-rank `q` quantile (0 for no values).
+fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -150,6 +203,18 @@ mod tests {
 
     fn close(actual: f64, expected: f64) -> bool {
         (actual - expected).abs() < 1e-3
+    }
+
+    #[test]
+    fn upper_curve_follows_the_90th_percentile() {
+        let mut profile = LatencyProfile::default();
+        for value in 1..=10 {
+            profile.record(2, ms(f64::from(value)));
+        }
+        assert!(close(predicted_ms(&profile, 2), 5.5), "median of 1..=10 ms");
+        let upper = profile.predict_upper(2).expect("samples").as_secs_f64() * 1000.0;
+        assert!(close(upper, 9.0), "nearest-rank 90th percentile of 1..=10 ms, got {upper}");
+        assert!(profile.predict_upper(1) <= profile.predict_upper(2));
     }
 
     #[test]

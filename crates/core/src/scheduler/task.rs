@@ -152,7 +152,7 @@ impl Scheduler {
         outputs: Vec<String>,
         deadline: Option<Instant>,
     ) -> Result<Scheduled, InferError> {
-        let arrival = Instant::now();
+        let arrival = request.received.unwrap_or_else(Instant::now);
         let options =
             RequestOptions::from_parameters(&request.parameters).map_err(InferError::InvalidInput)?;
         let priority = self.policy.priority_level(options.priority).map_err(InferError::InvalidInput)?;

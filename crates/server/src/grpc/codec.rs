@@ -48,6 +48,7 @@ pub fn decode_request(request: proto::ModelInferRequest) -> Result<InferRequest,
         inputs.push(NamedTensor { name: input.name, tensor });
     }
     Ok(InferRequest {
+        received: None,
         id: request.id,
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),

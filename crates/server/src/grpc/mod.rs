@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{Stream, StreamExt};
+use rtserve_core::InferRequest;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Protocol;
@@ -51,7 +52,7 @@ impl InferenceService {
         let result = async {
             let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
             timer.model(&model.config.name, model.version);
-            let request = codec::decode_request(request)?;
+            let request = InferRequest { received: Some(timer.started()), ..codec::decode_request(request)? };
             let inferred = model.infer(request, deadline).await?;
             let served = inferred.served();
             let mut response = codec::encode_response(inferred.response);

@@ -125,6 +125,7 @@ pub fn decode_request(
             .collect::<Result<_, ServerError>>()?,
     };
     let request = InferRequest {
+        received: None,
         id: request.id.unwrap_or_default(),
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),

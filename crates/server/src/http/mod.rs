@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rtserve_core::InferRequest;
 use serde_json::{json, Value};
 
 use crate::metrics::{Protocol, RequestTimer};
@@ -172,6 +173,7 @@ async fn infer_timed(
         }
     };
     let (request, encoding) = json::decode_request(body, header_length)?;
+    let request = InferRequest { received: Some(timer.started()), ..request };
     let inferred = model.infer(request, None).await?;
     let (body, header_length) = json::encode_response(&inferred.response, &encoding);
     let mut reply = Response::new(Body::from(body));

@@ -218,6 +218,11 @@ pub struct RequestTimer {
 }
 
 impl RequestTimer {
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
     /// The model version serving the request.
     pub fn model(&mut self, name: &str, version: u64) {
         self.model = name.to_string();
