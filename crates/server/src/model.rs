@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rtserve_core::scheduler::DurationTotal;
+use rtserve_core::scheduler::{DurationTotal, Scheduled};
 use rtserve_core::{
     cache_enabled, cache_key, validate_request, CacheOutcome, InferRequest, InferResponse, ModelConfig,
     NamedTensor, PredictionCache, Scheduler,
@@ -88,6 +88,12 @@ pub struct StageTimes {
     pub compute: Duration,
 }
 
+impl StageTimes {
+    fn of(scheduled: &Scheduled) -> StageTimes {
+        StageTimes { queue: scheduled.queue, compute: scheduled.compute }
+    }
+}
+
 impl LoadedModel {
     pub fn new(
         config: ModelConfig,
@@ -125,7 +131,7 @@ impl LoadedModel {
                     Some(CacheOutcome::Hit | CacheOutcome::RedisHit | CacheOutcome::Coalesced) => {
                         stats.cache_hit.add(elapsed)
                     }
-                    Some(CacheOutcome::Miss) => stats.cache_miss.add(std::time::Duration::ZERO),
+                    Some(CacheOutcome::Miss) => stats.cache_miss.add(Duration::ZERO),
                     Some(CacheOutcome::Bypass) | None => {}
                 }
             }
@@ -156,7 +162,7 @@ impl LoadedModel {
                 let ran = ran.clone();
                 async move {
                     let scheduled = model.scheduler.infer(request, requested, deadline).await?;
-                    let _ = ran.set(StageTimes { queue: scheduled.queue, compute: scheduled.compute });
+                    let _ = ran.set(StageTimes::of(&scheduled));
                     Ok(scheduled.outputs)
                 }
             };
@@ -164,7 +170,7 @@ impl LoadedModel {
             (in_requested_order(&result?, &outputs), Some(outcome), ran.get().copied())
         } else {
             let scheduled = self.scheduler.infer(request, outputs, deadline).await?;
-            let stages = StageTimes { queue: scheduled.queue, compute: scheduled.compute };
+            let stages = StageTimes::of(&scheduled);
             (scheduled.outputs, None, Some(stages))
         };
         let response = InferResponse {
