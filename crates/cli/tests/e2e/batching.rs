@@ -69,7 +69,7 @@ async fn batched_outputs_match_unbatched(engine: Engine) {
 }
 
 /// A batching model whose queue holds one request and waits long for a batch to fill.
-const ONE_SLOT: &str = "dynamic_batching { max_queue_delay_microseconds: 500000 \
+const ONE_SLOT: &str = "dynamic_batching { max_queue_delay_microseconds: 1500000 \
                         default_queue_policy { max_queue_size: 1 } }";
 /// A batching model with two priority levels and no queue policy (request timeouts apply).
 const PRIORITIES: &str = "dynamic_batching { max_queue_delay_microseconds: 100 \
@@ -93,7 +93,7 @@ async fn refusals_are_clear_and_the_server_keeps_serving() {
 async fn full_queue_is_429_with_retry_after(server: &Server) {
     let http = reqwest::Client::new();
     let inputs = mlp_rows(1).remove(0);
-    // The first request waits in the queue (up to 500 ms) for a batch to fill; it fills the queue.
+    // The first request waits in the queue (up to 1.5 s) for a batch to fill; it fills the queue.
     let first = tokio::spawn({
         let (http, url) = (http.clone(), server.url(&infer_path("one_slot")));
         let body = json_body(&inputs);
