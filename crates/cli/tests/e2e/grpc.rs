@@ -214,19 +214,7 @@ async fn repository_index(engine: Engine) {
     assert_eq!(rows, want);
 
     let http = reqwest::Client::new();
-    let reply = crate::client::post_json(&http, server, "/v2/repository/index", &serde_json::json!({})).await;
-    assert_eq!(reply.status, 200);
-    let over_http: Vec<(String, String, String)> = reply
-        .json()
-        .as_array()
-        .expect("index array")
-        .iter()
-        .map(|m| {
-            let field = |k: &str| m[k].as_str().unwrap_or_default().to_string();
-            (field("name"), field("version"), field("state"))
-        })
-        .collect();
-    let over_grpc: Vec<(String, String, String)> =
-        rows.iter().map(|(n, v, s)| (n.to_string(), v.to_string(), s.to_string())).collect();
+    let over_http = crate::repository::http_index(&http, server).await;
+    let over_grpc = crate::repository::grpc_index(&mut grpc).await;
     assert_eq!(over_http, over_grpc, "HTTP and gRPC indexes agree");
 }

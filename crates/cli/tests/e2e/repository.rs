@@ -24,9 +24,9 @@ const BROKEN_CONFIG: &str =
     "name: \"cnn\"\nmax_batch_size: 8\ninput [\n  { name: \"input\" data_type: TYPE_FP32\n";
 
 /// One row of the repository index: (version, state, reason).
-type Row = (String, String, String);
+pub type Row = (String, String, String);
 
-async fn http_index(http: &reqwest::Client, server: &Server) -> BTreeMap<String, Row> {
+pub async fn http_index(http: &reqwest::Client, server: &Server) -> BTreeMap<String, Row> {
     let reply = post_json(http, server, "/v2/repository/index", &json!({})).await;
     assert_eq!(reply.status, 200);
     reply
@@ -41,7 +41,7 @@ async fn http_index(http: &reqwest::Client, server: &Server) -> BTreeMap<String,
         .collect()
 }
 
-async fn grpc_index(grpc: &mut GrpcClient) -> BTreeMap<String, Row> {
+pub async fn grpc_index(grpc: &mut GrpcClient) -> BTreeMap<String, Row> {
     let index = grpc.repository_index(RepositoryIndexRequest::default()).await.expect("RepositoryIndex");
     index.into_inner().models.into_iter().map(|m| (m.name, (m.version, m.state, m.reason))).collect()
 }
