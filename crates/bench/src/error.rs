@@ -29,6 +29,12 @@ pub enum BenchError {
     /// `--server-pid` names no readable process.
     #[error("--server-pid {pid}: {reason}")]
     ServerPid { pid: u32, reason: String },
+    /// A matrix file that cannot be read or is not a valid matrix.
+    #[error("matrix {}: {reason}", path.display())]
+    Matrix { path: PathBuf, reason: String },
+    /// A chart could not be drawn or written.
+    #[error("cannot plot to {}: {reason}", path.display())]
+    Plot { path: PathBuf, reason: String },
     /// A result file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },

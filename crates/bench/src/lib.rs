@@ -14,13 +14,17 @@
 //! | `outcome`, `stats` | error kinds; latency histograms |
 //! | `server_side` | the server's metrics and memory during a step |
 //! | `result`, `report` | serializable results; table, JSON, CSV |
+//! | `plot` | latency against throughput, SVG or PNG |
+//! | `matrix` | `--matrix`: rows of model, server settings and load, each against its own server |
 
 pub mod config;
 mod error;
 pub mod inputs;
 pub mod load;
+pub mod matrix;
 pub mod npy;
 pub mod outcome;
+pub mod plot;
 mod progress;
 pub mod report;
 pub mod result;

@@ -1,24 +1,32 @@
 //! `rtserve bench`: flags → [`BenchConfig`] → a load run against a server → a table on stdout,
-//! and JSON / CSV files when asked.
+//! and JSON / CSV / chart files when asked. With `--matrix`, a file of rows, each run against a
+//! server started for it, → a Markdown table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use rtserve_bench::matrix::{self, spec::MatrixSpec, table};
 use rtserve_bench::{
-    parse_duration, report, BenchConfig, BenchOptions, Endpoint, InputDataArg, ShapeOverride,
+    parse_duration, plot, report, BenchConfig, BenchOptions, Endpoint, InputDataArg, ShapeOverride,
 };
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Server to load: http://HOST:PORT (KServe v2 REST) or grpc://HOST:PORT.
-    #[arg(long, env = "RTSERVE_BENCH_URL")]
-    url: Endpoint,
+    #[arg(long, env = "RTSERVE_BENCH_URL", required_unless_present = "matrix")]
+    url: Option<Endpoint>,
 
     /// Model to benchmark.
-    #[arg(long, env = "RTSERVE_BENCH_MODEL")]
-    model: String,
+    #[arg(long, env = "RTSERVE_BENCH_MODEL", required_unless_present = "matrix")]
+    model: Option<String>,
+
+    /// Run the rows of this TOML file instead, each against an `rtserve serve` started for it
+    /// (model, server settings, load per row; see docs/bench.md), and print a Markdown table.
+    /// --json, --plot and --quiet apply; the load flags come from the file.
+    #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["url", "model", "concurrency", "rate", "csv"])]
+    matrix: Option<PathBuf>,
 
     /// Model version (default: the server's choice, normally the latest).
     #[arg(long, env = "RTSERVE_BENCH_MODEL_VERSION")]
@@ -103,13 +111,22 @@ pub struct BenchArgs {
     /// Also write every step to this CSV file (one row per step).
     #[arg(long, env = "RTSERVE_BENCH_CSV")]
     csv: Option<PathBuf>,
+
+    /// Also draw latency against throughput to this .svg or .png file: p50, p90 and p99 over
+    /// the steps; with --matrix, p99 of each row.
+    #[arg(long, env = "RTSERVE_BENCH_PLOT", value_name = "FILE.svg|FILE.png")]
+    plot: Option<PathBuf>,
 }
 
 impl BenchArgs {
     fn into_config(self) -> anyhow::Result<BenchConfig> {
+        // clap requires both unless --matrix is given, and the matrix path returns earlier.
+        let (Some(url), Some(model)) = (self.url, self.model) else {
+            anyhow::bail!("--url and --model are required");
+        };
         Ok(BenchConfig::new(BenchOptions {
-            url: self.url,
-            model: self.model,
+            url,
+            model,
             model_version: self.model_version,
             concurrency: self.concurrency,
             rate: self.rate,
@@ -132,10 +149,13 @@ impl BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let (json, csv) = (args.json.clone(), args.csv.clone());
-    let config = args.into_config()?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    if let Some(file) = &args.matrix {
+        return run_matrix(&runtime, file, &args);
+    }
+    let (json, csv, plot_file) = (args.json.clone(), args.csv.clone(), args.plot.clone());
+    let config = args.into_config()?;
     let results = runtime.block_on(rtserve_bench::run(&config))?;
     print!("{}", report::render_table(&results));
     if let Some(path) = json {
@@ -144,5 +164,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(path) = csv {
         report::write_file(&path, &report::to_csv(&results))?;
     }
+    if let Some(path) = plot_file {
+        plot::write_chart(&path, &plot::run_chart(&results))?;
+    }
     Ok(())
+}
+
+/// `--matrix`: every row against a server this binary starts, then the Markdown table.
+fn run_matrix(runtime: &tokio::runtime::Runtime, file: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    let spec = MatrixSpec::read(file)?;
+    let rtserve = std::env::current_exe().context("locating the rtserve binary to serve with")?;
+    let results = runtime.block_on(matrix::run_matrix(&spec, &rtserve, !args.quiet));
+    println!("{}\n", results.title);
+    print!("{}", table::render_markdown(&results));
+    if let Some(path) = &args.json {
+        report::write_file(path, &results.to_json())?;
+    }
+    if let Some(path) = &args.plot {
+        plot::write_chart(path, &table::chart(&results))?;
+    }
+    match results.failures() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} of {} rows failed (see the table)", results.rows.len()),
+    }
 }

@@ -22,7 +22,7 @@ enum Command {
     /// Serve the models of one or more model repositories.
     Serve(serve::ServeArgs),
     /// Load a server with inference requests and report latency percentiles and throughput.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
     init_logging(&cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(*args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

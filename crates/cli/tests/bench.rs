@@ -234,3 +234,138 @@ fn bench_fails_clearly_when_no_server_listens() {
     let output = bench(&["--url", "localhost:1", "--model", "mlp"]);
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("http://HOST:PORT"));
 }
+
+#[test]
+fn matrix_runs_each_row_against_its_own_server_and_prints_one_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mlp = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/model_repository/mlp/1/model.onnx");
+    let made = dir.path().join("made.onnx");
+    let matrix = dir.path().join("matrix.toml");
+    std::fs::write(
+        &matrix,
+        format!(
+            r#"title = "MLP matrix"
+[defaults]
+model = "{mlp}"
+serve_args = ["--engine", "tract"]
+warmup = "200ms"
+duration = "1s"
+config = {{ max_batch_size = 8 }}
+
+[[row]]
+name = "plain"
+concurrency = [1, 2]
+
+[[row]]
+name = "batching over http"
+protocol = "http"
+concurrency = [4]
+memory_limit_mb = 1024
+config = {{ max_batch_size = 8, dynamic_batching = {{ max_queue_delay_microseconds = 2000 }} }}
+
+[[row]]
+name = "prepared"
+model = "{made}"
+prepare = ["cp", "{mlp}", "{{model}}"]
+
+[[row]]
+name = "on a GPU"
+requires = ["gpu"]
+
+[[row]]
+name = "missing"
+model = "{missing}"
+"#,
+            mlp = mlp.display(),
+            made = made.display(),
+            missing = dir.path().join("missing.onnx").display(),
+        ),
+    )
+    .expect("write matrix");
+    let (json, svg) = (dir.path().join("m.json"), dir.path().join("m.svg"));
+    let output = bench(&[
+        "--matrix",
+        matrix.to_str().expect("utf-8"),
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--plot",
+        svg.to_str().expect("utf-8"),
+    ]);
+    // One row cannot run: the table is printed, the status says so.
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| ")).collect();
+    assert_eq!(table.len(), 2 + 2 + 1 + 1 + 1 + 1, "header, 2 + 1 + 1 steps, GPU, missing:\n{stdout}");
+    assert!(
+        table[2].starts_with("| plain | grpc c=1 |") && table[3].starts_with("| plain | grpc c=2 |"),
+        "{stdout}"
+    );
+    assert!(table[4].starts_with("| batching over http | http c=4 |"), "{stdout}");
+    assert!(table[5].starts_with("| prepared | grpc c=1 |"), "{stdout}");
+    assert!(
+        table[7].starts_with("| missing | failed: model ") && table[7].contains("no `prepare`"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("1 of 5 rows failed"), "{}", describe(&output));
+
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("--json")).expect("JSON");
+    let rows = report["rows"].as_array().expect("rows");
+    let statuses: Vec<&str> = rows.iter().map(|r| r["status"].as_str().unwrap_or("?")).collect();
+    let gpu = std::path::Path::new("/dev/nvidia0").exists();
+    assert_eq!(statuses, ["ran", "ran", "ran", if gpu { "ran" } else { "skipped" }, "failed"], "{report:#}");
+    if !gpu {
+        assert_eq!(rows[3]["reason"], "needs GPU");
+    }
+    assert!(made.exists(), "the prepare command made the model");
+    for row in &rows[..3] {
+        for step in row["report"]["steps"].as_array().expect("steps") {
+            assert!(step["successes"].as_u64().is_some_and(|n| n > 0), "{row:#}");
+            assert_eq!(step["requests"], step["successes"], "{row:#}");
+            // Each row's own server: its memory and its metrics were read.
+            assert!(step["server_peak_rss_bytes"].as_u64().is_some_and(|b| b > 1 << 20), "{row:#}");
+            assert!(step["server"]["compute_us"].as_f64().is_some_and(|us| us > 0.0), "{row:#}");
+        }
+    }
+    assert_eq!(rows[0]["model_bytes"].as_u64(), std::fs::metadata(&mlp).ok().map(|m| m.len()));
+    let chart = std::fs::read_to_string(&svg).expect("--plot");
+    for name in ["plain", "batching over http", "prepared"] {
+        assert!(chart.contains(&format!("\n{name}\n</text>")), "{name} in the legend");
+    }
+}
+
+#[test]
+fn matrix_file_mistakes_are_named_before_anything_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let matrix = dir.path().join("matrix.toml");
+    std::fs::write(&matrix, "[[row]]\nname = \"a\"\nmodel = \"m.onnx\"\nconcurency = [4]\n").expect("write");
+    let output = bench(&["--matrix", matrix.to_str().expect("utf-8")]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("matrix.toml") && stderr.contains("concurency"), "{}", describe(&output));
+    assert!(output.stdout.is_empty(), "{}", describe(&output));
+}
+
+#[test]
+fn plot_draws_the_sweep() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let png = dir.path().join("sweep.png");
+    let url = format!("grpc://{}", server.grpc);
+    let output = bench(&[
+        "--url",
+        &url,
+        "--model",
+        "mlp",
+        "--concurrency",
+        "1,2",
+        "--warmup",
+        "100ms",
+        "--duration",
+        "500ms",
+        "--plot",
+        png.to_str().expect("utf-8"),
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let bytes = std::fs::read(&png).expect("--plot written");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+}

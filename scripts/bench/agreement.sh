@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Does `rtserve bench` measure what Triton's perf_analyzer measures? Both load the same rtserve
+# server with the same closed-loop gRPC load, alternately (perf_analyzer, rtserve bench, twice),
+# and the table gives each figure and the ratio rtserve bench / perf_analyzer (1.00 = same).
+#
+#   cargo build --release && bash scripts/install_perf_analyzer.sh
+#   bash scripts/bench/agreement.sh [MEASUREMENT_MS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MEASURE_MS=${1:-5000}
+PA=${PERF_ANALYZER:-.tools/perf_analyzer/perf_analyzer}
+BIN=${RTSERVE_BIN:-target/release/rtserve}
+WORK=$(mktemp -d)
+trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# One instance, no dynamic batching: every request is its own engine call.
+mkdir -p "$WORK/repo/mlp/1"
+cp examples/model_repository/mlp/1/model.onnx "$WORK/repo/mlp/1/"
+printf 'max_batch_size = 8\n[[instance_group]]\ncount = 1\n' > "$WORK/repo/mlp/config.toml"
+CASES=("mlp 1" "mlp 4" "mlp 16")
+if [ -f models/zoo/resnet50/1/model.onnx ]; then
+  mkdir -p "$WORK/repo/resnet50/1"
+  cp models/zoo/resnet50/1/model.onnx "$WORK/repo/resnet50/1/"
+  printf 'max_batch_size = 8\n[[instance_group]]\ncount = 1\n' > "$WORK/repo/resnet50/config.toml"
+  CASES+=("resnet50 1" "resnet50 4")
+fi
+
+"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
+  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
+SERVER=$!
+for _ in $(seq 600); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
+GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+SECONDS_=$(python3 -c "print($MEASURE_MS / 1000)")
+
+pa() { # model concurrency -> "throughput p50_us p99_us"
+  "$PA" -m "$1" -i grpc -u "$GRPC" --concurrency-range "$2:$2" --measurement-interval "$MEASURE_MS" \
+    --max-trials 3 --stability-percentage 1000 -f "$WORK/pa.csv" > "$WORK/pa.log" 2>&1 \
+    || { cat "$WORK/pa.log"; exit 1; }
+  python3 -c 'import csv,sys; r=next(csv.DictReader(open(sys.argv[1])))
+print(r["Inferences/Second"], r["p50 latency"], r["p99 latency"])' "$WORK/pa.csv"
+}
+rb() { # model concurrency -> "throughput p50_us p99_us"
+  "$BIN" bench --url "grpc://$GRPC" --model "$1" --concurrency "$2" --warmup 2s \
+    --duration "${SECONDS_}s" --quiet --json "$WORK/rb.json" > /dev/null
+  python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["steps"][0]; l=s["latency_us"]
+print(s["throughput_rps"], l["p50_us"], l["p99_us"])' "$WORK/rb.json"
+}
+
+echo "| model | concurrency | round | perf_analyzer infer/s | rtserve bench infer/s | ratio | p50 PA / rb (µs) | ratio | p99 PA / rb (µs) | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for case in "${CASES[@]}"; do
+  read -r model c <<< "$case"
+  for round in 1 2; do
+    read -r pt p50 p99 < <(pa "$model" "$c")
+    read -r rt r50 r99 < <(rb "$model" "$c")
+    python3 - "$model" "$c" "$round" "$pt" "$rt" "$p50" "$r50" "$p99" "$r99" <<'PY'
+import sys
+m, c, rnd, pt, rt, p50, r50, p99, r99 = sys.argv[1:]
+pt, rt, p50, r50, p99, r99 = map(float, (pt, rt, p50, r50, p99, r99))
+print(f"| {m} | {c} | {rnd} | {pt:.0f} | {rt:.0f} | {rt / pt:.2f} | {p50:.0f} / {r50:.0f} | {r50 / p50:.2f} "
+      f"| {p99:.0f} / {r99:.0f} | {r99 / p99:.2f} |")
+PY
+  done
+done
