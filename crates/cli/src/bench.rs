@@ -100,6 +100,12 @@ pub struct BenchArgs {
     #[arg(long, env = "RTSERVE_BENCH_SERVER_PID")]
     server_pid: Option<u32>,
 
+    /// Threads that send requests and read replies. One costs the least CPU per request (no
+    /// hand-offs between threads) and leaves the other cores to a server on the same machine;
+    /// give more on a machine of its own when one core cannot keep up.
+    #[arg(long, env = "RTSERVE_BENCH_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short, env = "RTSERVE_BENCH_QUIET")]
     quiet: bool,
@@ -149,8 +155,11 @@ impl BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
+    }
+    .context("starting the runtime")?;
     if let Some(file) = &args.matrix {
         return run_matrix(&runtime, file, &args);
     }
