@@ -306,6 +306,10 @@ async fn bad_images_get_400_naming_the_problem() {
     let good = solid(ImageFormat::Png, 20, 20);
     let reply = infer_images(&server, "pixels", "image", &[&good, b"garbage"], json!([])).await;
     reply.assert_error(400, &["input 'image' element 1", "not an image"]);
+    // More images than max_batch_size are refused before any is decoded.
+    let five = [&good[..]; 5];
+    let reply = infer_images(&server, "pixels", "image", &five, json!([])).await;
+    reply.assert_error(400, &["holds 5 images", "at most 4"]);
     // The endpoint refuses a Content-Type that is not an image, or an image type it cannot decode.
     for (content_type, mention) in
         [("image/gif", "unsupported image format image/gif"), ("text/plain", "not an image")]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rayon::prelude::*;
-use rtserve_core::{DataType, InferRequest, NamedTensor, Tensor, TensorData};
+use rtserve_core::{InferRequest, NamedTensor, Tensor, TensorData};
 
 pub use decode::{decode_rgb, ImageError};
 pub use spec::{preprocess_spec, ColorOrder, Filter, Layout, PreprocessSpec, Resize, PARAMETER_PREFIX};
@@ -149,6 +149,3 @@ fn tensor_bytes(
 fn bad(message: String) -> ServerError {
     ServerError::BadRequest(message)
 }
-
-/// The datatype clients send images as.
-pub const IMAGE_DATATYPE: DataType = DataType::Bytes;

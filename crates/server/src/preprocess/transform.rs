@@ -63,41 +63,72 @@ pub fn write_tensor(
         return Err(format!("resized image {rw}x{rh} is smaller than the crop {cw}x{ch}"));
     }
     let src = ImageRef::new(width, height, image.as_raw(), PixelType::U8x3).map_err(|e| e.to_string())?;
-    let mut resized = Image::new(rw, rh, PixelType::U8x3);
     let filter = match spec.filter {
         Filter::Bilinear => FilterType::Bilinear,
         Filter::Area => FilterType::Box,
     };
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter));
+    // Resize only the part of the image that the centre crop keeps: the crop box mapped back to
+    // source coordinates. The filter still reads source pixels outside the box (it is clipped
+    // at the image's edges only), so this equals resizing the whole image, then cropping.
+    let (left, top) = ((rw - cw) / 2, (rh - ch) / 2);
+    let (sx, sy) = (f64::from(width) / f64::from(rw), f64::from(height) / f64::from(rh));
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(filter)).crop(
+        f64::from(left) * sx,
+        f64::from(top) * sy,
+        f64::from(cw) * sx,
+        f64::from(ch) * sy,
+    );
+    let mut cropped = Image::new(cw, ch, PixelType::U8x3);
     RESIZER
-        .with_borrow_mut(|resizer| resizer.resize(&src, &mut resized, &options))
+        .with_borrow_mut(|resizer| resizer.resize(&src, &mut cropped, &options))
         .map_err(|e| format!("resize: {e}"))?;
-    let (left, top) = (((rw - cw) / 2) as usize, ((rh - ch) / 2) as usize);
-    let (cw, ch, rw) = (cw as usize, ch as usize, rw as usize);
-    let pixels = resized.buffer();
     // Tensor channel c reads pixel channel source[c].
     let source = match spec.color {
         ColorOrder::Rgb => [0, 1, 2],
         ColorOrder::Bgr => [2, 1, 0],
     };
-    let (size, store): (usize, fn(f32, &mut [u8])) = match spec.dtype {
-        DataType::Fp16 => (2, |v, o| o.copy_from_slice(&f16::from_f32(v).to_le_bytes())),
-        DataType::Uint8 => (1, |v, o| o[0] = v.round().clamp(0.0, 255.0) as u8),
-        _ => (4, |v, o| o.copy_from_slice(&v.to_le_bytes())),
-    };
-    if out.len() != cw * ch * 3 * size {
-        return Err(format!("tensor slot of {} bytes for a {cw}x{ch} crop", out.len()));
+    let pixels = cropped.buffer();
+    let table = &normaliser.table;
+    match spec.dtype {
+        DataType::Fp16 => store(spec.layout, pixels, table, source, out, |v| f16::from_f32(v).to_le_bytes()),
+        DataType::Uint8 => {
+            store(spec.layout, pixels, table, source, out, |v| [v.round().clamp(0.0, 255.0) as u8])
+        }
+        _ => store(spec.layout, pixels, table, source, out, f32::to_le_bytes),
     }
-    for y in 0..ch {
-        let row = &pixels[((top + y) * rw + left) * 3..][..cw * 3];
-        for (x, pixel) in row.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                let value = normaliser.table[c][usize::from(pixel[source[c]])];
-                let index = match spec.layout {
-                    Layout::Nchw => (c * ch + y) * cw + x,
-                    Layout::Nhwc => (y * cw + x) * 3 + c,
-                };
-                store(value, &mut out[index * size..][..size]);
+}
+
+/// Writes the normalised `pixels` (RGB, row-major) into `out` in `layout`, each value encoded by
+/// `encode` into `N` bytes. Generic over the encoding so that the loop compiles to straight code.
+fn store<const N: usize>(
+    layout: Layout,
+    pixels: &[u8],
+    table: &[[f32; 256]; 3],
+    source: [usize; 3],
+    out: &mut [u8],
+    encode: impl Fn(f32) -> [u8; N],
+) -> Result<(), String> {
+    let count = pixels.len() / 3;
+    if out.len() != pixels.len() * N {
+        return Err(format!("tensor slot of {} bytes for {count} pixels of {N} bytes", out.len()));
+    }
+    match layout {
+        Layout::Nchw => {
+            let (r, rest) = out.split_at_mut(count * N);
+            let (g, b) = rest.split_at_mut(count * N);
+            for (c, plane) in [r, g, b].into_iter().enumerate() {
+                let (table, channel) = (&table[c], source[c]);
+                for (value, pixel) in plane.chunks_exact_mut(N).zip(pixels.chunks_exact(3)) {
+                    value.copy_from_slice(&encode(table[usize::from(pixel[channel])]));
+                }
+            }
+        }
+        Layout::Nhwc => {
+            for (values, pixel) in out.chunks_exact_mut(3 * N).zip(pixels.chunks_exact(3)) {
+                for c in 0..3 {
+                    let value = encode(table[c][usize::from(pixel[source[c]])]);
+                    values[c * N..][..N].copy_from_slice(&value);
+                }
             }
         }
     }
