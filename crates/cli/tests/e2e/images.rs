@@ -17,7 +17,7 @@ use rtserve_server::grpc::proto::model_infer_request::{InferInputTensor, InferRe
 use rtserve_server::grpc::proto::{InferParameter, ModelInferRequest};
 use serde_json::{json, Value};
 
-use crate::client::{get, grpc, metric_value, post_binary, send, HttpReply};
+use crate::client::{assert_grpc_error, get, grpc, metric_value, post_binary, send, HttpReply};
 use crate::server::{Engine, Server};
 use crate::start_server;
 
@@ -326,6 +326,20 @@ async fn bad_images_get_400_naming_the_problem() {
     let outputs = json!([{ "name": "nope", "parameters": { "classification": 1 } }]);
     let reply = infer_images(&server, "pixels", "image", &[&good], outputs).await;
     reply.assert_error(400, &["nope"]);
+    // Over gRPC the same is INVALID_ARGUMENT.
+    let request = ModelInferRequest {
+        model_name: "pixels".into(),
+        inputs: vec![InferInputTensor {
+            name: "image".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes_elements(&[&jpeg[..jpeg.len() / 2]]).into()],
+        ..Default::default()
+    };
+    let result = grpc(&server).await.model_infer(request).await;
+    assert_grpc_error(result, tonic::Code::InvalidArgument, &["corrupt or truncated JPEG"]);
     // Still serving.
     let reply = infer_images(&server, "pixels", "image", &[&good], json!([])).await;
     assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
