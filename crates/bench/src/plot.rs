@@ -61,7 +61,13 @@ pub fn write_chart(path: &Path, chart: &Chart) -> Result<(), BenchError> {
     let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     match extension.as_deref() {
         Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), chart).map_err(fail),
-        Some("png") => draw(BitMapBackend::new(path, size).into_drawing_area(), chart).map_err(fail),
+        Some("png") => {
+            let mut pixels = vec![0u8; size.0 as usize * size.1 as usize * 3];
+            draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), chart).map_err(fail)?;
+            let image = image::RgbImage::from_raw(size.0, size.1, pixels)
+                .ok_or_else(|| fail("the bitmap does not match its size".into()))?;
+            image.save_with_format(path, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))
+        }
         _ => Err(fail("the file name must end in .svg or .png".into())),
     }
 }

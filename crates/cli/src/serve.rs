@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use rtserve_server::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use rtserve_server::{CacheOptions, EngineChoice, RedisOptions, ServerConfig};
 
 #[derive(Args, Debug)]
@@ -80,6 +81,11 @@ pub struct ServeArgs {
     /// Limit on each Redis call, in milliseconds; a slower call counts as a miss.
     #[arg(long, env = "RTSERVE_CACHE_REDIS_TIMEOUT_MS", default_value_t = 50)]
     cache_redis_timeout_ms: u64,
+
+    /// Largest image (width x height, in pixels) that models with preprocessing accept; a
+    /// larger one gets 400, refused from its header before it is decoded.
+    #[arg(long, env = "RTSERVE_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
 }
 
 impl ServeArgs {
@@ -88,6 +94,7 @@ impl ServeArgs {
             .context("--shutdown-timeout must be a non-negative number of seconds")?;
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.queue_capacity > 0, "--queue-capacity must be positive");
+        anyhow::ensure!(self.max_image_pixels > 0, "--max-image-pixels must be positive");
         let ttl = Duration::try_from_secs_f64(self.cache_ttl)
             .ok()
             .filter(|ttl| !ttl.is_zero())
@@ -110,6 +117,7 @@ impl ServeArgs {
             queue_capacity: self.queue_capacity,
             warm_up_rounds: self.warm_up_rounds,
             cache: CacheOptions { max_bytes: self.cache_bytes, ttl, redis },
+            max_image_pixels: self.max_image_pixels,
         })
     }
 }

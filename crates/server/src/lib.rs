@@ -1,6 +1,7 @@
 //! rtserve server: KServe v2 over HTTP (axum) and gRPC (tonic) on a Triton-style model
 //! repository. Engines are reached only through `rtserve_core::Engine`.
 
+mod classification;
 mod codec;
 mod engines;
 mod error;
@@ -8,6 +9,7 @@ pub mod grpc;
 pub mod http;
 mod metrics;
 mod model;
+pub mod preprocess;
 pub mod repository;
 mod serve;
 mod state;

@@ -10,6 +10,9 @@ use rtserve_core::{
     NamedTensor, PredictionCache, Scheduler,
 };
 
+use crate::classification::{classify, Classification};
+use crate::metrics::ProcessingMetrics;
+use crate::preprocess::Preprocessor;
 use crate::ServerError;
 
 /// One model version, ready to serve.
@@ -21,6 +24,17 @@ pub struct LoadedModel {
     pub scheduler: Scheduler,
     cache: PredictionCache,
     requests: Mutex<RequestStats>,
+    processing: Processing,
+}
+
+/// The stages around the model: input processing (images to the input tensor) and
+/// post-processing (classification with labels), and their histograms.
+#[derive(Default)]
+pub struct Processing {
+    pub preprocessor: Option<Preprocessor>,
+    /// From the model folder's `labels.txt`.
+    pub labels: Option<Vec<String>>,
+    pub metrics: Option<ProcessingMetrics>,
 }
 
 /// Requests to one model version, as Triton's statistics report them.
@@ -45,11 +59,16 @@ pub struct Inferred {
     /// Where the time went, when this request ran the model (not for a cache hit or a
     /// coalesced request).
     pub stages: Option<StageTimes>,
+    /// Time spent decoding and transforming images, when the request sent images.
+    pub preprocess: Option<Duration>,
+    /// Time spent post-processing outputs, when the request asked for it.
+    pub postprocess: Option<Duration>,
 }
 
 impl Inferred {
     /// How the reply was served, as `(name, value)` pairs: `cache` (when the model caches),
-    /// `queue_us` and `compute_us` (when this request ran the model). HTTP sends them as
+    /// `queue_us` and `compute_us` (when this request ran the model), `preprocess_us` and
+    /// `postprocess_us` (when those stages ran). HTTP sends them as
     /// `x-rtserve-{name}` headers (`_` as `-`), gRPC as `rtserve_{name}` response parameters.
     pub fn served(&self) -> Vec<(&'static str, Served)> {
         let micros = |d: Duration| Served::Micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
@@ -60,6 +79,12 @@ impl Inferred {
         if let Some(stages) = self.stages {
             served.push(("queue_us", micros(stages.queue)));
             served.push(("compute_us", micros(stages.compute)));
+        }
+        if let Some(preprocess) = self.preprocess {
+            served.push(("preprocess_us", micros(preprocess)));
+        }
+        if let Some(postprocess) = self.postprocess {
+            served.push(("postprocess_us", micros(postprocess)));
         }
         served
     }
@@ -102,7 +127,37 @@ impl LoadedModel {
         scheduler: Scheduler,
         cache: PredictionCache,
     ) -> Self {
-        LoadedModel { config, version, engine, scheduler, cache, requests: Mutex::default() }
+        LoadedModel {
+            config,
+            version,
+            engine,
+            scheduler,
+            cache,
+            requests: Mutex::default(),
+            processing: Processing::default(),
+        }
+    }
+
+    /// The same model with input processing and post-processing.
+    pub fn with_processing(self, processing: Processing) -> Self {
+        LoadedModel { processing, ..self }
+    }
+
+    /// The model's image preprocessing, if its config declares one.
+    pub fn preprocessor(&self) -> Option<&Preprocessor> {
+        self.processing.preprocessor.as_ref()
+    }
+
+    /// The class names from `labels.txt`, if the model has one.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.processing.labels.as_deref()
+    }
+
+    /// Records post-processing done outside [`LoadedModel::infer_with`] (the JSON top-k form).
+    pub fn observe_postprocess(&self, elapsed: Duration) {
+        if let Some(metrics) = &self.processing.metrics {
+            metrics.postprocess.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// A snapshot of the request counters.
@@ -118,8 +173,19 @@ impl LoadedModel {
         request: InferRequest,
         deadline: Option<Instant>,
     ) -> Result<Inferred, ServerError> {
+        self.infer_with(request, deadline, &[]).await
+    }
+
+    /// [`LoadedModel::infer`], with images in the request preprocessed first (when the model
+    /// declares preprocessing) and the `classification` outputs turned into top-k labels.
+    pub async fn infer_with(
+        self: &Arc<Self>,
+        request: InferRequest,
+        deadline: Option<Instant>,
+        classification: &[Classification],
+    ) -> Result<Inferred, ServerError> {
         let start = Instant::now();
-        let result = self.serve(request, deadline).await;
+        let result = self.process(request, deadline, classification).await;
         let elapsed = start.elapsed();
         let mut stats = self.requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         stats.last_inference_ms =
@@ -138,6 +204,35 @@ impl LoadedModel {
             Err(_) => stats.fail.add(elapsed),
         }
         result
+    }
+
+    async fn process(
+        self: &Arc<Self>,
+        mut request: InferRequest,
+        deadline: Option<Instant>,
+        classification: &[Classification],
+    ) -> Result<Inferred, ServerError> {
+        let preprocess = match &self.processing.preprocessor {
+            Some(preprocessor) => preprocessor.apply(&mut request).await?,
+            None => None,
+        };
+        let mut inferred = self.serve(request, deadline).await?;
+        inferred.preprocess = preprocess;
+        if !classification.is_empty() {
+            let start = Instant::now();
+            let batched = self.config.max_batch_size > 0;
+            classify(&mut inferred.response.outputs, classification, self.labels(), batched)?;
+            inferred.postprocess = Some(start.elapsed());
+        }
+        if let Some(metrics) = &self.processing.metrics {
+            if let Some(elapsed) = inferred.preprocess {
+                metrics.preprocess.observe(elapsed.as_secs_f64());
+            }
+            if let Some(elapsed) = inferred.postprocess {
+                metrics.postprocess.observe(elapsed.as_secs_f64());
+            }
+        }
+        Ok(inferred)
     }
 
     async fn serve(
@@ -179,7 +274,7 @@ impl LoadedModel {
             id,
             outputs,
         };
-        Ok(Inferred { response, cache, stages })
+        Ok(Inferred { response, cache, stages, preprocess: None, postprocess: None })
     }
 }
 

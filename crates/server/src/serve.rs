@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::engines::{EngineChoice, Engines};
 use crate::metrics::Metrics;
+use crate::preprocess::ImagePool;
 use crate::repository::{ModelRepository, Serving};
 use crate::state::ServerState;
 
@@ -38,6 +39,9 @@ pub struct ServerConfig {
     pub warm_up_rounds: usize,
     /// The prediction cache (used by models with `response_cache` on).
     pub cache: CacheOptions,
+    /// Images with more pixels than this are refused from their header (models with
+    /// preprocessing).
+    pub max_image_pixels: u64,
 }
 
 /// Why the server could not start.
@@ -86,10 +90,11 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
     };
     let cache = PredictionCache::new(config.cache.clone())?;
     let metrics = Arc::new(Metrics::new()?);
+    let images = Arc::new(ImagePool::new(0, config.max_image_pixels).map_err(StartError::Engine)?);
     let repository = Arc::new(ModelRepository::new(
         config.model_repositories.clone(),
         engines,
-        Serving { scheduling, stages: metrics.stages(), cache: cache.clone() },
+        Serving { scheduling, stages: metrics.stages(), cache: cache.clone(), images },
     ));
     metrics.watch(repository.clone(), cache);
     let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));

@@ -12,6 +12,7 @@ mod client;
 mod errors;
 mod grpc;
 mod http;
+mod images;
 mod metrics;
 mod repository;
 mod server;

@@ -8,6 +8,7 @@ use half::f16;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter};
 
 use super::proto::{self, infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
+use crate::classification::{requested, Classification};
 use crate::codec::{join_bytes_elements, shape_from_client, tensor_from_raw, tensor_to_raw};
 use crate::ServerError;
 
@@ -54,6 +55,16 @@ pub fn decode_request(request: proto::ModelInferRequest) -> Result<InferRequest,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
         parameters: parameters(request.parameters),
     })
+}
+
+/// The outputs asked for with the classification extension (`classification` parameter).
+pub fn decode_classification(request: &proto::ModelInferRequest) -> Result<Vec<Classification>, ServerError> {
+    let mut wanted = Vec::new();
+    for output in &request.outputs {
+        let parameters = parameters(output.parameters.clone());
+        wanted.extend(requested(&output.name, |key| parameters.get(key))?);
+    }
+    Ok(wanted)
 }
 
 fn parameters(map: HashMap<String, InferParameter>) -> std::collections::BTreeMap<String, Parameter> {

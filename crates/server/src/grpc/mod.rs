@@ -52,8 +52,9 @@ impl InferenceService {
         let result = async {
             let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
             timer.model(&model.config.name, model.version);
+            let classification = codec::decode_classification(&request)?;
             let request = InferRequest { received: Some(timer.started()), ..codec::decode_request(request)? };
-            let inferred = model.infer(request, deadline).await?;
+            let inferred = model.infer_with(request, deadline, &classification).await?;
             let served = inferred.served();
             let mut response = codec::encode_response(inferred.response);
             for (name, value) in served {

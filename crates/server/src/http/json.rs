@@ -1,12 +1,15 @@
 //! The KServe v2 HTTP body: JSON tensors and the binary tensor data extension
 //! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`).
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 use half::f16;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use crate::classification::{requested, Classification};
 use crate::codec::{shape_from_client, tensor_from_raw, tensor_to_raw};
 use crate::ServerError;
 
@@ -39,11 +42,13 @@ struct JsonRequestedOutput {
     parameters: Map<String, Value>,
 }
 
-/// How the client wants each output: which ones as binary.
+/// How the client wants each output: which ones as binary, which ones classified.
 #[derive(Debug, Default)]
 pub struct OutputEncoding {
     binary_default: bool,
     binary: Vec<(String, bool)>,
+    /// Outputs asked for with the classification extension.
+    pub classification: Vec<Classification>,
 }
 
 impl OutputEncoding {
@@ -116,7 +121,14 @@ pub fn decode_request(
             binary.len()
         )));
     }
+    let mut classification = Vec::new();
+    for output in &request.outputs {
+        let parameters: BTreeMap<&str, Parameter> =
+            output.parameters.iter().filter_map(|(k, v)| Some((k.as_str(), parameter(v.clone())?))).collect();
+        classification.extend(requested(&output.name, |key| parameters.get(key))?);
+    }
     let encoding = OutputEncoding {
+        classification,
         binary_default: flag(&request.parameters, "binary_data_output")?,
         binary: request
             .outputs
@@ -401,7 +413,7 @@ mod tests {
         let value: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["outputs"][0]["data"], json!([1.0, 2.0]));
         assert!(value["outputs"][0].get("parameters").is_none());
-        let encoding = OutputEncoding { binary_default: true, binary: vec![] };
+        let encoding = OutputEncoding { binary_default: true, ..OutputEncoding::default() };
         let (body, length) = encode_response(&response, &encoding);
         let length = length.expect("binary");
         let header: Value = serde_json::from_slice(&body[..length]).expect("json");

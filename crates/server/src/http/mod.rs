@@ -1,11 +1,12 @@
 //! The KServe v2 HTTP front end (axum).
 
+mod classify;
 mod json;
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,6 +15,7 @@ use rtserve_core::InferRequest;
 use serde_json::{json, Value};
 
 use crate::metrics::{Protocol, RequestTimer};
+use crate::model::Served;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_json, metadata_json};
 use crate::triton_stats::stats_json;
@@ -26,6 +28,7 @@ type Shared = State<Arc<ServerState>>;
 
 /// The HTTP application. Tests call it with `oneshot`; `serve` binds it to a socket.
 pub fn app(state: Arc<ServerState>) -> Router {
+    let upload_limit = DefaultBodyLimit::max(state.max_request_bytes);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -41,6 +44,8 @@ pub fn app(state: Arc<ServerState>) -> Router {
         .route("/v2/models/{model}/versions/{version}/stats", get(model_stats))
         .route("/v2/models/{model}/infer", post(infer))
         .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+        .route("/v2/models/{model}/classify", post(classify::classify).layer(upload_limit))
+        .route("/v2/models/{model}/versions/{version}/classify", post(classify::classify).layer(upload_limit))
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load_model))
         .route("/v2/repository/models/{model}/unload", post(unload_model))
@@ -174,7 +179,7 @@ async fn infer_timed(
     };
     let (request, encoding) = json::decode_request(body, header_length)?;
     let request = InferRequest { received: Some(timer.started()), ..request };
-    let inferred = model.infer(request, None).await?;
+    let inferred = model.infer_with(request, None, &encoding.classification).await?;
     let (body, header_length) = json::encode_response(&inferred.response, &encoding);
     let mut reply = Response::new(Body::from(body));
     let headers = reply.headers_mut();
@@ -187,14 +192,19 @@ async fn infer_timed(
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    for (name, value) in inferred.served() {
+    insert_served(headers, inferred.served());
+    Ok(reply)
+}
+
+/// How the reply was served, as `x-rtserve-{name}` headers (`_` as `-`).
+fn insert_served(headers: &mut HeaderMap, served: Vec<(&'static str, Served)>) {
+    for (name, value) in served {
         let name = format!("x-rtserve-{}", name.replace('_', "-"));
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value.to_string()))
         {
             headers.insert(name, value);
         }
     }
-    Ok(reply)
 }
 
 fn content_length(headers: &HeaderMap) -> Option<usize> {

@@ -78,9 +78,27 @@ pub struct StageMetrics {
     queue: HistogramVec,
     compute: HistogramVec,
     batch_size: HistogramVec,
+    preprocess: HistogramVec,
+    postprocess: HistogramVec,
+}
+
+/// One model version's input-processing and post-processing histograms.
+pub struct ProcessingMetrics {
+    pub preprocess: Histogram,
+    pub postprocess: Histogram,
 }
 
 impl StageMetrics {
+    /// The processing histograms of one model version.
+    pub fn processing(&self, model: &str, version: u64) -> ProcessingMetrics {
+        let version = version.to_string();
+        let labels = [model, version.as_str()];
+        ProcessingMetrics {
+            preprocess: self.preprocess.with_label_values(&labels),
+            postprocess: self.postprocess.with_label_values(&labels),
+        }
+    }
+
     /// The observer for one model version's scheduler.
     pub fn observer(&self, model: &str, version: u64) -> Arc<dyn SchedulerObserver> {
         let version = version.to_string();
@@ -144,6 +162,18 @@ impl Metrics {
                 "Rows per engine execution",
                 &stage,
                 batch_buckets(),
+            )?,
+            preprocess: histogram(
+                "rtserve_preprocess_duration_seconds",
+                "Per request with images: decode, resize and normalise (waiting for a worker included)",
+                &stage,
+                latency_buckets(),
+            )?,
+            postprocess: histogram(
+                "rtserve_postprocess_duration_seconds",
+                "Per request with post-processing: top-k classification and labels",
+                &stage,
+                latency_buckets(),
             )?,
         };
         let requests = IntCounterVec::new(

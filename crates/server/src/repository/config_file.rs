@@ -31,6 +31,8 @@ struct RawConfig {
     parameters: BTreeMap<String, RawScalar>,
     version_policy: Option<RawVersionPolicy>,
     default_model_filename: Option<String>,
+    /// rtserve's `[preprocess]` table: the same keys as the `preprocess.<key>` parameters.
+    preprocess: Option<BTreeMap<String, RawValue>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +106,47 @@ enum RawScalar {
     Int(i64),
     Float(f64),
     Bool(bool),
+}
+
+/// A `[preprocess]` value: a scalar or a list of them (`crop = [224, 224]`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawValue {
+    Scalar(RawScalar),
+    List(Vec<RawScalar>),
+}
+
+impl RawValue {
+    fn into_string(self) -> String {
+        match self {
+            RawValue::Scalar(s) => s.into_string(),
+            RawValue::List(items) => {
+                items.into_iter().map(RawScalar::into_string).collect::<Vec<_>>().join(",")
+            }
+        }
+    }
+}
+
+/// The parameters with the `[preprocess]` table folded in as `preprocess.<key>` entries (an
+/// empty table turns preprocessing on with every key inferred).
+fn with_preprocess(
+    parameters: BTreeMap<String, RawScalar>,
+    table: Option<BTreeMap<String, RawValue>>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut merged: BTreeMap<String, String> =
+        parameters.into_iter().map(|(k, v)| (k, v.into_string())).collect();
+    let Some(table) = table else { return Ok(merged) };
+    if table.is_empty() {
+        merged.insert("preprocess.enable".to_string(), "true".to_string());
+    }
+    for (key, value) in table {
+        let key = format!("preprocess.{key}");
+        if merged.contains_key(&key) {
+            return Err(format!("{key} is set both in [preprocess] and in parameters"));
+        }
+        merged.insert(key, value.into_string());
+    }
+    Ok(merged)
 }
 
 impl RawScalar {
@@ -262,7 +305,7 @@ impl RawConfig {
             instance_group,
             dynamic_batching,
             response_cache: self.response_cache.is_some_and(|c| c.enable),
-            parameters: self.parameters.into_iter().map(|(k, v)| (k, v.into_string())).collect(),
+            parameters: with_preprocess(self.parameters, self.preprocess)?,
             version_policy,
             default_model_filename: self
                 .default_model_filename
@@ -373,6 +416,31 @@ mod tests {
         let toml =
             parse_toml("max_batch_size = 2\n[[input]]\nname = \"a\"\ndata_type = \"BOOL\"\ndims = [1]", "m");
         assert_eq!(pbtxt.expect("pbtxt"), toml.expect("toml"));
+    }
+
+    #[test]
+    fn preprocess_table_and_parameters_agree() {
+        let toml = parse_toml(
+            "[preprocess]\ninput = \"image\"\nresize_short = 256\ncrop = [224, 224]\nmean = [127.0, 127.5, 127]",
+            "m",
+        )
+        .expect("toml");
+        let pbtxt = parse_pbtxt(
+            r#"parameters [
+                 { key: "preprocess.input" value: { string_value: "image" } },
+                 { key: "preprocess.resize_short" value: { string_value: "256" } },
+                 { key: "preprocess.crop" value: { string_value: "224,224" } },
+                 { key: "preprocess.mean" value: { string_value: "127,127.5,127" } }
+               ]"#,
+            "m",
+        )
+        .expect("pbtxt");
+        assert_eq!(toml.parameters, pbtxt.parameters);
+        let empty = parse_toml("[preprocess]", "m").expect("empty table");
+        assert_eq!(empty.parameters.get("preprocess.enable").map(String::as_str), Some("true"));
+        let err = parse_toml("[parameters]\n\"preprocess.crop\" = \"1\"\n[preprocess]\ncrop = 2", "m")
+            .expect_err("twice");
+        assert!(err.contains("preprocess.crop is set both"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,10 @@ use rtserve_core::{
     TensorSpec,
 };
 
+use crate::classification::read_labels;
 use crate::metrics::StageMetrics;
+use crate::model::Processing;
+use crate::preprocess::{preprocess_spec, ImagePool, Preprocessor};
 
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
 use crate::engines::Engines;
@@ -43,10 +46,12 @@ pub fn load_model(
         ));
     }
     let engine = engines.for_model(&base);
+    let labels = read_labels(dir)?;
     let mut loaded = BTreeMap::new();
     for version in selected {
         let path = &available[&version];
         let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), serving)
+            .and_then(|model| with_processing(model, labels.clone(), serving))
             .map_err(|e| format!("version {version}: {e}"))?;
         loaded.insert(version, Arc::new(model));
     }
@@ -59,6 +64,22 @@ pub struct Serving {
     /// Where each version's scheduler reports its batches.
     pub stages: StageMetrics,
     pub cache: PredictionCache,
+    /// The workers that decode and resize images for models that declare preprocessing.
+    pub images: Arc<ImagePool>,
+}
+
+/// Adds the model's preprocessing (from its config) and labels.
+fn with_processing(
+    model: LoadedModel,
+    labels: Option<Vec<String>>,
+    serving: &Serving,
+) -> Result<LoadedModel, String> {
+    let preprocessor = preprocess_spec(&model.config)?.map(|spec| {
+        tracing::info!(model = %model.config.name, "preprocessing: {spec:?}");
+        Preprocessor::new(spec, serving.images.clone(), model.config.max_batch_size)
+    });
+    let metrics = Some(serving.stages.processing(&model.config.name, model.version));
+    Ok(model.with_processing(Processing { preprocessor, labels, metrics }))
 }
 
 fn load_version(
