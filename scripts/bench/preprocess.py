@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_image(out: Path) -> None:
