@@ -57,21 +57,30 @@ pub fn calibrate(
     }
     let mut exposed = model.clone();
     let graph = exposed.graph.as_mut().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
+    // Graph inputs are read from the samples themselves: an engine need not echo an input
+    // listed as an output (ONNX Runtime returns garbage for it).
+    let input_names: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+    let (from_inputs, tensors): (Vec<String>, Vec<String>) =
+        tensors.iter().cloned().partition(|t| input_names.contains(t));
+    let tensors = tensors.as_slice();
     for name in tensors {
         if !graph.output.iter().any(|o| &o.name == name) {
             graph.output.push(model::tensor_value_info(name, DataType::Float));
         }
     }
-    let dir = tempfile::tempdir().map_err(|source| OptimizeError::Write { path: std::env::temp_dir(), source })?;
+    let dir =
+        tempfile::tempdir().map_err(|source| OptimizeError::Write { path: std::env::temp_dir(), source })?;
     let path = dir.path().join("calibration.onnx");
     model::save(&exposed, &path)?;
     let mut instance = engine.load(&path, &LoadOptions::default())?;
 
     let keep_values = !matches!(method, CalibrationMethod::MinMax);
-    let mut observed: HashMap<String, Observed> = tensors.iter().map(|t| (t.clone(), Observed::default())).collect();
+    let mut observed: HashMap<String, Observed> =
+        tensors.iter().chain(&from_inputs).map(|t| (t.clone(), Observed::default())).collect();
     let per_sample_cap = (SAMPLE_CAP / samples.len()).max(1);
     for sample in samples {
-        let outputs = instance.infer(sample, tensors)?;
+        let mut outputs = if tensors.is_empty() { Vec::new() } else { instance.infer(sample, tensors)? };
+        outputs.extend(sample.iter().filter(|t| from_inputs.contains(&t.name)).cloned());
         for out in outputs {
             let values = out.tensor.to_f32().ok_or_else(|| {
                 OptimizeError::model(format!(

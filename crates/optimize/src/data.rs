@@ -86,12 +86,16 @@ pub fn load_arrays(path: &Path) -> Result<Vec<(String, Array)>> {
         "npy" => {
             let bytes = std::fs::read(path).map_err(read_err)?;
             let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("array").to_string();
-            Ok(vec![(name, parse_npy(&bytes).map_err(|e| OptimizeError::data(format!("{}: {e}", path.display())))?)])
+            Ok(vec![(
+                name,
+                parse_npy(&bytes).map_err(|e| OptimizeError::data(format!("{}: {e}", path.display())))?,
+            )])
         }
         "npz" => {
             let file = std::fs::File::open(path).map_err(read_err)?;
-            let mut archive = zip::ZipArchive::new(file)
-                .map_err(|e| OptimizeError::data(format!("{}: not a .npz (zip) file: {e}", path.display())))?;
+            let mut archive = zip::ZipArchive::new(file).map_err(|e| {
+                OptimizeError::data(format!("{}: not a .npz (zip) file: {e}", path.display()))
+            })?;
             let mut arrays = Vec::new();
             for i in 0..archive.len() {
                 let mut member = archive
@@ -124,7 +128,10 @@ fn bind_arrays(arrays: Vec<(String, Array)>, input_names: &[String], path: &Path
         let mut named: HashMap<String, Array> = arrays.into_iter().collect();
         for input in input_names {
             let array = named.remove(input).ok_or_else(|| {
-                OptimizeError::data(format!("{}: no array named '{input}' for model input '{input}'", path.display()))
+                OptimizeError::data(format!(
+                    "{}: no array named '{input}' for model input '{input}'",
+                    path.display()
+                ))
             })?;
             by_input.push((input.clone(), array));
         }
@@ -160,7 +167,9 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        2 | 3 if bytes.len() >= 12 => {
+            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        }
         v => return Err(format!("unsupported .npy version {v}")),
     };
     let header = bytes
@@ -194,7 +203,11 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<Array, String> {
         "|i1" => (1, |c| c[0] as i8 as f32),
         "<i4" => (4, |c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32),
         "<i8" => (8, |c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32),
-        other => return Err(format!("unsupported dtype '{other}' (use float32, float64, uint8, int8, int32 or int64)")),
+        other => {
+            return Err(format!(
+                "unsupported dtype '{other}' (use float32, float64, uint8, int8, int32 or int64)"
+            ))
+        }
     };
     let needed = count.checked_mul(size).ok_or("shape overflows")?;
     if data.len() < needed {
@@ -236,7 +249,8 @@ pub fn load_labels(path: &Path) -> Result<Vec<usize>> {
 }
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|source| OptimizeError::Read { path: dir.to_path_buf(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| OptimizeError::Read { path: dir.to_path_buf(), source })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
@@ -324,7 +338,8 @@ mod tests {
 
     #[test]
     fn splits_arrays_into_samples() {
-        let arrays = vec![("x".to_string(), Array { shape: vec![2, 3], values: vec![1., 2., 3., 4., 5., 6.] })];
+        let arrays =
+            vec![("x".to_string(), Array { shape: vec![2, 3], values: vec![1., 2., 3., 4., 5., 6.] })];
         let samples = bind_arrays(arrays, &["input".to_string()], Path::new("x.npy")).expect("bind");
         assert_eq!(samples.len(), 2);
         assert_eq!(samples[1][0].name, "input");

@@ -26,7 +26,13 @@ pub struct EvaluateOptions {
 
 impl Default for EvaluateOptions {
     fn default() -> Self {
-        EvaluateOptions { output: None, labels: None, batch_sizes: vec![1, 8], latency_runs: 20, intra_op_threads: 0 }
+        EvaluateOptions {
+            output: None,
+            labels: None,
+            batch_sizes: vec![1, 8],
+            latency_runs: 20,
+            intra_op_threads: 0,
+        }
     }
 }
 
@@ -86,7 +92,9 @@ fn output_values(outputs: &[NamedTensor], name: &str, model: &Path) -> Result<Ve
         (rtserve_core::DataType::Fp16, Some(raw)) => {
             Ok(raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
         }
-        (dt, _) => Err(OptimizeError::data(format!("{}: output '{name}' is {dt}, not FP32/FP16", model.display()))),
+        (dt, _) => {
+            Err(OptimizeError::data(format!("{}: output '{name}' is {dt}, not FP32/FP16", model.display())))
+        }
     }
 }
 
@@ -104,17 +112,19 @@ pub fn evaluate(
     }
     if let Some(labels) = &options.labels {
         if labels.len() < samples.len() {
-            return Err(OptimizeError::data(format!("{} labels for {} samples", labels.len(), samples.len())));
+            return Err(OptimizeError::data(format!(
+                "{} labels for {} samples",
+                labels.len(),
+                samples.len()
+            )));
         }
     }
     let signature = engine.signature(reference)?;
     let output = match &options.output {
         Some(o) => o.clone(),
-        None => signature
-            .outputs
-            .first()
-            .map(|o| o.name.clone())
-            .ok_or_else(|| OptimizeError::model(format!("{}: the model has no outputs", reference.display())))?,
+        None => signature.outputs.first().map(|o| o.name.clone()).ok_or_else(|| {
+            OptimizeError::model(format!("{}: the model has no outputs", reference.display()))
+        })?,
     };
     let load = LoadOptions { intra_op_threads: options.intra_op_threads };
     let mut ref_model = engine.load(reference, &load)?;
@@ -160,7 +170,8 @@ pub fn evaluate(
         if scale > 0.0 {
             a.max_relative_error = a.max_relative_error.max(sample_max / scale);
         }
-        let cosine = if nr > 0.0 && nc > 0.0 { dot / (nr.sqrt() * nc.sqrt()) } else { f64::from(u8::from(nr == nc)) };
+        let cosine =
+            if nr > 0.0 && nc > 0.0 { dot / (nr.sqrt() * nc.sqrt()) } else { f64::from(u8::from(nr == nc)) };
         a.mean_cosine += cosine;
         a.min_cosine = a.min_cosine.min(cosine);
         progress();
@@ -178,7 +189,11 @@ pub fn evaluate(
             if max_batch >= 0 && b as i64 != max_batch {
                 continue;
             }
-            latency_ms.push((b, median_latency(model, samples, b, &names, options.latency_runs)?, options.latency_runs));
+            latency_ms.push((
+                b,
+                median_latency(model, samples, b, &names, options.latency_runs)?,
+                options.latency_runs,
+            ));
         }
         let file_bytes = std::fs::metadata(path)
             .map_err(|source| OptimizeError::Read { path: path.to_path_buf(), source })?
@@ -208,10 +223,18 @@ pub fn stack(samples: &[Sample], batch: usize) -> Result<Sample> {
         .map(|(k, input)| {
             let mut bytes = Vec::new();
             for s in samples.iter().cycle().take(batch) {
-                let t = &s.get(k).ok_or_else(|| OptimizeError::data("samples differ in their inputs"))?.tensor;
+                let t =
+                    &s.get(k).ok_or_else(|| OptimizeError::data("samples differ in their inputs"))?.tensor;
                 match t.data() {
-                    TensorData::Raw(raw) if t.shape()[1..] == input.tensor.shape()[1..] => bytes.extend_from_slice(raw),
-                    _ => return Err(OptimizeError::data(format!("samples of '{}' differ in shape", input.name))),
+                    TensorData::Raw(raw) if t.shape()[1..] == input.tensor.shape()[1..] => {
+                        bytes.extend_from_slice(raw)
+                    }
+                    _ => {
+                        return Err(OptimizeError::data(format!(
+                            "samples of '{}' differ in shape",
+                            input.name
+                        )))
+                    }
                 }
             }
             let mut shape = input.tensor.shape().to_vec();
@@ -261,17 +284,35 @@ pub fn markdown(e: &Evaluation) -> String {
         e.candidate.file_bytes as f64 / e.reference.file_bytes.max(1) as f64
     ));
     if let (Some(r), Some(c)) = (e.reference.accuracy, e.candidate.accuracy) {
-        s.push_str(&format!("| accuracy (labels) | {:.2} % | {:.2} % ({:+.2} points) |\n", r * 100.0, c * 100.0, (c - r) * 100.0));
+        s.push_str(&format!(
+            "| accuracy (labels) | {:.2} % | {:.2} % ({:+.2} points) |\n",
+            r * 100.0,
+            c * 100.0,
+            (c - r) * 100.0
+        ));
     }
     for ((b, r, _), (_, c, _)) in e.reference.latency_ms.iter().zip(&e.candidate.latency_ms) {
-        s.push_str(&format!("| latency, batch {b} (median) | {r:.3} ms | {c:.3} ms ({:.2}× faster) |\n", r / c));
+        s.push_str(&format!(
+            "| latency, batch {b} (median) | {r:.3} ms | {c:.3} ms ({:.2}× faster) |\n",
+            r / c
+        ));
     }
     let a = &e.agreement;
-    s.push_str(&format!("\n| agreement ({} vs {}) | |\n| --- | --- |\n", name(&e.candidate.path), name(&e.reference.path)));
+    s.push_str(&format!(
+        "\n| agreement ({} vs {}) | |\n| --- | --- |\n",
+        name(&e.candidate.path),
+        name(&e.reference.path)
+    ));
     s.push_str(&format!("| top-1 agreement | {:.2} % |\n", a.top1 * 100.0));
     s.push_str(&format!("| reference top-1 in candidate top-5 | {:.2} % |\n", a.top5 * 100.0));
-    s.push_str(&format!("| max abs error | {:.3e} |\n| mean abs error | {:.3e} |\n", a.max_abs_error, a.mean_abs_error));
-    s.push_str(&format!("| max relative error (to max abs of the output) | {:.3e} |\n", a.max_relative_error));
+    s.push_str(&format!(
+        "| max abs error | {:.3e} |\n| mean abs error | {:.3e} |\n",
+        a.max_abs_error, a.mean_abs_error
+    ));
+    s.push_str(&format!(
+        "| max relative error (to max abs of the output) | {:.3e} |\n",
+        a.max_relative_error
+    ));
     s.push_str(&format!("| cosine similarity, mean / min | {:.6} / {:.6} |\n", a.mean_cosine, a.min_cosine));
     s
 }
@@ -287,7 +328,9 @@ mod tests {
 
     #[test]
     fn stack_cycles_samples_along_the_batch_axis() {
-        let s = |v: f32| vec![NamedTensor { name: "x".into(), tensor: Tensor::from_f32(vec![1, 2], &[v, v]).expect("t") }];
+        let s = |v: f32| {
+            vec![NamedTensor { name: "x".into(), tensor: Tensor::from_f32(vec![1, 2], &[v, v]).expect("t") }]
+        };
         let batch = stack(&[s(1.0), s(2.0)], 3).expect("stack");
         assert_eq!(batch[0].tensor.shape(), &[3, 2]);
         assert_eq!(batch[0].tensor.to_f32(), Some(vec![1., 1., 2., 2., 1., 1.]));

@@ -6,28 +6,110 @@ use std::collections::{HashMap, HashSet};
 use crate::error::{OptimizeError, Result};
 use crate::graph::{self, int_attribute, node, NameGenerator};
 use crate::model::{self, float_values};
-use crate::onnx::{attribute_proto::AttributeType, tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
+use crate::onnx::{
+    attribute_proto::AttributeType, tensor_proto::DataType, ModelProto, NodeProto, TensorProto,
+};
 
 /// Ops known to compute in the type of their float inputs; only these are converted.
 const CONVERTIBLE: &[&str] = &[
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Clip", "Concat", "Conv", "ConvTranspose", "Div",
-    "Dropout", "Elu", "Erf", "Exp", "Expand", "Flatten", "Gather", "Gelu", "Gemm", "GlobalAveragePool",
-    "GlobalMaxPool", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization", "LayerNormalization",
-    "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min", "Mul", "Neg", "Pad", "Pow", "PRelu",
-    "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Relu", "Reshape", "Selu", "Sigmoid", "Slice", "Softmax", "Softplus",
-    "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Tile", "Transpose", "Unsqueeze", "Where",
+    "Abs",
+    "Add",
+    "AveragePool",
+    "BatchNormalization",
+    "Clip",
+    "Concat",
+    "Conv",
+    "ConvTranspose",
+    "Div",
+    "Dropout",
+    "Elu",
+    "Erf",
+    "Exp",
+    "Expand",
+    "Flatten",
+    "Gather",
+    "Gelu",
+    "Gemm",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "HardSigmoid",
+    "HardSwish",
+    "Identity",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "LeakyRelu",
+    "Log",
+    "LogSoftmax",
+    "MatMul",
+    "Max",
+    "MaxPool",
+    "Mean",
+    "Min",
+    "Mul",
+    "Neg",
+    "Pad",
+    "Pow",
+    "PRelu",
+    "ReduceMax",
+    "ReduceMean",
+    "ReduceMin",
+    "ReduceSum",
+    "Relu",
+    "Reshape",
+    "Selu",
+    "Sigmoid",
+    "Slice",
+    "Softmax",
+    "Softplus",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "Sum",
+    "Tanh",
+    "Tile",
+    "Transpose",
+    "Unsqueeze",
+    "Where",
 ];
 
 /// Ops kept in float32 by default: their results overflow or lose too much in float16.
 pub const DEFAULT_KEEP_FP32: &[&str] = &[
-    "Exp", "Log", "Pow", "Range", "ReduceL2", "ReduceLogSumExp", "ReduceProd", "ReduceSum",
-    "ReduceSumSquare", "Resize", "Softplus", "CumSum", "TopK", "NonMaxSuppression", "RoiAlign",
+    "Exp",
+    "Log",
+    "Pow",
+    "Range",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceProd",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "Resize",
+    "Softplus",
+    "CumSum",
+    "TopK",
+    "NonMaxSuppression",
+    "RoiAlign",
 ];
 
 /// Ops whose outputs are never float whatever their inputs.
 const NON_FLOAT_OUTPUT: &[&str] = &[
-    "Shape", "Size", "ArgMax", "ArgMin", "NonZero", "Equal", "Less", "LessOrEqual", "Greater",
-    "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf",
+    "Shape",
+    "Size",
+    "ArgMax",
+    "ArgMin",
+    "NonZero",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "And",
+    "Or",
+    "Xor",
+    "Not",
+    "IsNaN",
+    "IsInf",
 ];
 
 /// Options of [`convert_fp16`].
@@ -41,7 +123,10 @@ pub struct Fp16Options {
 
 impl Default for Fp16Options {
     fn default() -> Self {
-        Fp16Options { keep_io_types: true, keep_fp32: DEFAULT_KEEP_FP32.iter().map(|s| s.to_string()).collect() }
+        Fp16Options {
+            keep_io_types: true,
+            keep_fp32: DEFAULT_KEEP_FP32.iter().map(|s| s.to_string()).collect(),
+        }
     }
 }
 
@@ -61,7 +146,9 @@ enum Precision {
 }
 
 fn float_tensor_attr(node: &NodeProto) -> bool {
-    graph::attribute(node, "value").and_then(|a| a.t.as_ref()).is_some_and(|t| t.data_type == DataType::Float as i32)
+    graph::attribute(node, "value")
+        .and_then(|a| a.t.as_ref())
+        .is_some_and(|t| t.data_type == DataType::Float as i32)
 }
 
 /// The float tensors of the graph: float inputs, initializers and value infos, then the outputs
@@ -104,12 +191,20 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
     let g = model.graph.as_ref().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
     graph::validate(g)?;
     if let Some(n) = g.node.iter().find(|n| {
-        n.attribute.iter().any(|a| a.r#type == AttributeType::Graph as i32 || a.g.is_some() || !a.graphs.is_empty())
+        n.attribute
+            .iter()
+            .any(|a| a.r#type == AttributeType::Graph as i32 || a.g.is_some() || !a.graphs.is_empty())
     }) {
-        return Err(OptimizeError::node(n, "nodes with subgraphs (If, Loop, Scan) are not supported by fp16 conversion"));
+        return Err(OptimizeError::node(
+            n,
+            "nodes with subgraphs (If, Loop, Scan) are not supported by fp16 conversion",
+        ));
     }
     if let Some(n) = g.node.iter().find(|n| n.op_type.contains("Quantize") || n.op_type.contains("Integer")) {
-        return Err(OptimizeError::node(n, "the model is quantized; convert the float model to fp16 instead"));
+        return Err(OptimizeError::node(
+            n,
+            "the model is quantized; convert the float model to fp16 instead",
+        ));
     }
     let float = float_tensors(g);
     let keep = |n: &NodeProto| options.keep_fp32.iter().any(|k| *k == n.op_type || *k == n.name);
@@ -136,14 +231,20 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
         let all_fp16 = consumers.get(&init.name).is_some_and(|c| c.iter().all(|&i| converted[i]));
         if all_fp16 && !graph_outputs.contains(init.name.as_str()) {
             let values = float_values(init)?;
-            *init = TensorProto { doc_string: init.doc_string.clone(), ..model::float16_tensor(&init.name, &init.dims, &values) };
+            *init = TensorProto {
+                doc_string: init.doc_string.clone(),
+                ..model::float16_tensor(&init.name, &init.dims, &values)
+            };
             versions.insert(init.name.clone(), HashMap::from([(Precision::F16, init.name.clone())]));
             report.initializers_converted += 1;
         } else {
             versions.insert(init.name.clone(), HashMap::from([(Precision::F32, init.name.clone())]));
         }
     }
-    for input in og.input.iter_mut().filter(|i| float.contains(&i.name) && !versions.contains_key(&i.name)) {
+    for input in og.input.iter_mut() {
+        if !float.contains(&input.name) || versions.contains_key(&input.name) {
+            continue;
+        }
         if io_precision == Precision::F16 {
             model::set_elem_type(input, DataType::Float16);
         }
@@ -151,13 +252,14 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
     }
 
     let mut nodes: Vec<NodeProto> = Vec::new();
-    let mut cast = |nodes: &mut Vec<NodeProto>, names: &mut NameGenerator, from: &str, to: &str, prec: Precision| {
-        let suffix = if prec == Precision::F16 { "to_fp16" } else { "to_fp32" };
-        let mut c = node("Cast", &names.fresh(&format!("{from}_{suffix}")), &[from], &[to]);
-        let t = if prec == Precision::F16 { DataType::Float16 } else { DataType::Float };
-        c.attribute.push(int_attribute("to", t as i64));
-        nodes.push(c);
-    };
+    let cast =
+        |nodes: &mut Vec<NodeProto>, names: &mut NameGenerator, from: &str, to: &str, prec: Precision| {
+            let suffix = if prec == Precision::F16 { "to_fp16" } else { "to_fp32" };
+            let mut c = node("Cast", &names.fresh(&format!("{from}_{suffix}")), &[from], &[to]);
+            let t = if prec == Precision::F16 { DataType::Float16 } else { DataType::Float };
+            c.attribute.push(int_attribute("to", t as i64));
+            nodes.push(c);
+        };
     for (i, original) in g.node.iter().enumerate() {
         let mut n = original.clone();
         let want = if converted[i] { Precision::F16 } else { Precision::F32 };
@@ -168,7 +270,8 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
                 continue;
             }
             let Some(source) = v.values().next().cloned() else { continue };
-            let target = names.fresh(&format!("{input}_{}", if want == Precision::F16 { "fp16" } else { "fp32" }));
+            let target =
+                names.fresh(&format!("{input}_{}", if want == Precision::F16 { "fp16" } else { "fp32" }));
             cast(&mut nodes, &mut names, &source, &target, want);
             report.casts_inserted += 1;
             v.insert(want, target.clone());
@@ -184,7 +287,8 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
                 "Constant" => {
                     for a in n.attribute.iter_mut().filter(|a| a.name == "value") {
                         if let Some(t) = a.t.as_mut() {
-                            let values = float_values(t).map_err(|e| OptimizeError::node(original, e.to_string()))?;
+                            let values =
+                                float_values(t).map_err(|e| OptimizeError::node(original, e.to_string()))?;
                             *t = model::float16_tensor(&t.name, &t.dims, &values);
                         }
                     }
@@ -197,7 +301,10 @@ pub fn convert_fp16(model: &ModelProto, options: &Fp16Options) -> Result<(ModelP
         for out in n.output.iter_mut().filter(|o| float.contains(o.as_str())) {
             let original_name = out.clone();
             if graph_outputs.contains(original_name.as_str()) && want != io_precision {
-                *out = names.fresh(&format!("{original_name}_{}", if want == Precision::F16 { "fp16" } else { "fp32" }));
+                *out = names.fresh(&format!(
+                    "{original_name}_{}",
+                    if want == Precision::F16 { "fp16" } else { "fp32" }
+                ));
             }
             versions.insert(original_name, HashMap::from([(want, out.clone())]));
         }

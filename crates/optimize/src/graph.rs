@@ -122,7 +122,12 @@ pub fn node(op_type: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> Nod
 
 /// An INT attribute.
 pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
-    AttributeProto { name: name.to_string(), r#type: AttributeType::Int as i32, i: value, ..AttributeProto::default() }
+    AttributeProto {
+        name: name.to_string(),
+        r#type: AttributeType::Int as i32,
+        i: value,
+        ..AttributeProto::default()
+    }
 }
 
 /// A node's attribute by name.

@@ -101,7 +101,10 @@ pub fn int64_values(tensor: &TensorProto) -> Result<Vec<i64>> {
     let n = element_count(tensor)?;
     let values: Vec<i64> = if !tensor.raw_data.is_empty() {
         if tensor.raw_data.len() % 8 != 0 {
-            return Err(OptimizeError::model(format!("tensor '{}' has a truncated raw INT64 buffer", tensor.name)));
+            return Err(OptimizeError::model(format!(
+                "tensor '{}' has a truncated raw INT64 buffer",
+                tensor.name
+            )));
         }
         tensor
             .raw_data

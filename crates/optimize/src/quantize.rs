@@ -14,7 +14,8 @@ use crate::onnx::{tensor_proto::DataType, GraphProto, ModelProto, NodeProto, Ten
 use crate::quantize_math::{activation_params, quantize_bias, quantize_weights, ActivationType};
 
 /// The operators static quantization wraps in QuantizeLinear/DequantizeLinear by default.
-pub const DEFAULT_STATIC_OPS: &[&str] = &["Conv", "MatMul", "Gemm", "Add", "GlobalAveragePool", "AveragePool"];
+pub const DEFAULT_STATIC_OPS: &[&str] =
+    &["Conv", "MatMul", "Gemm", "Add", "GlobalAveragePool", "AveragePool"];
 
 /// Options of `quantize`.
 #[derive(Debug, Clone)]
@@ -78,7 +79,10 @@ fn check_quantizable(model: &ModelProto) -> Result<&GraphProto> {
         )));
     }
     if let Some(n) = graph.node.iter().find(|n| {
-        matches!(n.op_type.as_str(), "QuantizeLinear" | "DynamicQuantizeLinear" | "QLinearConv" | "MatMulInteger")
+        matches!(
+            n.op_type.as_str(),
+            "QuantizeLinear" | "DynamicQuantizeLinear" | "QLinearConv" | "MatMulInteger"
+        )
     }) {
         return Err(OptimizeError::node(n, "the model is already quantized"));
     }
@@ -119,7 +123,12 @@ fn plan_node(node: &NodeProto, inits: &HashMap<String, &TensorProto>, per_channe
             }
             if is_float_initializer(inits, b) {
                 let ax = if rank(b) == 2 { axis(1) } else { None };
-                Some(NodePlan { activations: vec![0], weights: vec![(1, ax)], bias: None, quantize_output: true })
+                Some(NodePlan {
+                    activations: vec![0],
+                    weights: vec![(1, ax)],
+                    bias: None,
+                    quantize_output: true,
+                })
             } else if inits.contains_key(b) {
                 None
             } else {
@@ -132,7 +141,8 @@ fn plan_node(node: &NodeProto, inits: &HashMap<String, &TensorProto>, per_channe
                 return None;
             }
             let trans_b = graph::int_attr(node, "transB", 0) != 0;
-            let unit = graph::float_attr(node, "alpha", 1.0) == 1.0 && graph::float_attr(node, "beta", 1.0) == 1.0;
+            let unit =
+                graph::float_attr(node, "alpha", 1.0) == 1.0 && graph::float_attr(node, "beta", 1.0) == 1.0;
             let bias = (unit && is_float_initializer(inits, c) && rank(c) == 1).then_some(2);
             Some(NodePlan {
                 activations: vec![0],
@@ -158,7 +168,9 @@ fn is_foldable_activation(node: &NodeProto, inits: &HashMap<String, &TensorProto
         "Relu" => true,
         "Clip" => {
             let min = match node.input.get(1).filter(|s| !s.is_empty()) {
-                Some(name) => inits.get(name).and_then(|t| float_values(t).ok()).and_then(|v| v.first().copied()),
+                Some(name) => {
+                    inits.get(name).and_then(|t| float_values(t).ok()).and_then(|v| v.first().copied())
+                }
                 None => graph::attribute(node, "min").map(|a| a.f),
             };
             min == Some(0.0)
@@ -208,7 +220,8 @@ pub fn quantize_static(
         }) {
             continue;
         }
-        if options.fuse_activations && options.activation_type == ActivationType::Uint8 && n.output.len() == 1 {
+        if options.fuse_activations && options.activation_type == ActivationType::Uint8 && n.output.len() == 1
+        {
             let out = &n.output[0];
             if let Some([j]) = consumers.get(out).map(Vec::as_slice) {
                 let next = &graph.node[*j];
@@ -274,7 +287,12 @@ pub fn quantize_static(
             ActivationType::Uint8 => uint8_tensor(&zp_name, &[], &[zp as u8]),
             ActivationType::Int8 => int8_tensor(&zp_name, &[], &[zp as i8]),
         });
-        let q = node("QuantizeLinear", &names.fresh(&format!("{name}_QuantizeLinear")), &[name, &scale_name, &zp_name], &[&q_name]);
+        let q = node(
+            "QuantizeLinear",
+            &names.fresh(&format!("{name}_QuantizeLinear")),
+            &[name, &scale_name, &zp_name],
+            &[&q_name],
+        );
         let dq = node(
             "DequantizeLinear",
             &names.fresh(&format!("{name}_DequantizeLinear")),
@@ -310,8 +328,11 @@ pub fn quantize_static(
                 let wname = n.input[w].clone();
                 let key = (wname.clone(), axis);
                 if !weight_cache.contains_key(&key) {
-                    let tensor = inits.get(&wname).ok_or_else(|| OptimizeError::node(original, format!("weight '{wname}' is not an initializer")))?;
-                    let values = float_values(tensor).map_err(|e| OptimizeError::node(original, e.to_string()))?;
+                    let tensor = inits.get(&wname).ok_or_else(|| {
+                        OptimizeError::node(original, format!("weight '{wname}' is not an initializer"))
+                    })?;
+                    let values =
+                        float_values(tensor).map_err(|e| OptimizeError::node(original, e.to_string()))?;
                     let q = quantize_weights(&values, &tensor.dims, axis, qmax);
                     let q_name = names.fresh(&format!("{wname}_quantized"));
                     let s_name = names.fresh(&format!("{wname}_scale"));
@@ -322,7 +343,12 @@ pub fn quantize_static(
                     new_inits.push(int8_tensor(&q_name, &tensor.dims, &q.values));
                     new_inits.push(model::float_tensor(&s_name, &sdims, &q.scales));
                     new_inits.push(int8_tensor(&zp_name, &sdims, &vec![0i8; q.scales.len()]));
-                    let mut dq = node("DequantizeLinear", &names.fresh(&format!("{wname}_DequantizeLinear")), &[&q_name, &s_name, &zp_name], &[&dq_name]);
+                    let mut dq = node(
+                        "DequantizeLinear",
+                        &names.fresh(&format!("{wname}_DequantizeLinear")),
+                        &[&q_name, &s_name, &zp_name],
+                        &[&dq_name],
+                    );
                     if let Some(a) = axis {
                         dq.attribute.push(int_attribute("axis", a as i64));
                     }
@@ -338,7 +364,8 @@ pub fn quantize_static(
             if let (Some(b), Some(ws)) = (plan.bias, weight_scales.as_ref()) {
                 let bname = n.input[b].clone();
                 if let (Some(&in_scale), Some(tensor)) = (scales.get(&original.input[0]), inits.get(&bname)) {
-                    let values = float_values(tensor).map_err(|e| OptimizeError::node(original, e.to_string()))?;
+                    let values =
+                        float_values(tensor).map_err(|e| OptimizeError::node(original, e.to_string()))?;
                     if ws.len() == 1 || ws.len() == values.len() {
                         let (q, s) = quantize_bias(&values, in_scale, ws);
                         let q_name = names.fresh(&format!("{bname}_quantized"));
@@ -349,7 +376,12 @@ pub fn quantize_static(
                         new_inits.push(int32_tensor(&q_name, &tensor.dims, &q));
                         new_inits.push(model::float_tensor(&s_name, &sdims, &s));
                         new_inits.push(int32_tensor(&zp_name, &sdims, &vec![0; s.len()]));
-                        let mut dq = node("DequantizeLinear", &names.fresh(&format!("{bname}_DequantizeLinear")), &[&q_name, &s_name, &zp_name], &[&dq_name]);
+                        let mut dq = node(
+                            "DequantizeLinear",
+                            &names.fresh(&format!("{bname}_DequantizeLinear")),
+                            &[&q_name, &s_name, &zp_name],
+                            &[&dq_name],
+                        );
                         if s.len() > 1 {
                             dq.attribute.push(int_attribute("axis", 0));
                         }
@@ -374,8 +406,11 @@ pub fn quantize_static(
         }
     }
     // Float initializers still read by a node stay; the ones only the quantized copies replace go.
-    let still_read: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-    out_graph.initializer.retain(|t| !replaced_weights.contains(&t.name) || still_read.contains(t.name.as_str()));
+    let still_read: HashSet<&str> =
+        new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    out_graph
+        .initializer
+        .retain(|t| !replaced_weights.contains(&t.name) || still_read.contains(t.name.as_str()));
     out_graph.initializer.extend(new_inits);
     out_graph.node = new_nodes;
     let removed_outputs: HashSet<&str> =
@@ -387,7 +422,10 @@ pub fn quantize_static(
 /// Dynamic quantization: MatMul and Gemm with a 2-D float weight become
 /// DynamicQuantizeLinear → MatMulInteger (uint8 × int8) → Cast → Mul by the two scales (→ Add
 /// bias), the pattern ONNX Runtime fuses into one dynamically quantized MatMul. No calibration.
-pub fn quantize_dynamic(model: &ModelProto, options: &QuantizeOptions) -> Result<(ModelProto, QuantizeReport)> {
+pub fn quantize_dynamic(
+    model: &ModelProto,
+    options: &QuantizeOptions,
+) -> Result<(ModelProto, QuantizeReport)> {
     let graph = check_quantizable(model)?;
     if model::default_opset(model).unwrap_or(0) < 11 {
         return Err(OptimizeError::model("dynamic quantization needs opset 11 or later"));
@@ -404,16 +442,19 @@ pub fn quantize_dynamic(model: &ModelProto, options: &QuantizeOptions) -> Result
         if is_target && excluded(original, &options.exclude) {
             report.nodes_excluded += 1;
         }
-        let weight = original.input.get(1).and_then(|b| inits.get(b)).filter(|t| {
-            t.data_type == DataType::Float as i32 && t.dims.len() == 2
-        });
+        let weight = original
+            .input
+            .get(1)
+            .and_then(|b| inits.get(b))
+            .filter(|t| t.data_type == DataType::Float as i32 && t.dims.len() == 2);
         let (Some(weight), true, false) = (weight, is_target, excluded(original, &options.exclude)) else {
             new_nodes.push(original.clone());
             continue;
         };
         let gemm = original.op_type == "Gemm";
         if gemm
-            && (graph::int_attr(original, "transA", 0) != 0 || graph::float_attr(original, "alpha", 1.0) != 1.0)
+            && (graph::int_attr(original, "transA", 0) != 0
+                || graph::float_attr(original, "alpha", 1.0) != 1.0)
         {
             new_nodes.push(original.clone());
             continue;
@@ -435,24 +476,51 @@ pub fn quantize_dynamic(model: &ModelProto, options: &QuantizeOptions) -> Result
         let q = quantize_weights(&values, &dims, axis, qmax);
         let base = original.output[0].clone();
         let w = &original.input[1];
-        let (wq, ws, wzp) = (names.fresh(&format!("{w}_quantized")), names.fresh(&format!("{w}_scale")), names.fresh(&format!("{w}_zero_point")));
+        let (wq, ws, wzp) = (
+            names.fresh(&format!("{w}_quantized")),
+            names.fresh(&format!("{w}_scale")),
+            names.fresh(&format!("{w}_zero_point")),
+        );
         let sdims: Vec<i64> = if axis.is_some() { vec![q.scales.len() as i64] } else { vec![] };
         new_inits.push(int8_tensor(&wq, &dims, &q.values));
         new_inits.push(model::float_tensor(&ws, &sdims, &q.scales));
         new_inits.push(int8_tensor(&wzp, &sdims, &vec![0i8; q.scales.len()]));
         replaced.insert(w.clone());
-        let (aq, as_, azp) = (names.fresh(&format!("{base}_input_quantized")), names.fresh(&format!("{base}_input_scale")), names.fresh(&format!("{base}_input_zero_point")));
-        let (acc, accf, scale) = (names.fresh(&format!("{base}_int32")), names.fresh(&format!("{base}_int32_float")), names.fresh(&format!("{base}_output_scale")));
+        let (aq, as_, azp) = (
+            names.fresh(&format!("{base}_input_quantized")),
+            names.fresh(&format!("{base}_input_scale")),
+            names.fresh(&format!("{base}_input_zero_point")),
+        );
+        let (acc, accf, scale) = (
+            names.fresh(&format!("{base}_int32")),
+            names.fresh(&format!("{base}_int32_float")),
+            names.fresh(&format!("{base}_output_scale")),
+        );
         let label = graph::node_label(original);
-        new_nodes.push(node("DynamicQuantizeLinear", &names.fresh(&format!("{label}_DynamicQuantizeLinear")), &[&original.input[0]], &[&aq, &as_, &azp]));
-        new_nodes.push(node("MatMulInteger", &names.fresh(&format!("{label}_MatMulInteger")), &[&aq, &wq, &azp, &wzp], &[&acc]));
+        new_nodes.push(node(
+            "DynamicQuantizeLinear",
+            &names.fresh(&format!("{label}_DynamicQuantizeLinear")),
+            &[&original.input[0]],
+            &[&aq, &as_, &azp],
+        ));
+        new_nodes.push(node(
+            "MatMulInteger",
+            &names.fresh(&format!("{label}_MatMulInteger")),
+            &[&aq, &wq, &azp, &wzp],
+            &[&acc],
+        ));
         let mut cast = node("Cast", &names.fresh(&format!("{label}_Cast")), &[&acc], &[&accf]);
         cast.attribute.push(int_attribute("to", DataType::Float as i64));
         new_nodes.push(cast);
         new_nodes.push(node("Mul", &names.fresh(&format!("{label}_scales_Mul")), &[&as_, &ws], &[&scale]));
         let bias = original.input.get(2).filter(|c| gemm && !c.is_empty());
         match bias {
-            None => new_nodes.push(node("Mul", &names.fresh(&format!("{label}_output_Mul")), &[&accf, &scale], &[&base])),
+            None => new_nodes.push(node(
+                "Mul",
+                &names.fresh(&format!("{label}_output_Mul")),
+                &[&accf, &scale],
+                &[&base],
+            )),
             Some(c) => {
                 let beta = graph::float_attr(original, "beta", 1.0);
                 let c_name = if beta == 1.0 {
@@ -461,12 +529,27 @@ pub fn quantize_dynamic(model: &ModelProto, options: &QuantizeOptions) -> Result
                     let scaled = names.fresh(&format!("{c}_beta"));
                     let beta_name = names.fresh(&format!("{label}_beta"));
                     new_inits.push(model::float_tensor(&beta_name, &[], &[beta]));
-                    new_nodes.push(node("Mul", &names.fresh(&format!("{label}_beta_Mul")), &[c, &beta_name], &[&scaled]));
+                    new_nodes.push(node(
+                        "Mul",
+                        &names.fresh(&format!("{label}_beta_Mul")),
+                        &[c, &beta_name],
+                        &[&scaled],
+                    ));
                     scaled
                 };
                 let mm = names.fresh(&format!("{base}_matmul"));
-                new_nodes.push(node("Mul", &names.fresh(&format!("{label}_output_Mul")), &[&accf, &scale], &[&mm]));
-                new_nodes.push(node("Add", &names.fresh(&format!("{label}_bias_Add")), &[&mm, &c_name], &[&base]));
+                new_nodes.push(node(
+                    "Mul",
+                    &names.fresh(&format!("{label}_output_Mul")),
+                    &[&accf, &scale],
+                    &[&mm],
+                ));
+                new_nodes.push(node(
+                    "Add",
+                    &names.fresh(&format!("{label}_bias_Add")),
+                    &[&mm, &c_name],
+                    &[&base],
+                ));
             }
         }
         report.nodes_quantized += 1;
@@ -479,7 +562,8 @@ pub fn quantize_dynamic(model: &ModelProto, options: &QuantizeOptions) -> Result
     }
     let mut out_model = model.clone();
     let out_graph = out_model.graph.as_mut().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
-    let still_read: HashSet<&str> = new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
+    let still_read: HashSet<&str> =
+        new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
     out_graph.initializer.retain(|t| !replaced.contains(&t.name) || still_read.contains(t.name.as_str()));
     out_graph.initializer.extend(new_inits);
     out_graph.node = new_nodes;
