@@ -73,7 +73,7 @@ pub fn float_values(tensor: &TensorProto) -> Result<Vec<f32>> {
     }
     let n = element_count(tensor)?;
     let values: Vec<f32> = if !tensor.raw_data.is_empty() || tensor.float_data.is_empty() && n == 0 {
-        if tensor.raw_data.len() % 4 != 0 {
+        if !tensor.raw_data.len().is_multiple_of(4) {
             return Err(OptimizeError::model(format!(
                 "tensor '{}' has {} raw bytes, not a whole number of FLOAT values",
                 tensor.name,
@@ -100,7 +100,7 @@ pub fn int64_values(tensor: &TensorProto) -> Result<Vec<i64>> {
     }
     let n = element_count(tensor)?;
     let values: Vec<i64> = if !tensor.raw_data.is_empty() {
-        if tensor.raw_data.len() % 8 != 0 {
+        if !tensor.raw_data.len().is_multiple_of(8) {
             return Err(OptimizeError::model(format!(
                 "tensor '{}' has a truncated raw INT64 buffer",
                 tensor.name

@@ -206,7 +206,7 @@ pub fn quantize_static(
     let mut removed: HashSet<usize> = HashSet::new();
     let mut renamed_output: HashMap<usize, String> = HashMap::new();
     for (i, n) in graph.node.iter().enumerate() {
-        if !options.op_types.iter().any(|op| *op == n.op_type) {
+        if !options.op_types.contains(&n.op_type) {
             continue;
         }
         if excluded(n, &options.exclude) {
