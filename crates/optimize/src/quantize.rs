@@ -408,9 +408,13 @@ pub fn quantize_static(
     // Float initializers still read by a node stay; the ones only the quantized copies replace go.
     let still_read: HashSet<&str> =
         new_nodes.iter().flat_map(|n| n.input.iter().map(String::as_str)).collect();
-    out_graph
-        .initializer
-        .retain(|t| !replaced_weights.contains(&t.name) || still_read.contains(t.name.as_str()));
+    // So do the Clip bounds of folded Clips.
+    let read_by_removed: HashSet<&str> =
+        removed.iter().flat_map(|&j| graph.node[j].input.iter().map(String::as_str)).collect();
+    out_graph.initializer.retain(|t| {
+        let dropped = replaced_weights.contains(&t.name) || read_by_removed.contains(t.name.as_str());
+        !dropped || still_read.contains(t.name.as_str()) || graph_outputs.contains(t.name.as_str())
+    });
     out_graph.initializer.extend(new_inits);
     out_graph.node = new_nodes;
     let removed_outputs: HashSet<&str> =
