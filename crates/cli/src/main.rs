@@ -1,6 +1,7 @@
 //! `rtserve`: one binary, thin over the library crates.
 
 mod bench;
+mod optimize;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Load a server with inference requests and report latency percentiles and throughput.
     Bench(Box<bench::BenchArgs>),
+    /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation against the original.
+    Optimize(optimize::OptimizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(*args),
+        Command::Optimize(args) => optimize::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
