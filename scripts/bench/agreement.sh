@@ -11,10 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 MEASURE_MS=${1:-3000}
 ROUNDS=${2:-3}
-PA=${PERF_ANALYZER:-.tools/perf_analyzer/perf_analyzer}
-BIN=${RTSERVE_BIN:-target/release/rtserve}
-WORK=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source scripts/bench/lib.sh
 
 # One instance, no dynamic batching: every request is its own engine call.
 mkdir -p "$WORK/repo/mlp/1"
@@ -28,11 +25,7 @@ if [ -f models/zoo/resnet50/1/model.onnx ]; then
   CASES+=("resnet50 1" "resnet50 4")
 fi
 
-"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
-  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
-SERVER=$!
-for _ in $(seq 600); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
-GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+start_server --engine onnxruntime
 WINDOW_S=$(python3 -c "print(3 * $MEASURE_MS / 1000)")
 
 pa() { # model concurrency -> "throughput p50_us p99_us"

@@ -8,10 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MEASURE_MS=${1:-3000}
-PA=${PERF_ANALYZER:-.tools/perf_analyzer/perf_analyzer}
-BIN=${RTSERVE_BIN:-target/release/rtserve}
-WORK=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source scripts/bench/lib.sh
 
 model() { # name source-folder max-batch batching-block
   local source=$2 base
@@ -38,12 +35,7 @@ if [ -f models/zoo/resnet50/1/model.onnx ]; then
   model resnet50_on models/zoo/resnet50 16 'dynamic_batching { max_queue_delay_microseconds: 5000 }'
 fi
 
-"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
-  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
-SERVER=$!
-for _ in $(seq 600); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
-HTTP=$(grep -o 'HTTP listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
-GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+start_server --engine onnxruntime
 
 stat() { curl -s "http://$HTTP/v2/models/$1/stats" | python3 -c '
 import json,sys; s=json.load(sys.stdin)["model_stats"][0]; print(s["inference_count"], s["execution_count"])'; }

@@ -11,20 +11,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-10}
 C=${2:-16}
-PA=${PERF_ANALYZER:-.tools/perf_analyzer/perf_analyzer}
-BIN=${RTSERVE_BIN:-target/release/rtserve}
-WORK=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source scripts/bench/lib.sh
 
 mkdir -p "$WORK/repo/mlp/1"
 cp examples/model_repository/mlp/1/model.onnx "$WORK/repo/mlp/1/"
 printf 'max_batch_size = 8\n[response_cache]\nenable = true\n' > "$WORK/repo/mlp/config.toml"
-"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
-  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
-SERVER=$!
-for _ in $(seq 600); do grep -q '"ready"\|ready$' "$WORK/server.log" && break; sleep 0.1; done
-HTTP=$(grep -o 'HTTP listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
-GRPC=$(grep -o 'gRPC listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+start_server --engine onnxruntime
 
 echo "| generator | transport | threads | concurrency | requests/s (its own window) | hit ratio | generator CPU per request | requests/s per generator core |"
 echo "|---|---|---:|---:|---:|---:|---:|---:|"

@@ -10,9 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 SLO_MS=${1:-250}
 DURATION=${2:-20s}
-BIN=${RTSERVE_BIN:-target/release/rtserve}
-WORK=$(mktemp -d)
-trap 'kill "$SERVER" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source scripts/bench/lib.sh
 [ -f models/zoo/resnet50/1/model.onnx ] || { echo "run: python3 scripts/model_zoo.py fetch" >&2; exit 1; }
 
 for variant in slo noslo; do
@@ -25,11 +23,7 @@ for variant in slo noslo; do
 done
 echo "parameters { key: \"slo_ms\" value: { string_value: \"$SLO_MS\" } }" >> "$WORK/repo/resnet50_slo/config.pbtxt"
 
-"$BIN" serve --model-repository "$WORK/repo" --engine onnxruntime --host 127.0.0.1 \
-  --http-port 0 --grpc-port 0 2> "$WORK/server.log" &
-SERVER=$!
-for _ in $(seq 600); do grep -q 'ready$' "$WORK/server.log" && break; sleep 0.1; done
-HTTP=$(grep -o 'HTTP listening on [0-9.:]*' "$WORK/server.log" | awk '{print $4}')
+start_server --engine onnxruntime
 
 bench() { # model json-out load-flags...
   local model=$1 out=$2; shift 2
