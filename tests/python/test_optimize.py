@@ -82,6 +82,19 @@ def test_effnet_int8_agrees_with_float_on_held_out_photos(photos, effnet_int8):
     assert effnet_int8.stat().st_size <= 0.3 * EFFNET.stat().st_size
 
 
+def test_effnet_int8_with_a_float_stem_and_percentile_ranges_agrees_far_better(photos, tmp_path):
+    # The recipe of docs/optimize.md: the stem convolution (raw pixels in) kept in float, and
+    # 99.999th-percentile activation ranges. Measured: 97.7 % on this set (43 of 44), 97.1 % on
+    # the 204-sample set; plain MinMax gets 88.7 %, below this bound.
+    out = tmp_path / "effnet_int8_recipe.onnx"
+    rtserve("quantize", "--model", str(EFFNET), "--out", str(out), "--calibration", str(photos / "calibration.npz"),
+            "--engine", "onnxruntime", "--exclude", "stem.conv", "--calibration-method", "percentile",
+            "--percentile", "99.999")
+    x = np.load(photos / "evaluation.npz")["input"]
+    agree = float(np.mean(run_ort(EFFNET, x).argmax(1) == run_ort(out, x).argmax(1)))
+    assert agree >= 0.93, agree
+
+
 def test_effnet_int8_runs_on_tract_like_onnxruntime(photos, effnet_int8):
     out = rtserve("evaluate", "--reference", str(EFFNET), "--candidate", str(effnet_int8),
                   "--data", str(photos / "evaluation.npz"), "--limit", "4", "--engine", "tract",
