@@ -50,25 +50,46 @@ pub fn point(step: &StepResult, pick: Pick) -> Option<(f64, f64)> {
     step.latency_us.as_ref().map(|l| (step.throughput_rps, pick(l) as f64 / 1e3))
 }
 
+/// The chart formats, by file extension.
+enum Format {
+    Svg,
+    Png,
+}
+
+fn format(path: &Path) -> Result<Format, BenchError> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg") => Ok(Format::Svg),
+        Some("png") => Ok(Format::Png),
+        _ => Err(BenchError::Plot {
+            path: path.to_path_buf(),
+            reason: "the file name must end in .svg or .png".into(),
+        }),
+    }
+}
+
+/// Checks a chart's file name before a run, so a typo does not cost the whole run.
+pub fn check_chart_path(path: &Path) -> Result<(), BenchError> {
+    format(path).map(|_| ())
+}
+
 /// Writes the chart to `path`: SVG for `.svg`, PNG for `.png`.
 pub fn write_chart(path: &Path, chart: &Chart) -> Result<(), BenchError> {
     let fail = |reason: String| BenchError::Plot { path: path.to_path_buf(), reason };
+    let format = format(path)?;
     if chart.series.iter().all(|s| s.points.is_empty()) {
         return Err(fail("no step has a successful request to plot".into()));
     }
     register_font();
     let size = (1000, 600);
-    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-    match extension.as_deref() {
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), chart).map_err(fail),
-        Some("png") => {
+    match format {
+        Format::Svg => draw(SVGBackend::new(path, size).into_drawing_area(), chart).map_err(fail),
+        Format::Png => {
             let mut pixels = vec![0u8; size.0 as usize * size.1 as usize * 3];
             draw(BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area(), chart).map_err(fail)?;
             let image = image::RgbImage::from_raw(size.0, size.1, pixels)
                 .ok_or_else(|| fail("the bitmap does not match its size".into()))?;
             image.save_with_format(path, image::ImageFormat::Png).map_err(|e| fail(e.to_string()))
         }
-        _ => Err(fail("the file name must end in .svg or .png".into())),
     }
 }
 
@@ -174,6 +195,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let err = write_chart(&dir.path().join("c.jpg"), &chart(vec![(1.0, 1.0)])).expect_err("jpg");
         assert!(err.to_string().contains(".svg or .png"), "{err}");
+        assert!(check_chart_path(&dir.path().join("c")).is_err());
+        assert!(check_chart_path(&dir.path().join("c.PNG")).is_ok());
         let err = write_chart(&dir.path().join("c.svg"), &chart(vec![])).expect_err("empty");
         assert!(err.to_string().contains("no step"), "{err}");
     }

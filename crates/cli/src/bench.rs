@@ -155,6 +155,9 @@ impl BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        plot::check_chart_path(path)?;
+    }
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build(),
