@@ -5,7 +5,9 @@
 - Fashion-MNIST (Debian package dataset-fashion-mnist): the committed MLP, INT8 accuracy within
   1 point of FP32 on the 10,000 test images, computed here with onnxruntime.
 
-Zoo and data cases skip when the artefacts are missing, unless RTSERVE_ZOO_REQUIRED=1.
+Zoo cases skip when the zoo is missing, unless RTSERVE_ZOO_REQUIRED=1 (scripts/test.sh fetches
+it); the Fashion-MNIST case skips without the Debian package, unless
+RTSERVE_TEST_REQUIRE_FASHION_MNIST=1 (set by CI, which installs it).
 """
 
 from __future__ import annotations
@@ -27,14 +29,15 @@ EFFNET = ZOO / "efficientnet_lite0" / "1" / "model.onnx"
 FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MODEL = REPO / "examples" / "optimize" / "fashion_mnist_mlp.onnx"
 REQUIRED = os.environ.get("RTSERVE_ZOO_REQUIRED") == "1"
+FASHION_REQUIRED = os.environ.get("RTSERVE_TEST_REQUIRE_FASHION_MNIST") == "1"
 
 ort = pytest.importorskip("onnxruntime")
 
 
-def need(path: Path, hint: str):
+def need(path: Path, hint: str, required: bool = REQUIRED, flag: str = "RTSERVE_ZOO_REQUIRED"):
     if not path.exists():
-        if REQUIRED:
-            pytest.fail(f"{path} is missing ({hint}) and RTSERVE_ZOO_REQUIRED=1")
+        if required:
+            pytest.fail(f"{path} is missing ({hint}) and {flag}=1")
         pytest.skip(f"{path} is missing: {hint}")
     if not BIN.exists():
         pytest.skip(f"{BIN} is missing: build rtserve or set RTSERVE_BIN")
@@ -115,7 +118,8 @@ def test_effnet_fp16_within_1e_2_relative(photos, tmp_path):
 
 
 def test_fashion_mnist_int8_accuracy_within_one_point(tmp_path):
-    need(FASHION_DIR / "t10k-images-idx3-ubyte.gz", "apt-get install dataset-fashion-mnist")
+    need(FASHION_DIR / "t10k-images-idx3-ubyte.gz", "apt-get install dataset-fashion-mnist",
+         FASHION_REQUIRED, "RTSERVE_TEST_REQUIRE_FASHION_MNIST")
     def read(kind):
         with gzip.open(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz") as f:
             x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255
