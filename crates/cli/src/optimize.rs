@@ -290,20 +290,17 @@ fn run_quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         result
     };
     model::save(&out, &a.out)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "wrote {}: {} nodes quantized, {} activations, {} weights, {} Relu/Clip folded, {} excluded",
+    print_report(a.json, &report, || {
+        format!(
+            "wrote {}: {} nodes quantized, {} activations, {} weights, {} Relu/Clip folded, {} excluded\n",
             a.out.display(),
             report.nodes_quantized,
             report.activations_quantized,
             report.weights_quantized,
             report.activations_fused,
             report.nodes_excluded
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn run_fp16(a: Fp16Args) -> anyhow::Result<()> {
@@ -311,19 +308,16 @@ fn run_fp16(a: Fp16Args) -> anyhow::Result<()> {
     let options = Fp16Options { keep_io_types: a.keep_io_types, keep_fp32: a.keep_fp32.clone() };
     let (out, report) = fp16::convert_fp16(&onnx, &options)?;
     model::save(&out, &a.out)?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "wrote {}: {} nodes in float16, {} kept float32, {} initializers converted, {} casts",
+    print_report(a.json, &report, || {
+        format!(
+            "wrote {}: {} nodes in float16, {} kept float32, {} initializers converted, {} casts\n",
             a.out.display(),
             report.nodes_converted,
             report.nodes_kept_fp32,
             report.initializers_converted,
             report.casts_inserted
-        );
-    }
-    Ok(())
+        )
+    })
 }
 
 fn run_evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
@@ -342,10 +336,19 @@ fn run_evaluate(a: EvaluateArgs) -> anyhow::Result<()> {
     let result =
         evaluate::evaluate(&a.reference, &a.candidate, &samples, engine.as_ref(), &options, &|| bar.inc(1))?;
     bar.finish_and_clear();
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
+    print_report(a.json, &result, || evaluate::markdown(&result))
+}
+
+/// A subcommand's report on stdout: pretty JSON with `--json`, else the text for people.
+fn print_report<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print!("{}", evaluate::markdown(&result));
+        print!("{}", text());
     }
     Ok(())
 }
