@@ -126,7 +126,8 @@ struct QuantizeArgs {
     #[arg(long)]
     calibration_limit: Option<usize>,
     /// How activation ranges are taken from the calibration data: minmax (smallest/largest
-    /// value) or percentile (see --percentile); entropy (KL-optimal clipping) is refused for now.
+    /// value), percentile (see --percentile) or entropy (the clipping threshold with the least
+    /// KL divergence, TensorRT's method).
     #[arg(long, value_enum, default_value = "minmax")]
     calibration_method: Method,
     /// The percentile kept by --calibration-method percentile (both tails are clipped).
@@ -149,7 +150,11 @@ struct QuantizeArgs {
     #[arg(long, value_delimiter = ',')]
     exclude: Vec<String>,
     /// Op types to quantize (static mode).
-    #[arg(long, value_delimiter = ',', default_value = "Conv,MatMul,Gemm,Add,GlobalAveragePool,AveragePool")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Conv,MatMul,Gemm,Add,GlobalAveragePool,AveragePool,MaxPool,Concat"
+    )]
     op_types: Vec<String>,
     /// Keep Relu/Clip nodes after quantized ops instead of folding them into the output range.
     #[arg(long)]
@@ -262,10 +267,7 @@ fn run_quantize(a: QuantizeArgs) -> anyhow::Result<()> {
                 }
                 CalibrationMethod::Percentile(a.percentile)
             }
-            Method::Entropy => {
-                // Not finished: its ranges break EfficientNet-Lite0 (docs/optimize.md).
-                bail!("--calibration-method entropy is not finished yet; use minmax or percentile")
-            }
+            Method::Entropy => CalibrationMethod::Entropy,
         },
         activation_type: match a.activation_type {
             Activations::Uint8 => ActivationType::Uint8,

@@ -5,9 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use rtserve_optimize::graph::node;
-use rtserve_optimize::model::{self, float_tensor, tensor_value_info};
-use rtserve_optimize::onnx::{tensor_proto::DataType, GraphProto, ModelProto, OperatorSetIdProto};
+use rtserve_optimize::graph::{int_attribute, node};
+use rtserve_optimize::model::{self, float_tensor, float_values, tensor_value_info};
+use rtserve_optimize::onnx::attribute_proto::AttributeType;
+use rtserve_optimize::onnx::tensor_shape_proto::{dimension, Dimension};
+use rtserve_optimize::onnx::{
+    tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorShapeProto,
+};
 use serde_json::Value;
 
 fn example(name: &str) -> PathBuf {
@@ -28,18 +33,23 @@ fn ok(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// A `.npy` file of `n` seeded pseudo-random samples of shape `shape` in [0, 1).
-fn write_npy(path: &Path, n: usize, shape: &[usize]) {
-    let per: usize = shape.iter().product();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let values: Vec<f32> = (0..n * per)
+/// `n` seeded pseudo-random values in [0, 1).
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..n)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state >> 40) as f32 / (1u64 << 24) as f32
         })
-        .collect();
+        .collect()
+}
+
+/// A `.npy` file of `n` seeded pseudo-random samples of shape `shape` in [0, 1).
+fn write_npy(path: &Path, n: usize, shape: &[usize]) {
+    let per: usize = shape.iter().product();
+    let values = pseudo_random(n * per, 0);
     let dims: Vec<String> = std::iter::once(n).chain(shape.iter().copied()).map(|d| d.to_string()).collect();
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
     while (10 + header.len() + 1) % 64 != 0 {
@@ -53,8 +63,8 @@ fn write_npy(path: &Path, n: usize, shape: &[usize]) {
     std::fs::write(path, bytes).expect("write npy");
 }
 
-fn evaluate(reference: &Path, candidate: &Path, data: &Path, engine: &str) -> Value {
-    let out = ok(&rtserve(&[
+fn evaluate(reference: &Path, candidate: &Path, data: &Path, engine: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "evaluate",
         "--engine",
         engine,
@@ -67,8 +77,9 @@ fn evaluate(reference: &Path, candidate: &Path, data: &Path, engine: &str) -> Va
         "--latency-runs",
         "2",
         "--json",
-    ]));
-    serde_json::from_str(&out).expect("evaluate --json")
+    ];
+    args.extend(extra);
+    serde_json::from_str(&ok(&rtserve(&args))).expect("evaluate --json")
 }
 
 #[test]
@@ -90,13 +101,13 @@ fn quantizes_the_cnn_and_stays_close_to_float() {
         "--json",
     ]));
     let report: Value = serde_json::from_str(&report).expect("report");
-    // Conv ×2 and Gemm quantized, both Relus folded into the Conv output ranges.
-    assert_eq!(report["nodes_quantized"], 3, "{report}");
+    // Conv ×2, MaxPool ×2 and Gemm quantized, both Relus folded into the Conv output ranges.
+    assert_eq!(report["nodes_quantized"], 5, "{report}");
     assert_eq!(report["activations_fused"], 2, "{report}");
     let q = model::load(&int8).expect("load int8");
     let ops: Vec<&str> = q.graph.as_ref().expect("graph").node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(ops.contains(&"QuantizeLinear") && ops.contains(&"DequantizeLinear"), "{ops:?}");
-    let e = evaluate(&example("cnn"), &int8, &data, "tract");
+    let e = evaluate(&example("cnn"), &int8, &data, "tract", &[]);
     let agreement = &e["agreement"];
     assert!(agreement["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
     assert!(agreement["top1"].as_f64().expect("top1") >= 0.9, "{e}");
@@ -119,7 +130,7 @@ fn quantizes_the_mlp_dynamically() {
         "--out",
         int8.to_str().expect("utf-8"),
     ]));
-    let e = evaluate(&mlp, &int8, &data, "tract");
+    let e = evaluate(&mlp, &int8, &data, "tract", &[]);
     assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
 }
 
@@ -153,7 +164,7 @@ fn fp16_stays_within_1e_2_relative() {
     ]));
     // tract 0.23 cannot type a float16 Gemm: ONNX Runtime when present (CI), else skip.
     let e = match ort_or_skip() {
-        Some(engine) => evaluate(&example("cnn"), &fp16, &data, engine),
+        Some(engine) => evaluate(&example("cnn"), &fp16, &data, engine, &[]),
         None => return,
     };
     assert!(e["agreement"]["max_relative_error"].as_f64().expect("rel") < 1e-2, "{e}");
@@ -194,4 +205,171 @@ fn malformed_files_fail_with_a_clear_error() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("node 'the_matmul' (MatMul)") && stderr.contains("'nowhere'"), "{stderr}");
     }
+}
+
+fn ints_attribute(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.to_string(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..AttributeProto::default()
+    }
+}
+
+fn with_attributes(mut n: NodeProto, attributes: Vec<AttributeProto>) -> NodeProto {
+    n.attribute = attributes;
+    n
+}
+
+/// A two-branch image model with seeded weights: x [1,3,16,16] → conv_a → Relu → MaxPool 2×2
+/// and x → conv_b (stride 2), concatenated → GlobalAveragePool → Flatten → y [1,8].
+fn pool_concat_model(path: &Path) {
+    let mut x = tensor_value_info("x", DataType::Float);
+    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        let dim = |d: i64| Dimension { value: Some(dimension::Value::DimValue(d)), ..Dimension::default() };
+        t.shape = Some(TensorShapeProto { dim: [1, 3, 16, 16].into_iter().map(dim).collect() });
+    }
+    let weights = |name: &str, seed: u64| {
+        float_tensor(
+            name,
+            &[4, 3, 3, 3],
+            &pseudo_random(108, seed).iter().map(|v| v - 0.5).collect::<Vec<_>>(),
+        )
+    };
+    let graph = GraphProto {
+        name: "pool_concat".into(),
+        node: vec![
+            with_attributes(
+                node("Conv", "conv_a", &["x", "wa", "ba"], &["a"]),
+                vec![ints_attribute("pads", &[1; 4])],
+            ),
+            node("Relu", "relu_a", &["a"], &["ar"]),
+            with_attributes(
+                node("MaxPool", "pool_a", &["ar"], &["ap"]),
+                vec![ints_attribute("kernel_shape", &[2, 2]), ints_attribute("strides", &[2, 2])],
+            ),
+            with_attributes(
+                node("Conv", "conv_b", &["x", "wb"], &["b"]),
+                vec![ints_attribute("pads", &[1; 4]), ints_attribute("strides", &[2, 2])],
+            ),
+            with_attributes(node("Concat", "concat", &["ap", "b"], &["c"]), vec![int_attribute("axis", 1)]),
+            node("GlobalAveragePool", "gap", &["c"], &["g"]),
+            node("Flatten", "flatten", &["g"], &["y"]),
+        ],
+        initializer: vec![
+            weights("wa", 1),
+            float_tensor("ba", &[4], &[0.1, -0.1, 0.2, 0.0]),
+            weights("wb", 2),
+        ],
+        input: vec![x],
+        output: vec![tensor_value_info("y", DataType::Float)],
+        ..GraphProto::default()
+    };
+    let onnx = ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(graph),
+        ..ModelProto::default()
+    };
+    model::save(&onnx, path).expect("save");
+}
+
+fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "quantize",
+        "--engine",
+        "tract",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+    ];
+    args.extend(extra);
+    serde_json::from_str(&ok(&rtserve(&args))).expect("report")
+}
+
+/// The scale initializer read by the node producing `tensor` (a QuantizeLinear or DequantizeLinear).
+fn scale_of(graph: &GraphProto, producer_of: &str) -> f32 {
+    let producer = graph.node.iter().find(|n| n.output.iter().any(|o| o == producer_of)).expect("producer");
+    let scale = graph.initializer.iter().find(|t| t.name == producer.input[1]).expect("scale");
+    float_values(scale).expect("float scale")[0]
+}
+
+#[test]
+fn quantizes_pooling_and_concatenation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (float, int8, data) =
+        (dir.path().join("f.onnx"), dir.path().join("q.onnx"), dir.path().join("d.npy"));
+    pool_concat_model(&float);
+    write_npy(&data, 16, &[3, 16, 16]);
+    let report = quantize(&float, &int8, &["--calibration", data.to_str().expect("utf-8")]);
+    // Both Convs, the MaxPool, the Concat and the pooling; the Relu folded into conv_a's range.
+    assert_eq!(report["nodes_quantized"], 5, "{report}");
+    assert_eq!(report["activations_fused"], 1, "{report}");
+    let q = model::load(&int8).expect("load");
+    let g = q.graph.as_ref().expect("graph");
+    let by_op = |op: &str| g.node.iter().find(|n| n.op_type == op).expect(op);
+    let (pool, concat) = (by_op("MaxPool"), by_op("Concat"));
+    // The MaxPool reads a dequantized tensor and its output is quantized with the same scale.
+    let pool_out_q = g.node.iter().find(|n| n.op_type == "QuantizeLinear" && n.input[0] == pool.output[0]);
+    let pool_out_q = pool_out_q.expect("QuantizeLinear after MaxPool");
+    assert_eq!(scale_of(g, &pool.input[0]), scale_of(g, &pool_out_q.output[0]));
+    for input in &concat.input {
+        let producer = g.node.iter().find(|n| n.output.contains(input)).expect("producer");
+        assert_eq!(producer.op_type, "DequantizeLinear", "Concat input {input}");
+    }
+    let e = evaluate(&float, &int8, &data, "tract", &[]);
+    assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
+    if let Some(engine) = ort_or_skip() {
+        let e = evaluate(&float, &int8, &data, engine, &[]);
+        assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
+    }
+}
+
+#[test]
+fn calibration_methods_exclusions_and_image_folders() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (float, data) = (dir.path().join("f.onnx"), dir.path().join("d.npy"));
+    pool_concat_model(&float);
+    write_npy(&data, 16, &[3, 16, 16]);
+    let data_arg = data.to_str().expect("utf-8");
+    for method in [
+        ["--calibration-method", "percentile", "--percentile", "99.9"].as_slice(),
+        &["--calibration-method", "entropy"],
+    ] {
+        let int8 = dir.path().join(format!("{}.onnx", method[1]));
+        let mut args = vec!["--calibration", data_arg];
+        args.extend(method);
+        quantize(&float, &int8, &args);
+        let e = evaluate(&float, &int8, &data, "tract", &[]);
+        assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.98, "{method:?}: {e}");
+    }
+
+    // --exclude by node name keeps that Conv's weight in float.
+    let int8 = dir.path().join("exclude.onnx");
+    let report = quantize(&float, &int8, &["--calibration", data_arg, "--exclude", "conv_b"]);
+    assert_eq!(report["nodes_excluded"], 1, "{report}");
+    assert_eq!(report["nodes_quantized"], 4, "{report}");
+    let q = model::load(&int8).expect("load");
+    let g = q.graph.as_ref().expect("graph");
+    let conv_b = g.node.iter().find(|n| n.name == "conv_b").expect("conv_b");
+    assert_eq!(conv_b.input[1], "wb", "{conv_b:?}");
+    assert!(g.initializer.iter().any(|t| t.name == "wb" && t.data_type == DataType::Float as i32));
+
+    // A folder of images, resized and cropped to the input by the flags.
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).expect("mkdir");
+    for i in 0..4u8 {
+        let img = image::RgbImage::from_fn(40, 24, |x, y| {
+            image::Rgb([(x as u8).wrapping_mul(6 + i), (y as u8).wrapping_mul(9), 40 * i])
+        });
+        img.save(photos.join(format!("p{i}.png"))).expect("png");
+    }
+    let int8 = dir.path().join("images.onnx");
+    let photos_arg = photos.to_str().expect("utf-8");
+    quantize(&float, &int8, &["--calibration", photos_arg, "--resize", "20", "--crop", "16"]);
+    let e = evaluate(&float, &int8, &photos, "tract", &["--resize", "20", "--crop", "16"]);
+    assert_eq!(e["agreement"]["samples"], 4, "{e}");
+    assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.98, "{e}");
 }

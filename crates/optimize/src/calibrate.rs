@@ -20,7 +20,7 @@ pub enum CalibrationMethod {
     /// The given lower and upper percentiles (e.g. 99.99 clips the 0.01 % tails on each side).
     Percentile(f64),
     /// The clipping threshold that minimises the KL divergence between the value histogram and
-    /// its 8-bit quantized version (TensorRT's method), applied to the positive and negative sides.
+    /// its 8-bit quantized version (TensorRT's method; see [`entropy_range`]).
     Entropy,
 }
 
@@ -131,18 +131,28 @@ pub fn percentile_range(mut values: Vec<f32>, p: f64) -> (f32, f32) {
     (at(100.0 - p), at(p))
 }
 
-/// The KL-optimal clipping thresholds for the negative and positive sides.
+/// The entropy (KL-divergence) clipping range, TensorRT's method adapted to asymmetric uint8:
+/// a tensor with no negative values is clipped at the threshold that loses the least information
+/// over 256 levels; one with both signs at a threshold on the magnitudes over 128 levels per side,
+/// kept within the observed minimum and maximum.
 pub fn entropy_range(values: &[f32]) -> (f32, f32) {
-    let positive: Vec<f32> = values.iter().copied().filter(|v| *v > 0.0).collect();
-    let negative: Vec<f32> = values.iter().filter(|v| **v < 0.0).map(|v| -v).collect();
-    (-kl_threshold(&negative), kl_threshold(&positive))
+    let (min, max) = values.iter().fold((0f32, 0f32), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    if min >= 0.0 {
+        return (0.0, kl_threshold(values, 256));
+    }
+    let magnitudes: Vec<f32> = values.iter().map(|v| v.abs()).collect();
+    let t = kl_threshold(&magnitudes, 128);
+    (min.max(-t), max.min(t))
 }
 
-/// TensorRT's entropy calibration on one side: a 2048-bin histogram of the magnitudes, and the
-/// threshold (bin edge, 128 and up) whose 128-level quantization loses the least information.
-fn kl_threshold(magnitudes: &[f32]) -> f32 {
+/// The threshold among the edges of a 2048-bin histogram of `magnitudes` (from the `levels`-th
+/// edge up) at which clipping and quantizing to `levels` levels diverges least from the values:
+/// KL(P || Q), where P is the histogram up to the edge with the clipped values added to its last
+/// bin, and Q that same part of the histogram without them, merged into `levels` bins and spread
+/// back over the bins P holds values in. As in TensorRT, the threshold is never below
+/// `levels / 2048` of the largest magnitude.
+fn kl_threshold(magnitudes: &[f32], levels: usize) -> f32 {
     const BINS: usize = 2048;
-    const LEVELS: usize = 128;
     let max = magnitudes.iter().copied().fold(0f32, f32::max);
     if max <= 0.0 {
         return 0.0;
@@ -152,39 +162,48 @@ fn kl_threshold(magnitudes: &[f32]) -> f32 {
     for &m in magnitudes {
         hist[((m / width) as usize).min(BINS - 1)] += 1.0;
     }
+    // The zeros a ReLU leaves are exact in any range: left in, their spike makes every wide
+    // threshold look lossy (its merged level smears it), so it counts as the bin beside it, as
+    // NVIDIA's pytorch-quantization does.
+    hist[0] = hist[1];
+    let mut clipped_from = vec![0f64; BINS + 1];
+    for i in (0..BINS).rev() {
+        clipped_from[i] = clipped_from[i + 1] + hist[i];
+    }
     let mut best = (f64::INFINITY, BINS);
-    for i in (LEVELS..=BINS).step_by(16) {
-        let mut p: Vec<f64> = hist[..i].to_vec();
-        p[i - 1] += hist[i..].iter().sum::<f64>();
-        let mut q = vec![0f64; i];
-        let merge = i as f64 / LEVELS as f64;
-        for level in 0..LEVELS {
-            let start = (level as f64 * merge) as usize;
-            let end = (((level + 1) as f64 * merge) as usize).min(i);
-            let nonzero = hist[start..end].iter().filter(|c| **c > 0.0).count();
-            let total: f64 = p[start..end].iter().sum();
-            if nonzero > 0 {
+    let mut q = vec![0f64; BINS];
+    for edge in levels..=BINS {
+        let mut p = hist[..edge].to_vec();
+        p[edge - 1] += clipped_from[edge];
+        q[..edge].fill(0.0);
+        for level in 0..levels {
+            let start = level * edge / levels;
+            let end = (level + 1) * edge / levels;
+            let total: f64 = hist[start..end].iter().sum();
+            let held = p[start..end].iter().filter(|c| **c > 0.0).count();
+            if held > 0 {
                 for j in start..end {
-                    if hist[j] > 0.0 {
-                        q[j] = total / nonzero as f64;
+                    if p[j] > 0.0 {
+                        q[j] = total / held as f64;
                     }
                 }
             }
         }
-        let (ps, qs): (f64, f64) = (p.iter().sum(), q.iter().sum());
-        if ps <= 0.0 || qs <= 0.0 {
+        let (p_sum, q_sum): (f64, f64) = (p.iter().sum(), q[..edge].iter().sum());
+        if q_sum <= 0.0 {
             continue;
         }
-        let mut kl = 0.0;
-        for j in 0..i {
-            if p[j] > 0.0 {
-                let pj = p[j] / ps;
-                let qj = if q[j] > 0.0 { q[j] / qs } else { 1e-12 };
-                kl += pj * (pj / qj).ln();
-            }
-        }
+        let kl: f64 = (0..edge)
+            .filter(|&j| p[j] > 0.0)
+            .map(|j| {
+                let pj = p[j] / p_sum;
+                // A bin Q leaves empty (clipped values only) costs as if Q held one millionth.
+                let qj = (q[j] / q_sum).max(1e-6);
+                pj * (pj / qj).ln()
+            })
+            .sum();
         if kl < best.0 {
-            best = (kl, i);
+            best = (kl, edge);
         }
     }
     best.1 as f32 * width
@@ -205,11 +224,40 @@ mod tests {
     }
 
     #[test]
-    fn entropy_ignores_rare_outliers() {
+    fn entropy_clips_rare_outliers() {
         let mut values: Vec<f32> = (0..100_000).map(|i| (i % 1000) as f32 / 1000.0).collect();
-        values.push(50.0);
+        values.push(5.0);
         let (lo, hi) = entropy_range(&values);
         assert_eq!(lo, 0.0);
-        assert!((0.8..5.0).contains(&hi), "{hi}");
+        assert!((0.95..1.5).contains(&hi), "{hi}");
+    }
+
+    #[test]
+    fn entropy_keeps_the_range_of_values_without_outliers() {
+        // Clipping a uniform distribution loses information: the range must stay near the whole.
+        let values: Vec<f32> = (0..100_000).map(|i| (i % 1000) as f32 / 100.0 - 2.0).collect();
+        let (lo, hi) = entropy_range(&values);
+        assert!((-2.0..=-1.8).contains(&lo), "{lo}");
+        assert!((7.6..=7.99).contains(&hi), "{hi}");
+    }
+
+    #[test]
+    fn entropy_is_not_misled_by_the_zeros_of_a_relu() {
+        // Half exact zeros, half uniform in (0, 6]: nothing to clip.
+        let values: Vec<f32> =
+            (0..100_000).map(|i| if i % 2 == 0 { 0.0 } else { (i % 600 + 1) as f32 / 100.0 }).collect();
+        let (lo, hi) = entropy_range(&values);
+        assert_eq!(lo, 0.0);
+        assert!((5.7..=6.0).contains(&hi), "{hi}");
+    }
+
+    #[test]
+    fn entropy_clips_a_long_tail_but_not_the_bulk() {
+        // Mostly small values and a thin exponential tail, as after a ReLU.
+        let values: Vec<f32> = (1..=100_000).map(|i| -((i as f32) / 100_001.0).ln()).collect::<Vec<_>>();
+        let max = values.iter().copied().fold(0f32, f32::max);
+        let (lo, hi) = entropy_range(&values);
+        assert_eq!(lo, 0.0);
+        assert!(hi < max && hi > 3.0, "{hi} of {max}");
     }
 }

@@ -15,7 +15,7 @@ use crate::quantize_math::{activation_params, quantize_bias, quantize_weights, A
 
 /// The operators static quantization wraps in QuantizeLinear/DequantizeLinear by default.
 pub const DEFAULT_STATIC_OPS: &[&str] =
-    &["Conv", "MatMul", "Gemm", "Add", "GlobalAveragePool", "AveragePool"];
+    &["Conv", "MatMul", "Gemm", "Add", "GlobalAveragePool", "AveragePool", "MaxPool", "Concat"];
 
 /// Options of `quantize`.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ fn check_quantizable(model: &ModelProto) -> Result<&GraphProto> {
     Ok(graph)
 }
 
-/// How one node's inputs are treated.
+/// How one node's inputs are treated; its output always gets a Q/DQ pair.
 struct NodePlan {
     /// Input positions that are activations (get a Q/DQ pair).
     activations: Vec<usize>,
@@ -97,8 +97,16 @@ struct NodePlan {
     weights: Vec<(usize, Option<usize>)>,
     /// Input position of a bias to store as int32 (needs input 0 and weight 1 quantized).
     bias: Option<usize>,
-    /// Whether the output gets a Q/DQ pair.
-    quantize_output: bool,
+    /// Whether the output's Q/DQ pair takes the scale and zero point of input 0 instead of its
+    /// own range (MaxPool: runtimes then drop the pair and pool the 8-bit values directly).
+    output_shares_input_range: bool,
+}
+
+impl NodePlan {
+    /// Quantized activations at `activations` (and, as for every plan, on the output); no weights.
+    fn activations_only(activations: Vec<usize>) -> Self {
+        NodePlan { activations, weights: vec![], bias: None, output_shares_input_range: false }
+    }
 }
 
 fn is_float_initializer(inits: &HashMap<String, &TensorProto>, name: &str) -> bool {
@@ -111,10 +119,9 @@ fn plan_node(node: &NodeProto, inits: &HashMap<String, &TensorProto>, per_channe
     let axis = |a: usize| if per_channel { Some(a) } else { None };
     match node.op_type.as_str() {
         "Conv" if is_float_initializer(inits, input(1)) && !inits.contains_key(input(0)) => Some(NodePlan {
-            activations: vec![0],
             weights: vec![(1, axis(0))],
             bias: (is_float_initializer(inits, input(2)) && rank(input(2)) == 1).then_some(2),
-            quantize_output: true,
+            ..NodePlan::activations_only(vec![0])
         }),
         "MatMul" => {
             let (a, b) = (input(0), input(1));
@@ -123,16 +130,11 @@ fn plan_node(node: &NodeProto, inits: &HashMap<String, &TensorProto>, per_channe
             }
             if is_float_initializer(inits, b) {
                 let ax = if rank(b) == 2 { axis(1) } else { None };
-                Some(NodePlan {
-                    activations: vec![0],
-                    weights: vec![(1, ax)],
-                    bias: None,
-                    quantize_output: true,
-                })
+                Some(NodePlan { weights: vec![(1, ax)], ..NodePlan::activations_only(vec![0]) })
             } else if inits.contains_key(b) {
                 None
             } else {
-                Some(NodePlan { activations: vec![0, 1], weights: vec![], bias: None, quantize_output: true })
+                Some(NodePlan::activations_only(vec![0, 1]))
             }
         }
         "Gemm" => {
@@ -145,17 +147,23 @@ fn plan_node(node: &NodeProto, inits: &HashMap<String, &TensorProto>, per_channe
                 graph::float_attr(node, "alpha", 1.0) == 1.0 && graph::float_attr(node, "beta", 1.0) == 1.0;
             let bias = (unit && is_float_initializer(inits, c) && rank(c) == 1).then_some(2);
             Some(NodePlan {
-                activations: vec![0],
                 weights: vec![(1, axis(if trans_b { 0 } else { 1 }))],
                 bias,
-                quantize_output: true,
+                ..NodePlan::activations_only(vec![0])
             })
         }
         "Add" if !inits.contains_key(input(0)) && !inits.contains_key(input(1)) => {
-            Some(NodePlan { activations: vec![0, 1], weights: vec![], bias: None, quantize_output: true })
+            Some(NodePlan::activations_only(vec![0, 1]))
         }
-        "GlobalAveragePool" | "AveragePool" => {
-            Some(NodePlan { activations: vec![0], weights: vec![], bias: None, quantize_output: true })
+        "GlobalAveragePool" | "AveragePool" => Some(NodePlan::activations_only(vec![0])),
+        "MaxPool" if node.output.len() == 1 && !inits.contains_key(input(0)) => {
+            Some(NodePlan { output_shares_input_range: true, ..NodePlan::activations_only(vec![0]) })
+        }
+        "Concat"
+            if !node.input.is_empty()
+                && node.input.iter().all(|i| !i.is_empty() && !inits.contains_key(i)) =>
+        {
+            Some(NodePlan::activations_only((0..node.input.len()).collect()))
         }
         _ => None,
     }
@@ -220,7 +228,10 @@ pub fn quantize_static(
         }) {
             continue;
         }
-        if options.fuse_activations && options.activation_type == ActivationType::Uint8 && n.output.len() == 1
+        if options.fuse_activations
+            && options.activation_type == ActivationType::Uint8
+            && n.output.len() == 1
+            && !plan.output_shares_input_range
         {
             let out = &n.output[0];
             if let Some([j]) = consumers.get(out).map(Vec::as_slice) {
@@ -255,9 +266,7 @@ pub fn quantize_static(
         for &a in &plan.activations {
             add(&n.input[a]);
         }
-        if plan.quantize_output {
-            add(renamed_output.get(&i).unwrap_or(&n.output[0]));
-        }
+        add(renamed_output.get(&i).unwrap_or(&n.output[0]));
     }
     if tensors.is_empty() {
         return Err(OptimizeError::model(format!(
@@ -265,7 +274,15 @@ pub fn quantize_static(
             options.op_types
         )));
     }
-    let ranges = calibrate(model, &tensors, samples, engine, options.method, progress)?;
+    let mut ranges = calibrate(model, &tensors, samples, engine, options.method, progress)?;
+    for (&i, plan) in &by_index {
+        if plan.output_shares_input_range {
+            let n = &graph.node[i];
+            if let Some(&range) = ranges.get(&n.input[0]) {
+                ranges.insert(n.output[0].clone(), range);
+            }
+        }
+    }
 
     // 3. Rewrite.
     let mut out_model = model.clone();
