@@ -87,7 +87,7 @@ def main():
             subprocess.run(
                 [args.rtserve, "optimize", "quantize", "--engine", "onnxruntime", "--model", fp32,
                  "--out", int8, "--calibration", data],
-                check=True, stdout=subprocess.DEVNULL,
+                check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
             )
             sessions = [ort.InferenceSession(m, options, providers=["CPUExecutionProvider"]) for m in (fp32, int8)]
             f, q = median_ms(sessions, {"x": x[:1]})

@@ -105,8 +105,16 @@ fn quantizes_the_cnn_and_stays_close_to_float() {
     assert_eq!(report["nodes_quantized"], 5, "{report}");
     assert_eq!(report["activations_fused"], 2, "{report}");
     let q = model::load(&int8).expect("load int8");
-    let ops: Vec<&str> = q.graph.as_ref().expect("graph").node.iter().map(|n| n.op_type.as_str()).collect();
+    let g = q.graph.as_ref().expect("graph");
+    let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
     assert!(ops.contains(&"QuantizeLinear") && ops.contains(&"DequantizeLinear"), "{ops:?}");
+    // The Gemm writes the graph's output in float, from dequantized inputs (runtimes fuse that
+    // into an integer kernel with a float output).
+    let gemm = producer_of(g, &g.output[0].name);
+    assert_eq!(gemm.op_type, "Gemm", "{gemm:?}");
+    assert_eq!(producer_of(g, &gemm.input[0]).op_type, "DequantizeLinear");
+    assert_eq!(producer_of(g, &gemm.input[1]).op_type, "DequantizeLinear");
+    assert_everything_read(g);
     let e = evaluate(&example("cnn"), &int8, &data, "tract", &[]);
     let agreement = &e["agreement"];
     assert!(agreement["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
@@ -222,7 +230,8 @@ fn with_attributes(mut n: NodeProto, attributes: Vec<AttributeProto>) -> NodePro
 }
 
 /// A two-branch image model with seeded weights: x [1,3,16,16] → conv_a → Relu → MaxPool 2×2
-/// and x → conv_b (stride 2), concatenated → GlobalAveragePool → Flatten → y [1,8].
+/// and x → conv_b (stride 2), concatenated → GlobalAveragePool → Flatten → y [1,8]; conv_b's
+/// output b is a second graph output.
 fn pool_concat_model(path: &Path) {
     let mut x = tensor_value_info("x", DataType::Float);
     if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
@@ -262,7 +271,7 @@ fn pool_concat_model(path: &Path) {
             weights("wb", 2),
         ],
         input: vec![x],
-        output: vec![tensor_value_info("y", DataType::Float)],
+        output: vec![tensor_value_info("y", DataType::Float), tensor_value_info("b", DataType::Float)],
         ..GraphProto::default()
     };
     let onnx = ModelProto {
@@ -289,9 +298,28 @@ fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Value {
     serde_json::from_str(&ok(&rtserve(&args))).expect("report")
 }
 
+fn producer_of<'a>(graph: &'a GraphProto, tensor: &str) -> &'a NodeProto {
+    graph
+        .node
+        .iter()
+        .find(|n| n.output.iter().any(|o| o == tensor))
+        .unwrap_or_else(|| panic!("no node writes {tensor}"))
+}
+
+/// Every node output is read by a node or is a graph output (no Q/DQ pair left dangling).
+fn assert_everything_read(graph: &GraphProto) {
+    for n in &graph.node {
+        for o in &n.output {
+            let read =
+                graph.node.iter().any(|m| m.input.contains(o)) || graph.output.iter().any(|x| &x.name == o);
+            assert!(read, "node {} writes {o}, which nothing reads", n.name);
+        }
+    }
+}
+
 /// The scale initializer read by the node producing `tensor` (a QuantizeLinear or DequantizeLinear).
-fn scale_of(graph: &GraphProto, producer_of: &str) -> f32 {
-    let producer = graph.node.iter().find(|n| n.output.iter().any(|o| o == producer_of)).expect("producer");
+fn scale_of(graph: &GraphProto, tensor: &str) -> f32 {
+    let producer = producer_of(graph, tensor);
     let scale = graph.initializer.iter().find(|t| t.name == producer.input[1]).expect("scale");
     float_values(scale).expect("float scale")[0]
 }
@@ -316,9 +344,14 @@ fn quantizes_pooling_and_concatenation() {
     let pool_out_q = pool_out_q.expect("QuantizeLinear after MaxPool");
     assert_eq!(scale_of(g, &pool.input[0]), scale_of(g, &pool_out_q.output[0]));
     for input in &concat.input {
-        let producer = g.node.iter().find(|n| n.output.contains(input)).expect("producer");
-        assert_eq!(producer.op_type, "DequantizeLinear", "Concat input {input}");
+        assert_eq!(producer_of(g, input).op_type, "DequantizeLinear", "Concat input {input}");
     }
+    // conv_b's output is also the graph's: the DequantizeLinear writes it and conv_b a new name,
+    // so that no float copy stops conv_b's fusion.
+    let conv_b = g.node.iter().find(|n| n.name == "conv_b").expect("conv_b");
+    assert_ne!(conv_b.output[0], "b");
+    assert_eq!(producer_of(g, "b").op_type, "DequantizeLinear");
+    assert_everything_read(g);
     let e = evaluate(&float, &int8, &data, "tract", &[]);
     assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
     if let Some(engine) = ort_or_skip() {

@@ -266,7 +266,13 @@ pub fn quantize_static(
         for &a in &plan.activations {
             add(&n.input[a]);
         }
-        add(renamed_output.get(&i).unwrap_or(&n.output[0]));
+        // A Gemm or MatMul whose output is the graph's keeps it float: runtimes fuse
+        // DequantizeLinear → Gemm/MatMul with a float output into an integer kernel, and a Q/DQ
+        // pair there would only lose precision (the logits' top-1 on EfficientNet-Lite0).
+        let output = renamed_output.get(&i).unwrap_or(&n.output[0]);
+        if !(graph_outputs.contains(output.as_str()) && matches!(n.op_type.as_str(), "Gemm" | "MatMul")) {
+            add(output);
+        }
     }
     if tensors.is_empty() {
         return Err(OptimizeError::model(format!(
@@ -292,13 +298,25 @@ pub fn quantize_static(
     let mut dequantized: HashMap<String, String> = HashMap::new();
     let mut scales: HashMap<String, f32> = HashMap::new();
     let mut qdq_after: HashMap<String, Vec<NodeProto>> = HashMap::new();
+    // Any other quantized graph output keeps its name on the DequantizeLinear and its producer
+    // writes a new name, so that no float copy has to survive beside the quantized one (which
+    // would stop runtimes from fusing the producer, a Conv say, into an integer kernel).
+    let mut float_output: HashMap<String, String> = HashMap::new();
+    let graph_inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     for name in &tensors {
         let range = ranges.get(name).copied().unwrap_or(Range { min: 0.0, max: 0.0 });
         let (scale, zp) = activation_params(range.min, range.max, options.activation_type);
         let scale_name = names.fresh(&format!("{name}_scale"));
         let zp_name = names.fresh(&format!("{name}_zero_point"));
         let q_name = names.fresh(&format!("{name}_quantized"));
-        let dq_name = names.fresh(&format!("{name}_dequantized"));
+        let (quantized_from, dq_name) =
+            if graph_outputs.contains(name.as_str()) && !graph_inputs.contains(name.as_str()) {
+                let float = names.fresh(&format!("{name}_float"));
+                float_output.insert(name.clone(), float.clone());
+                (float, name.clone())
+            } else {
+                (name.clone(), names.fresh(&format!("{name}_dequantized")))
+            };
         new_inits.push(model::float_tensor(&scale_name, &[], &[scale]));
         new_inits.push(match options.activation_type {
             ActivationType::Uint8 => uint8_tensor(&zp_name, &[], &[zp as u8]),
@@ -307,7 +325,7 @@ pub fn quantize_static(
         let q = node(
             "QuantizeLinear",
             &names.fresh(&format!("{name}_QuantizeLinear")),
-            &[name, &scale_name, &zp_name],
+            &[&quantized_from, &scale_name, &zp_name],
             &[&q_name],
         );
         let dq = node(
@@ -415,6 +433,11 @@ pub fn quantize_static(
             }
         }
         let outputs = n.output.clone();
+        for out in n.output.iter_mut() {
+            if let Some(float) = float_output.get(out.as_str()) {
+                *out = float.clone();
+            }
+        }
         new_nodes.push(n);
         for out in &outputs {
             if let Some(pair) = qdq_after.remove(out) {
