@@ -73,6 +73,7 @@ def main():
     rng = np.random.default_rng(20261129)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see speed.py
     flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
     simd = [f for f in flags if f.startswith(("avx", "fma")) or "vnni" in f]
     print(f"CPU SIMD flags: {' '.join(simd)}; ONNX Runtime {ort.__version__}\n")
