@@ -11,7 +11,7 @@ use rtserve_optimize::onnx::attribute_proto::AttributeType;
 use rtserve_optimize::onnx::tensor_shape_proto::{dimension, Dimension};
 use rtserve_optimize::onnx::{
     tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorShapeProto,
+    OperatorSetIdProto, TensorShapeProto, ValueInfoProto,
 };
 use serde_json::Value;
 
@@ -82,25 +82,28 @@ fn evaluate(reference: &Path, candidate: &Path, data: &Path, engine: &str, extra
     serde_json::from_str(&ok(&rtserve(&args))).expect("evaluate --json")
 }
 
+fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "quantize",
+        "--engine",
+        "tract",
+        "--model",
+        model.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--json",
+    ];
+    args.extend(extra);
+    serde_json::from_str(&ok(&rtserve(&args))).expect("report")
+}
+
 #[test]
 fn quantizes_the_cnn_and_stays_close_to_float() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data.npy");
     write_npy(&data, 24, &[1, 28, 28]);
     let int8 = dir.path().join("cnn_int8.onnx");
-    let report = ok(&rtserve(&[
-        "quantize",
-        "--engine",
-        "tract",
-        "--model",
-        example("cnn").to_str().expect("utf-8"),
-        "--out",
-        int8.to_str().expect("utf-8"),
-        "--calibration",
-        data.to_str().expect("utf-8"),
-        "--json",
-    ]));
-    let report: Value = serde_json::from_str(&report).expect("report");
+    let report = quantize(&example("cnn"), &int8, &["--calibration", data.to_str().expect("utf-8")]);
     // Conv ×2, MaxPool ×2 and Gemm quantized, both Relus folded into the Conv output ranges.
     assert_eq!(report["nodes_quantized"], 5, "{report}");
     assert_eq!(report["activations_fused"], 2, "{report}");
@@ -130,14 +133,7 @@ fn quantizes_the_mlp_dynamically() {
     write_npy(&data, 8, &[784]);
     let int8 = dir.path().join("mlp_dynamic.onnx");
     let mlp = example("mlp");
-    ok(&rtserve(&[
-        "quantize",
-        "--dynamic",
-        "--model",
-        mlp.to_str().expect("utf-8"),
-        "--out",
-        int8.to_str().expect("utf-8"),
-    ]));
+    quantize(&mlp, &int8, &["--dynamic"]);
     let e = evaluate(&mlp, &int8, &data, "tract", &[]);
     assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
 }
@@ -233,11 +229,6 @@ fn with_attributes(mut n: NodeProto, attributes: Vec<AttributeProto>) -> NodePro
 /// and x → conv_b (stride 2), concatenated → GlobalAveragePool → Flatten → y [1,8]; conv_b's
 /// output b is a second graph output.
 fn pool_concat_model(path: &Path) {
-    let mut x = tensor_value_info("x", DataType::Float);
-    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-        let dim = |d: i64| Dimension { value: Some(dimension::Value::DimValue(d)), ..Dimension::default() };
-        t.shape = Some(TensorShapeProto { dim: [1, 3, 16, 16].into_iter().map(dim).collect() });
-    }
     let weights = |name: &str, seed: u64| {
         float_tensor(
             name,
@@ -270,10 +261,25 @@ fn pool_concat_model(path: &Path) {
             float_tensor("ba", &[4], &[0.1, -0.1, 0.2, 0.0]),
             weights("wb", 2),
         ],
-        input: vec![x],
+        input: vec![float_input("x", &[1, 3, 16, 16])],
         output: vec![tensor_value_info("y", DataType::Float), tensor_value_info("b", DataType::Float)],
         ..GraphProto::default()
     };
+    save_graph(path, graph);
+}
+
+/// A float graph input of a fixed shape.
+fn float_input(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let mut x = tensor_value_info(name, DataType::Float);
+    if let Some(type_proto::Value::TensorType(t)) = x.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        let dim = |d: i64| Dimension { value: Some(dimension::Value::DimValue(d)), ..Dimension::default() };
+        t.shape = Some(TensorShapeProto { dim: dims.iter().copied().map(dim).collect() });
+    }
+    x
+}
+
+/// Saves `graph` as an opset-17 model.
+fn save_graph(path: &Path, graph: GraphProto) {
     let onnx = ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
@@ -281,21 +287,6 @@ fn pool_concat_model(path: &Path) {
         ..ModelProto::default()
     };
     model::save(&onnx, path).expect("save");
-}
-
-fn quantize(model: &Path, out: &Path, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "quantize",
-        "--engine",
-        "tract",
-        "--model",
-        model.to_str().expect("utf-8"),
-        "--out",
-        out.to_str().expect("utf-8"),
-        "--json",
-    ];
-    args.extend(extra);
-    serde_json::from_str(&ok(&rtserve(&args))).expect("report")
 }
 
 fn producer_of<'a>(graph: &'a GraphProto, tensor: &str) -> &'a NodeProto {
@@ -405,4 +396,33 @@ fn calibration_methods_exclusions_and_image_folders() {
     let e = evaluate(&float, &int8, &photos, "tract", &["--resize", "20", "--crop", "16"]);
     assert_eq!(e["agreement"]["samples"], 4, "{e}");
     assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.98, "{e}");
+}
+
+#[test]
+fn a_relu_after_a_gemm_that_writes_the_graph_output_is_kept() {
+    // The Gemm keeps its graph output float, so the Relu cannot be folded into a uint8 range.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (float, int8, data) =
+        (dir.path().join("f.onnx"), dir.path().join("q.onnx"), dir.path().join("d.npy"));
+    let w: Vec<f32> = pseudo_random(64, 3).iter().map(|v| v - 0.5).collect();
+    save_graph(
+        &float,
+        GraphProto {
+            name: "gemm_relu".into(),
+            node: vec![node("Gemm", "gemm", &["x", "w"], &["g"]), node("Relu", "relu", &["g"], &["y"])],
+            initializer: vec![float_tensor("w", &[16, 4], &w)],
+            input: vec![float_input("x", &[1, 16])],
+            output: vec![tensor_value_info("y", DataType::Float)],
+            ..GraphProto::default()
+        },
+    );
+    write_npy(&data, 16, &[16]);
+    let report = quantize(&float, &int8, &["--calibration", data.to_str().expect("utf-8")]);
+    assert_eq!(report["activations_fused"], 0, "{report}");
+    let q = model::load(&int8).expect("load");
+    let g = q.graph.as_ref().expect("graph");
+    assert_eq!(producer_of(g, "y").op_type, "Relu");
+    assert_everything_read(g);
+    let e = evaluate(&float, &int8, &data, "tract", &[]);
+    assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
 }

@@ -89,7 +89,8 @@ fn check_quantizable(model: &ModelProto) -> Result<&GraphProto> {
     Ok(graph)
 }
 
-/// How one node's inputs are treated; its output always gets a Q/DQ pair.
+/// How one node's inputs are treated. Its output gets a Q/DQ pair too, unless it is a Gemm's or
+/// MatMul's graph output.
 struct NodePlan {
     /// Input positions that are activations (get a Q/DQ pair).
     activations: Vec<usize>,
@@ -103,7 +104,7 @@ struct NodePlan {
 }
 
 impl NodePlan {
-    /// Quantized activations at `activations` (and, as for every plan, on the output); no weights.
+    /// Quantized activations at `activations` (and the output); no weights.
     fn activations_only(activations: Vec<usize>) -> Self {
         NodePlan { activations, weights: vec![], bias: None, output_shares_input_range: false }
     }
@@ -236,10 +237,13 @@ pub fn quantize_static(
             let out = &n.output[0];
             if let Some([j]) = consumers.get(out).map(Vec::as_slice) {
                 let next = &graph.node[*j];
+                // Not into a graph output: a Gemm or MatMul leaves that float (below), which
+                // would drop the clamp.
                 if !graph_outputs.contains(out.as_str())
                     && is_foldable_activation(next, &inits)
                     && !excluded(next, &options.exclude)
                     && next.output.len() == 1
+                    && next.output.first().is_some_and(|o| !graph_outputs.contains(o.as_str()))
                 {
                     removed.insert(*j);
                     renamed_output.insert(i, next.output[0].clone());
