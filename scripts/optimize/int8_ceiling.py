@@ -11,15 +11,15 @@ Needs numpy, onnx and onnxruntime. Prints a Markdown table and the CPU's SIMD fl
 """
 import argparse
 import os
-import statistics
 import subprocess
 import tempfile
-import time
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from speed import interleaved_medians, sessions
 
 # name, input shape, weight shape (Conv: [out, in, k, k]; MatMul: [K, N]), pads
 CASES = [
@@ -53,27 +53,11 @@ def single_op_model(path, x_shape, w_shape, pads, rng):
     onnx.save(model, path)
 
 
-def median_ms(sessions, x, rounds=7, runs=5):
-    for s in sessions:
-        s.run(None, x)
-    times = [[] for _ in sessions]
-    for _ in range(rounds):
-        for i, s in enumerate(sessions):
-            start = time.perf_counter()
-            for _ in range(runs):
-                s.run(None, x)
-            times[i].append((time.perf_counter() - start) / runs * 1e3)
-    return [statistics.median(t) for t in times]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rtserve", default="target/release/rtserve")
     args = parser.parse_args()
     rng = np.random.default_rng(20261129)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see speed.py
     flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
     simd = [f for f in flags if f.startswith(("avx", "fma")) or "vnni" in f]
     print(f"CPU SIMD flags: {' '.join(simd)}; ONNX Runtime {ort.__version__}\n")
@@ -90,8 +74,7 @@ def main():
                  "--out", int8, "--calibration", data],
                 check=True, stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"},
             )
-            sessions = [ort.InferenceSession(m, options, providers=["CPUExecutionProvider"]) for m in (fp32, int8)]
-            f, q = median_ms(sessions, {"x": x[:1]})
+            f, q = interleaved_medians(sessions([fp32, int8]), {"x": x[:1]}, rounds=7, runs=5)
             print(f"| {name} | {f:.2f} | {q:.2f} | {f / q:.2f}× |", flush=True)
 
 
