@@ -187,20 +187,17 @@ fn malformed_files_fail_with_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 
     // A node reading a tensor nothing defines: the error names the node.
-    let broken = ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
-        graph: Some(GraphProto {
+    let path = dir.path().join("broken.onnx");
+    save_graph(
+        &path,
+        GraphProto {
             node: vec![node("MatMul", "the_matmul", &["x", "nowhere"], &["y"])],
             input: vec![tensor_value_info("x", DataType::Float)],
             output: vec![tensor_value_info("y", DataType::Float)],
             initializer: vec![float_tensor("w", &[1], &[1.0])],
             ..GraphProto::default()
-        }),
-        ..ModelProto::default()
-    };
-    let path = dir.path().join("broken.onnx");
-    model::save(&broken, &path).expect("save");
+        },
+    );
     for args in [vec!["fp16"], vec!["quantize", "--dynamic"]] {
         let mut full = args.clone();
         full.extend(["--model", path.to_str().expect("utf-8"), "--out", "/dev/null"]);

@@ -170,10 +170,12 @@ fn kl_threshold(magnitudes: &[f32], levels: usize) -> f32 {
     for i in (0..BINS).rev() {
         clipped_from[i] = clipped_from[i + 1] + hist[i];
     }
+    // P always holds every value: its sum is the same for every edge.
+    let p_sum = clipped_from[0];
     let mut best = (f64::INFINITY, BINS);
-    let mut q = vec![0f64; BINS];
+    let (mut p, mut q) = (vec![0f64; BINS], vec![0f64; BINS]);
     for edge in levels..=BINS {
-        let mut p = hist[..edge].to_vec();
+        p[..edge].copy_from_slice(&hist[..edge]);
         p[edge - 1] += clipped_from[edge];
         q[..edge].fill(0.0);
         for level in 0..levels {
@@ -189,7 +191,7 @@ fn kl_threshold(magnitudes: &[f32], levels: usize) -> f32 {
                 }
             }
         }
-        let (p_sum, q_sum): (f64, f64) = (p.iter().sum(), q[..edge].iter().sum());
+        let q_sum: f64 = q[..edge].iter().sum();
         if q_sum <= 0.0 {
             continue;
         }
