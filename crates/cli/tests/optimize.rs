@@ -423,3 +423,104 @@ fn a_relu_after_a_gemm_that_writes_the_graph_output_is_kept() {
     let e = evaluate(&float, &int8, &data, "tract", &[]);
     assert!(e["agreement"]["mean_cosine"].as_f64().expect("cosine") > 0.99, "{e}");
 }
+
+/// `n` labels (0..10) as a float32 `.npy`, the way a labels file may come.
+fn write_labels(path: &Path, n: usize) {
+    let labels: Vec<f32> = (0..n).map(|i| (i % 10) as f32).collect();
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend(labels.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).expect("write labels");
+}
+
+fn initializer_dims(path: &Path, name: &str) -> Vec<i64> {
+    let m = model::load(path).expect("load");
+    m.graph.expect("graph").initializer.into_iter().find(|t| t.name == name).expect("initializer").dims
+}
+
+#[test]
+fn trains_and_prunes_the_cnn_with_the_real_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, labels) = (dir.path().join("x.npy"), dir.path().join("y.npy"));
+    write_npy(&data, 40, &[1, 28, 28]);
+    write_labels(&labels, 40);
+    let (d, l) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"));
+    let cnn = example("cnn");
+    let common = ["--data", d, "--labels", l, "--epochs", "1", "--batch-size", "8", "--heldout", "0.25", "--json"];
+    let trained = dir.path().join("trained.onnx");
+    let mut args = vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", trained.to_str().expect("utf-8")];
+    args.extend(common);
+    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    assert_eq!(report["training"]["epochs"].as_array().map(Vec::len), Some(1), "{report}");
+    assert!(report["heldout_accuracy"].as_f64().is_some(), "{report}");
+    // Same names and shapes; the engines still run it.
+    let conv = initializer_dims(&cnn, "conv1.weight");
+    assert_eq!(initializer_dims(&trained, "conv1.weight"), conv);
+    evaluate(&cnn, &trained, &data, "tract", &[]);
+
+    let small = dir.path().join("channels.onnx");
+    let mut args = vec!["prune", "--method", "channels", "--model", cnn.to_str().expect("utf-8"), "--out", small.to_str().expect("utf-8")];
+    args.extend(common);
+    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    assert!(report["params_after"].as_u64() < report["params_before"].as_u64(), "{report}");
+    assert_eq!(initializer_dims(&small, "conv1.weight")[0], conv[0] / 2, "{report}");
+    evaluate(&cnn, &small, &data, "tract", &[]);
+
+    let sparse = dir.path().join("magnitude.onnx");
+    let mut args = vec!["prune", "--method", "magnitude", "--model", cnn.to_str().expect("utf-8"), "--out", sparse.to_str().expect("utf-8")];
+    args.extend(common);
+    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    assert!(report["gzip_bytes_after"].as_u64() < report["gzip_bytes_before"].as_u64(), "{report}");
+    let zeros: u64 = report["layers"].as_array().expect("layers").iter().map(|l| l["zeros"].as_u64().expect("z")).sum();
+    let values: u64 = report["layers"].as_array().expect("layers").iter().map(|l| l["values"].as_u64().expect("v")).sum();
+    assert!((zeros as f64 / values as f64 - 0.5).abs() < 0.01, "{report}");
+}
+
+#[test]
+fn training_and_pruning_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, labels, flat) = (dir.path().join("x.npy"), dir.path().join("y.npy"), dir.path().join("flat.npy"));
+    write_npy(&data, 12, &[1, 28, 28]);
+    write_npy(&flat, 12, &[784]);
+    write_labels(&labels, 10);
+    let cnn = example("cnn");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null", "--epochs", "1"];
+        args.extend(extra);
+        let out = rtserve(&args);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let (d, l, f) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"), flat.to_str().expect("utf-8"));
+    let err = run(&["--data", d, "--labels", l]);
+    assert!(err.contains("12 samples but 10 labels"), "{err}");
+    let err = run(&["--data", f, "--labels", l]);
+    assert!(err.contains("do not fit model input"), "{err}");
+    let mut args = vec!["prune", "--sparsity", "1.5", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null"];
+    args.extend(["--data", d, "--labels", l]);
+    let out = rtserve(&args);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"), "{out:?}");
+
+    let unsupported = dir.path().join("lrn.onnx");
+    save_graph(
+        &unsupported,
+        GraphProto {
+            node: vec![node("MatMul", "mm", &["x", "w"], &["t"]), node("LRN", "the_lrn", &["t"], &["y"])],
+            input: vec![tensor_value_info("x", DataType::Float)],
+            output: vec![tensor_value_info("y", DataType::Float)],
+            initializer: vec![float_tensor("w", &[1, 1], &[1.0])],
+            ..GraphProto::default()
+        },
+    );
+    let out = rtserve(&["train", "--model", unsupported.to_str().expect("utf-8"), "--out", "/dev/null", "--data", d, "--labels", l]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("node 'the_lrn' (LRN)") && stderr.contains("not supported"), "{stderr}");
+}

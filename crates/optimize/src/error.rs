@@ -22,6 +22,9 @@ pub enum OptimizeError {
     Data(String),
     #[error("engine: {0}")]
     Engine(#[from] rtserve_core::EngineError),
+    /// A tensor operation of the trainer failed (shapes that do not fit, mostly).
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
     #[error("invalid option: {0}")]
     Option(String),
 }

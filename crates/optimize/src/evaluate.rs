@@ -249,7 +249,8 @@ pub fn stack(samples: &[Sample], batch: usize) -> Result<Sample> {
         .collect()
 }
 
-fn median_latency(
+/// The median time of `runs` inferences of `batch` stacked samples, after 3 warm-up runs.
+pub(crate) fn median_latency(
     model: &mut dyn ModelInstance,
     samples: &[Sample],
     batch: usize,

@@ -7,6 +7,8 @@
 //! - `quantize_math`, `quantize`: INT8 static (QDQ) and dynamic quantization.
 //! - `fp16`: FP16 conversion.
 //! - `evaluate`: a candidate model against a reference: agreement, error, latency, size.
+//! - `train`: a trainable view of an ONNX graph (candle) and the training loop.
+//! - `prune`: magnitude (unstructured) and channel (structured) pruning on the trainer.
 //!
 //! Nothing here depends on the server: models run through the engine trait of rtserve-core.
 
@@ -18,8 +20,10 @@ pub mod evaluate;
 pub mod fp16;
 pub mod graph;
 pub mod model;
+pub mod prune;
 pub mod quantize;
 pub mod quantize_math;
+pub mod train;
 
 /// The ONNX protobuf messages.
 #[allow(clippy::all, missing_docs)]

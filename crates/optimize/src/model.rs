@@ -169,6 +169,23 @@ pub fn elem_type(info: &ValueInfoProto) -> Option<i32> {
     }
 }
 
+/// The dimensions of a tensor value info (`None` for a symbolic or unknown one), if it has a
+/// shape.
+pub fn tensor_dims(info: &ValueInfoProto) -> Option<Vec<Option<usize>>> {
+    let type_proto::Value::TensorType(t) = info.r#type.as_ref()?.value.as_ref()? else { return None };
+    let shape = t.shape.as_ref()?;
+    Some(
+        shape
+            .dim
+            .iter()
+            .map(|d| match d.value {
+                Some(crate::onnx::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 /// Sets the element type of a tensor value info, keeping its shape.
 pub fn set_elem_type(info: &mut ValueInfoProto, data_type: DataType) {
     if let Some(TypeProto { value: Some(type_proto::Value::TensorType(t)), .. }) = info.r#type.as_mut() {

@@ -1,4 +1,7 @@
-//! `rtserve optimize`: INT8 quantization, FP16 conversion and evaluation of ONNX models.
+//! `rtserve optimize`: INT8 quantization, FP16 conversion, evaluation, training and pruning of
+//! ONNX models.
+
+mod train;
 
 use std::path::PathBuf;
 
@@ -28,6 +31,12 @@ enum OptimizeCommand {
     Fp16(Fp16Args),
     /// Compare a candidate model with its reference: agreement, error, accuracy, latency, size.
     Evaluate(EvaluateArgs),
+    /// Fine-tune a model's float weights on labelled data (no Python): SGD or AdamW, held-out
+    /// accuracy per epoch, the best epoch written.
+    Train(train::TrainArgs),
+    /// Prune a model, then fine-tune it: --method magnitude (zeros, smaller compressed file) or
+    /// channels (whole channels removed: a smaller, faster dense model).
+    Prune(train::PruneArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -235,6 +244,8 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         OptimizeCommand::Quantize(a) => run_quantize(a),
         OptimizeCommand::Fp16(a) => run_fp16(a),
         OptimizeCommand::Evaluate(a) => run_evaluate(a),
+        OptimizeCommand::Train(a) => train::run_train(a),
+        OptimizeCommand::Prune(a) => train::run_prune(a),
     }
 }
 

@@ -1,0 +1,11 @@
+//! Pruning on the trainer.
+//!
+//! - `magnitude`: unstructured: the smallest weights set to zero during fine-tuning.
+//! - `groups`: the channel dependency groups of a graph (residual Adds, Concats, depthwise).
+//! - `channels`: structured: whole channels of each group removed, a smaller dense model.
+//! - `target`: channel pruning in steps until a latency or speed-up on the engine is reached.
+
+pub mod channels;
+pub mod groups;
+pub mod magnitude;
+pub mod target;

@@ -1,0 +1,523 @@
+//! The trainer and the pruners against independent references: each operator's forward pass
+//! against ONNX Runtime (and tract), gradients against finite differences, exported models
+//! reloaded in both engines, structured pruning against the masked model it must equal.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{DType, Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rtserve_core::{Engine, LoadOptions, NamedTensor};
+use rtserve_optimize::engine::{self, EngineChoice};
+use rtserve_optimize::graph::{int_attribute, node};
+use rtserve_optimize::model::{self, float_tensor, float_values, tensor_value_info};
+use rtserve_optimize::onnx::attribute_proto::AttributeType;
+use rtserve_optimize::onnx::tensor_shape_proto::{dimension, Dimension};
+use rtserve_optimize::onnx::{
+    tensor_proto::DataType, type_proto, TensorShapeProto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+};
+use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
+use rtserve_optimize::prune::magnitude::{MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
+use rtserve_optimize::train::data::Dataset;
+use rtserve_optimize::train::trainer::{self, CrossEntropy, Plugins, TrainOptions};
+use rtserve_optimize::train::{Mode, ParamKind, TrainGraph};
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: values.to_vec(), ..Default::default() }
+}
+
+fn float_attr(name: &str, value: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: value, ..Default::default() }
+}
+
+fn with(mut n: NodeProto, attributes: Vec<AttributeProto>) -> NodeProto {
+    n.attribute = attributes;
+    n
+}
+
+fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale).collect()
+}
+
+fn weight(rng: &mut StdRng, name: &str, dims: &[i64]) -> TensorProto {
+    let n = dims.iter().product::<i64>() as usize;
+    let fan_in = dims.iter().skip(1).product::<i64>().max(1) as f32;
+    float_tensor(name, dims, &random(rng, n, (3.0 / fan_in).sqrt()))
+}
+
+/// BatchNorm parameters `{p}.scale/.bias/.mean/.var` with non-trivial values.
+fn batch_norm(rng: &mut StdRng, p: &str, c: usize) -> Vec<TensorProto> {
+    let positive: Vec<f32> = random(rng, c, 0.5).iter().map(|v| 1.0 + v).collect();
+    vec![
+        float_tensor(&format!("{p}.scale"), &[c as i64], &positive),
+        float_tensor(&format!("{p}.bias"), &[c as i64], &random(rng, c, 0.2)),
+        float_tensor(&format!("{p}.mean"), &[c as i64], &random(rng, c, 0.2)),
+        float_tensor(&format!("{p}.var"), &[c as i64], &positive.iter().map(|v| v * 0.8).collect::<Vec<_>>()),
+    ]
+}
+
+fn bn_node(p: &str, x: &str, y: &str) -> NodeProto {
+    let inputs: Vec<String> = ["scale", "bias", "mean", "var"].iter().map(|s| format!("{p}.{s}")).collect();
+    let mut all = vec![x];
+    all.extend(inputs.iter().map(String::as_str));
+    node("BatchNormalization", p, &all, &[y])
+}
+
+fn onnx(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, inputs: &[&str], output: &str) -> ModelProto {
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: 17 }],
+        graph: Some(GraphProto {
+            node: nodes,
+            input: inputs.iter().map(|i| tensor_value_info(i, DataType::Float)).collect(),
+            output: vec![tensor_value_info(output, DataType::Float)],
+            initializer,
+            ..GraphProto::default()
+        }),
+        ..ModelProto::default()
+    }
+}
+
+/// A CNN with every structure pruning must respect: a BatchNorm'd stem, a residual Add, a
+/// depthwise convolution, a Concat of two branches, HardSwish and a Gemm head.
+fn cnn(seed: u64) -> ModelProto {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut init = vec![weight(&mut rng, "stem.w", &[8, 3, 3, 3]), float_tensor("stem.b", &[8], &random(&mut rng, 8, 0.1))];
+    init.extend(batch_norm(&mut rng, "stem_bn", 8));
+    init.push(weight(&mut rng, "a.w", &[8, 8, 3, 3]));
+    init.extend(batch_norm(&mut rng, "a_bn", 8));
+    init.push(weight(&mut rng, "dw.w", &[8, 1, 3, 3]));
+    init.push(float_tensor("dw.b", &[8], &random(&mut rng, 8, 0.1)));
+    init.push(weight(&mut rng, "b1.w", &[6, 8, 1, 1]));
+    init.push(weight(&mut rng, "b2.w", &[4, 8, 3, 3]));
+    init.push(float_tensor("scale", &[1, 10, 1, 1], &random(&mut rng, 10, 1.0)));
+    init.push(weight(&mut rng, "fc.w", &[5, 10]));
+    init.push(float_tensor("fc.b", &[5], &random(&mut rng, 5, 0.1)));
+    let p1 = ints("pads", &[1, 1, 1, 1]);
+    let nodes = vec![
+        with(node("Conv", "stem", &["x", "stem.w", "stem.b"], &["s0"]), vec![p1.clone(), ints("strides", &[2, 2])]),
+        bn_node("stem_bn", "s0", "s1"),
+        node("Relu", "stem_relu", &["s1"], &["s2"]),
+        with(node("Conv", "a", &["s2", "a.w"], &["a0"]), vec![p1.clone()]),
+        bn_node("a_bn", "a0", "a1"),
+        node("Add", "residual", &["a1", "s2"], &["r0"]),
+        node("Relu", "r_relu", &["r0"], &["r1"]),
+        with(node("Conv", "dw", &["r1", "dw.w", "dw.b"], &["d0"]), vec![p1.clone(), int_attribute("group", 8)]),
+        node("HardSwish", "d_act", &["d0"], &["d1"]),
+        with(node("Conv", "b1", &["d1", "b1.w"], &["c1"]), vec![]),
+        with(node("Conv", "b2", &["d1", "b2.w"], &["c2"]), vec![p1]),
+        with(node("Concat", "cat", &["c1", "c2"], &["c"]), vec![int_attribute("axis", 1)]),
+        node("Mul", "channel_scale", &["c", "scale"], &["m"]),
+        with(node("MaxPool", "pool", &["m"], &["p"]), vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]),
+        node("GlobalAveragePool", "gap", &["p"], &["g"]),
+        node("Flatten", "flatten", &["g"], &["f"]),
+        with(node("Gemm", "fc", &["f", "fc.w", "fc.b"], &["y"]), vec![int_attribute("transB", 1)]),
+    ];
+    onnx(nodes, init, &["x"], "y")
+}
+
+fn candle_input(values: &[f32], dims: &[usize], dtype: DType) -> Tensor {
+    Tensor::from_vec(values.to_vec(), dims.to_vec(), &Device::Cpu).expect("tensor").to_dtype(dtype).expect("dtype")
+}
+
+fn trainer_output(model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
+    let g = TrainGraph::new(model).expect("train graph");
+    let feeds: Vec<(String, Tensor)> =
+        inputs.iter().map(|(n, v, d)| (n.to_string(), candle_input(v, d, DType::F32))).collect();
+    let out = g.outputs()[0].clone();
+    let f = g.forward(&feeds, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("forward");
+    f.values[&out].flatten_all().expect("flat").to_vec1::<f32>().expect("values")
+}
+
+/// Runs `model` on an engine, its inputs given the shapes of `inputs` (tract needs them).
+fn engine_output(engine: &dyn Engine, model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.onnx");
+    let mut model = model.clone();
+    for info in &mut model.graph.as_mut().expect("graph").input {
+        let Some((_, _, dims)) = inputs.iter().find(|(n, _, _)| *n == info.name) else { continue };
+        if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            let dim = |d: usize| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Dimension::default() };
+            t.shape = Some(TensorShapeProto { dim: dims.iter().copied().map(dim).collect() });
+        }
+    }
+    model::save(&model, &path).expect("save");
+    run_file(engine, &path, inputs)
+}
+
+fn run_file(engine: &dyn Engine, path: &Path, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
+    let mut instance = engine.load(path, &LoadOptions { intra_op_threads: 1 }).expect("load");
+    let feeds: Vec<NamedTensor> = inputs
+        .iter()
+        .map(|(n, v, d)| NamedTensor {
+            name: n.to_string(),
+            tensor: rtserve_core::Tensor::from_f32(d.to_vec(), v).expect("tensor"),
+        })
+        .collect();
+    let out = engine.signature(path).expect("signature").outputs[0].name.clone();
+    let result = instance.infer(&feeds, &[out]).expect("infer");
+    result[0].tensor.to_f32().expect("f32")
+}
+
+/// ONNX Runtime when its library is found; a skip (with a note) otherwise, unless
+/// `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is set.
+fn ort() -> Option<Box<dyn Engine>> {
+    match engine::create(EngineChoice::OnnxRuntime, None) {
+        Ok(e) => Some(e),
+        Err(e) if std::env::var_os("RTSERVE_E2E_REQUIRE_ONNXRUNTIME").is_some() => {
+            panic!("RTSERVE_E2E_REQUIRE_ONNXRUNTIME is set but ONNX Runtime is missing: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: ONNX Runtime is missing ({e})");
+            None
+        }
+    }
+}
+
+fn tract() -> Box<dyn Engine> {
+    engine::create(EngineChoice::Tract, None).expect("tract")
+}
+
+fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= rel * scale, "{what}: value {i}: {g} vs {w} (scale {scale})");
+    }
+}
+
+/// Single-operator (or small) models covering every supported operator and attribute form.
+fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut cases = Vec::new();
+    let conv = |name: &'static str, attrs: Vec<AttributeProto>, w: &[i64], with_bias: bool, rng: &mut StdRng| {
+        let mut init = vec![weight(rng, "w", w)];
+        let mut inputs = vec!["x", "w"];
+        if with_bias {
+            init.push(float_tensor("b", &[w[0]], &random(rng, w[0] as usize, 0.5)));
+            inputs.push("b");
+        }
+        (name, onnx(vec![with(node("Conv", name, &inputs, &["y"]), attrs)], init, &["x"], "y"), vec![2, 4, 9, 9])
+    };
+    cases.push(conv("conv_plain", vec![], &[6, 4, 3, 3], true, &mut rng));
+    cases.push(conv(
+        "conv_strided_asymmetric",
+        vec![ints("strides", &[2, 2]), ints("pads", &[0, 1, 1, 0])],
+        &[6, 4, 3, 3],
+        true,
+        &mut rng,
+    ));
+    cases.push(conv("conv_groups", vec![int_attribute("group", 2), ints("pads", &[1, 1, 1, 1])], &[6, 2, 3, 3], false, &mut rng));
+    cases.push(conv("conv_depthwise", vec![int_attribute("group", 4), ints("pads", &[1, 1, 1, 1])], &[4, 1, 3, 3], true, &mut rng));
+    cases.push(conv("conv_dilated", vec![ints("dilations", &[2, 2]), ints("pads", &[2, 2, 2, 2])], &[3, 4, 3, 3], true, &mut rng));
+    let mut same = AttributeProto { name: "auto_pad".into(), r#type: AttributeType::String as i32, ..Default::default() };
+    same.s = b"SAME_UPPER".to_vec();
+    cases.push(conv("conv_same_upper", vec![same, ints("strides", &[2, 2])], &[3, 4, 3, 3], false, &mut rng));
+    let unary = |op: &'static str, attrs: Vec<AttributeProto>| {
+        (op, onnx(vec![with(node(op, op, &["x"], &["t"]), attrs), node("Mul", "mul", &["t", "k"], &["y"])],
+            vec![float_tensor("k", &[1], &[1.5])], &["x"], "y"), vec![2, 3, 4, 4])
+    };
+    cases.push(unary("Relu", vec![]));
+    cases.push(unary("Sigmoid", vec![]));
+    cases.push(unary("HardSigmoid", vec![float_attr("alpha", 0.3)]));
+    cases.push(unary("HardSwish", vec![]));
+    cases.push(unary("GlobalAveragePool", vec![]));
+    cases.push(unary("Dropout", vec![]));
+    cases.push(unary("Identity", vec![]));
+    cases.push(unary("Softmax", vec![int_attribute("axis", 1)]));
+    cases.push(unary("Transpose", vec![ints("perm", &[0, 2, 3, 1])]));
+    cases.push(unary("Flatten", vec![int_attribute("axis", 2)]));
+    cases.push(unary("MaxPool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]));
+    cases.push(unary("AveragePool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[1, 1]), ints("pads", &[1, 1, 1, 1])]));
+    let pools = onnx(
+        vec![
+            with(node("Conv", "conv", &["x", "w"], &["c"]), vec![]),
+            with(node("MaxPool", "max", &["c"], &["m"]), vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]),
+            with(node("AveragePool", "avg", &["m"], &["y"]), vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]),
+        ],
+        vec![weight(&mut rng, "w", &[3, 3, 1, 1])],
+        &["x"],
+        "y",
+    );
+    cases.push(("Conv/MaxPool 3x3 s2/AveragePool 3x3 s1 (gradient through both)", pools, vec![2, 3, 9, 9]));
+    let clip = onnx(
+        vec![node("Clip", "relu6", &["x", "lo", "hi"], &["y"])],
+        vec![float_tensor("lo", &[], &[0.0]), float_tensor("hi", &[], &[0.5]), weight(&mut rng, "unused", &[1, 1])],
+        &["x"],
+        "y",
+    );
+    cases.push(("Clip", clip, vec![2, 3, 4, 4]));
+    let bn = onnx(vec![bn_node("bn", "x", "y")], batch_norm(&mut rng, "bn", 3), &["x"], "y");
+    cases.push(("BatchNormalization", bn, vec![2, 3, 4, 4]));
+    let gemm = onnx(
+        vec![with(node("Gemm", "gemm", &["x", "w", "c"], &["y"]), vec![int_attribute("transB", 1), float_attr("alpha", 0.5), float_attr("beta", 2.0)])],
+        vec![weight(&mut rng, "w", &[7, 12]), float_tensor("c", &[7], &random(&mut rng, 7, 1.0))],
+        &["x"],
+        "y",
+    );
+    cases.push(("Gemm", gemm, vec![3, 12]));
+    let shape = TensorProto { name: "shape".into(), data_type: DataType::Int64 as i32, dims: vec![3], int64_data: vec![0, -1, 4], ..Default::default() };
+    let arith = onnx(
+        vec![
+            node("MatMul", "mm", &["x", "w"], &["a"]),
+            node("Add", "add", &["a", "b"], &["b1"]),
+            node("Sub", "sub", &["b1", "c"], &["b2"]),
+            node("Div", "div", &["b2", "d"], &["b3"]),
+            node("Reshape", "reshape", &["b3", "shape"], &["b4"]),
+            with(node("Concat", "concat", &["b4", "b4"], &["y"]), vec![int_attribute("axis", -1)]),
+        ],
+        vec![
+            weight(&mut rng, "w", &[12, 8]),
+            float_tensor("b", &[8], &random(&mut rng, 8, 1.0)),
+            float_tensor("c", &[1], &[0.25]),
+            float_tensor("d", &[8], &random(&mut rng, 8, 1.0).iter().map(|v| 2.0 + v).collect::<Vec<_>>()),
+            shape,
+        ],
+        &["x"],
+        "y",
+    );
+    cases.push(("MatMul/Add/Sub/Div/Reshape/Concat", arith, vec![3, 12]));
+    cases.push(("cnn", cnn(1), vec![2, 3, 16, 16]));
+    cases
+}
+
+#[test]
+fn forward_matches_onnx_runtime_and_tract_on_every_operator() {
+    let ort = ort();
+    let tract = tract();
+    let mut rng = StdRng::seed_from_u64(11);
+    for (name, model, dims) in operator_cases() {
+        let x = random(&mut rng, dims.iter().product(), 2.0);
+        let inputs = [("x", x.as_slice(), dims.as_slice())];
+        let ours = trainer_output(&model, &inputs);
+        if let Some(ort) = &ort {
+            assert_close(&ours, &engine_output(ort.as_ref(), &model, &inputs), 1e-4, &format!("{name} vs ONNX Runtime"));
+        }
+        assert_close(&ours, &engine_output(tract.as_ref(), &model, &inputs), 1e-4, &format!("{name} vs tract"));
+    }
+}
+
+/// Sum of outputs weighted by fixed random values: a loss whose gradient reaches everything.
+fn weighted_loss(g: &TrainGraph, x: &Tensor, r: &Tensor) -> Tensor {
+    let f = g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("forward");
+    let y = &f.values[&g.outputs()[0]];
+    (y.flatten_all().expect("flat") * r).expect("mul").sum_all().expect("sum")
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for (name, model, dims) in operator_cases() {
+        let g = TrainGraph::with_dtype(&model, DType::F64).expect("graph");
+        let x = candle_input(&random(&mut rng, dims.iter().product(), 2.0), &dims, DType::F64);
+        let probe = g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("probe");
+        let out_len = probe.values[&g.outputs()[0]].elem_count();
+        let r = candle_input(&random(&mut rng, out_len, 1.0), &[out_len], DType::F64);
+        let grads = weighted_loss(&g, &x, &r).backward().expect("backward");
+        for p in g.params().iter().filter(|p| p.kind == ParamKind::Trainable) {
+            let Some(grad) = grads.get(p.var.as_tensor()) else { continue };
+            let analytic = grad.flatten_all().expect("flat").to_vec1::<f64>().expect("grad");
+            let original = p.var.as_tensor().copy().expect("copy");
+            let values = original.flatten_all().expect("flat").to_vec1::<f64>().expect("values");
+            for k in [0, values.len() / 2, values.len() - 1] {
+                let h = 1e-5;
+                let eval = |delta: f64| {
+                    let mut v = values.clone();
+                    v[k] += delta;
+                    p.var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).expect("t")).expect("set");
+                    weighted_loss(&g, &x, &r).to_scalar::<f64>().expect("loss")
+                };
+                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+                p.var.set(&original).expect("restore");
+                let tol = 1e-5 + 1e-4 * numeric.abs().max(analytic[k].abs());
+                assert!(
+                    (numeric - analytic[k]).abs() <= tol,
+                    "{name}: d/d {}[{k}]: analytic {} vs numeric {numeric}",
+                    p.name,
+                    analytic[k]
+                );
+            }
+        }
+    }
+}
+
+/// A labelled toy set for a `[n, 3, 16, 16]`-input model: the class is decided by which third
+/// of the channels is brightest.
+fn toy_data(n: usize, seed: u64) -> Dataset {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    for _ in 0..n {
+        let class = rng.random_range(0..5u32);
+        for c in 0..3 {
+            for _ in 0..256 {
+                let base = if c as u32 == class % 3 { 0.8 } else { 0.0 };
+                features.push(base + rng.random::<f32>() * 0.5 - 0.25 + class as f32 * 0.05);
+            }
+        }
+        labels.push(class);
+    }
+    Dataset::new(vec![3, 16, 16], features, labels).expect("dataset")
+}
+
+fn quiet_train(g: &TrainGraph, data: &Dataset, options: &TrainOptions, hooks: Vec<&mut dyn rtserve_optimize::train::trainer::Hook>) {
+    let stop = AtomicBool::new(false);
+    let plugins = Plugins { objective: &mut CrossEntropy, hooks, stop: &stop, on_event: &mut |_| {} };
+    trainer::train(g, data, None, options, plugins).expect("train");
+}
+
+fn short_run() -> TrainOptions {
+    TrainOptions { epochs: 2, batch_size: 16, learning_rate: 0.02, seed: 9, ..TrainOptions::default() }
+}
+
+fn initializer_bytes(m: &ModelProto) -> Vec<Vec<f32>> {
+    m.graph.as_ref().expect("graph").initializer.iter().filter(|t| t.data_type == DataType::Float as i32).map(|t| float_values(t).expect("values")).collect()
+}
+
+#[test]
+fn the_same_seed_gives_the_same_weights_and_training_lowers_the_loss() {
+    let data = toy_data(96, 1);
+    let run = |seed: u64| {
+        let g = TrainGraph::new(&cnn(2)).expect("graph");
+        quiet_train(&g, &data, &TrainOptions { seed, ..short_run() }, Vec::new());
+        g.to_model().expect("export")
+    };
+    let (a, b, c) = (run(9), run(9), run(10));
+    assert_eq!(initializer_bytes(&a), initializer_bytes(&b));
+    assert_ne!(initializer_bytes(&a), initializer_bytes(&c));
+    let before = TrainGraph::new(&cnn(2)).expect("graph");
+    let after = TrainGraph::new(&a).expect("graph");
+    let loss = |g: &TrainGraph| {
+        let (x, labels) = data.batch(&(0..data.len()).collect::<Vec<_>>()).expect("batch");
+        let (y, _) = trainer::logits(g, "x", "y", x, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("logits");
+        trainer::cross_entropy(&y, &labels).expect("loss").to_scalar::<f32>().expect("scalar")
+    };
+    assert!(loss(&after) < loss(&before), "{} !< {}", loss(&after), loss(&before));
+}
+
+#[test]
+fn a_trained_model_reloads_in_both_engines_with_the_trainers_outputs() {
+    let data = toy_data(48, 2);
+    let g = TrainGraph::new(&cnn(3)).expect("graph");
+    quiet_train(&g, &data, &short_run(), Vec::new());
+    let trained = g.to_model().expect("export");
+    let original = cnn(3);
+    let (og, tg) = (original.graph.as_ref().expect("g"), trained.graph.as_ref().expect("g"));
+    assert_eq!(og.node, tg.node);
+    assert_eq!(og.input, tg.input);
+    assert_eq!(original.opset_import, trained.opset_import);
+    let names = |g: &GraphProto| g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect::<Vec<_>>();
+    assert_eq!(names(og), names(tg));
+    let (x, _) = data.batch(&[0, 1, 2]).expect("batch");
+    let values = x.flatten_all().expect("flat").to_vec1::<f32>().expect("x");
+    let inputs = [("x", values.as_slice(), &[3usize, 3, 16, 16][..])];
+    let ours = trainer_output(&trained, &inputs);
+    assert_close(&ours, &engine_output(tract().as_ref(), &trained, &inputs), 1e-4, "trained vs tract");
+    if let Some(ort) = ort() {
+        assert_close(&ours, &engine_output(ort.as_ref(), &trained, &inputs), 1e-4, "trained vs ONNX Runtime");
+    }
+}
+
+#[test]
+fn channel_pruning_keeps_groups_consistent_and_equals_the_masked_model() {
+    let model = cnn(4);
+    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L2, round_to: 1 };
+    let (deps, selection, reports) = channels::select(&model, &options).expect("select");
+    // stem+residual (one group: the Add joins them), dw rides along; b1, b2 (Concat parts); the
+    // Gemm's output is the graph output: blocked.
+    let pruned_groups: Vec<_> = reports.iter().filter(|r| r.kept < r.channels).collect();
+    assert_eq!(pruned_groups.len(), 3, "{reports:#?}");
+    assert!(reports.iter().any(|r| r.producers.contains(&"fc.w".to_string()) && r.blocked.is_some()), "{reports:#?}");
+    let residual = reports.iter().find(|r| r.producers.contains(&"stem.w".to_string())).expect("stem group");
+    assert!(residual.producers.contains(&"a.w".to_string()), "the Add must join stem and a: {residual:?}");
+    assert_eq!(residual.kept, 4);
+    let pruned = channels::remove(&model, &deps, &selection).expect("remove");
+    let masked = channels::mask_consumers(&model, &deps, &selection).expect("mask");
+    let dims = |m: &ModelProto, n: &str| {
+        m.graph.as_ref().expect("g").initializer.iter().find(|t| t.name == n).expect("init").dims.clone()
+    };
+    assert_eq!(dims(&pruned, "stem.w"), vec![4, 3, 3, 3]);
+    assert_eq!(dims(&pruned, "a.w"), vec![4, 4, 3, 3]);
+    assert_eq!(dims(&pruned, "dw.w"), vec![4, 1, 3, 3]);
+    assert_eq!(dims(&pruned, "b1.w"), vec![3, 4, 1, 1]);
+    assert_eq!(dims(&pruned, "b2.w"), vec![2, 4, 3, 3]);
+    assert_eq!(dims(&pruned, "scale"), vec![1, 5, 1, 1]);
+    assert_eq!(dims(&pruned, "fc.w"), vec![5, 5]);
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = random(&mut rng, 2 * 3 * 16 * 16, 1.0);
+    let inputs = [("x", x.as_slice(), &[2usize, 3, 16, 16][..])];
+    let engines: Vec<Box<dyn Engine>> = std::iter::once(tract()).chain(ort()).collect();
+    for engine in &engines {
+        let want = engine_output(engine.as_ref(), &masked, &inputs);
+        let got = engine_output(engine.as_ref(), &pruned, &inputs);
+        assert_close(&got, &want, 1e-4, &format!("pruned vs masked on {}", engine.name()));
+    }
+    // The trainer runs the pruned model too, and agrees.
+    assert_close(&trainer_output(&pruned, &inputs), &engine_output(engines[0].as_ref(), &pruned, &inputs), 1e-4, "trainer");
+}
+
+#[test]
+fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let single = onnx(
+        vec![with(node("Gemm", "fc", &["x", "w"], &["y"]), vec![int_attribute("transB", 1)])],
+        vec![weight(&mut rng, "w", &[3, 4])],
+        &["x"],
+        "y",
+    );
+    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L1, round_to: 1 };
+    let err = channels::select(&single, &options).expect_err("nothing").to_string();
+    assert!(err.contains("no channel group"), "{err}");
+    for s in [0.0, 1.0, -0.5, 1.5] {
+        let err = channels::select(&cnn(1), &ChannelOptions { sparsity: s, ..options.clone() }).expect_err("bad").to_string();
+        assert!(err.contains("between 0 and 1"), "{err}");
+    }
+}
+
+#[test]
+fn magnitude_pruning_reaches_its_sparsity_and_keeps_it_through_training() {
+    let data = toy_data(64, 3);
+    for (scope, schedule) in [(Scope::Global, SparsitySchedule::Polynomial), (Scope::PerLayer, SparsitySchedule::Constant)] {
+        let g = TrainGraph::new(&cnn(5)).expect("graph");
+        let mut pruner = MagnitudePruner::new(&g, MagnitudeOptions { sparsity: 0.5, scope, schedule }).expect("pruner");
+        quiet_train(&g, &data, &short_run(), vec![&mut pruner]);
+        let layers = pruner.report(&g).expect("report");
+        let (values, zeros) = layers.iter().fold((0, 0), |(v, z), l| (v + l.values, z + l.zeros));
+        let share = zeros as f64 / values as f64;
+        assert!((share - 0.5).abs() < 0.01, "{scope:?}: {share}");
+        if scope == Scope::PerLayer {
+            for l in &layers {
+                let s = l.zeros as f64 / l.values as f64;
+                assert!((s - 0.5).abs() <= 1.0 / l.values as f64 + 1e-9, "{}: {s}", l.weight);
+            }
+        }
+        // Biases and BatchNorm are not pruned.
+        let bias = g.param("fc.b").expect("bias").var.as_tensor().flatten_all().expect("f").to_vec1::<f32>().expect("v");
+        assert!(bias.iter().all(|v| *v != 0.0));
+    }
+}
+
+/// The zoo's models (scripts/model_zoo.py fetch) through the trainer's forward pass against
+/// ONNX Runtime. Skipped when the zoo is not fetched, unless `RTSERVE_ZOO_REQUIRED` is set.
+#[test]
+fn zoo_models_forward_matches_onnx_runtime() {
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/zoo");
+    let Some(ort) = ort() else { return };
+    let mut rng = StdRng::seed_from_u64(12);
+    for name in ["mobilenetv2", "efficientnet_lite0", "resnet50"] {
+        let path = zoo.join(name).join("1/model.onnx");
+        if !path.exists() {
+            assert!(std::env::var_os("RTSERVE_ZOO_REQUIRED").is_none(), "RTSERVE_ZOO_REQUIRED is set but {} is missing", path.display());
+            eprintln!("skipped {name}: {} is missing (python3 scripts/model_zoo.py fetch)", path.display());
+            continue;
+        }
+        let model = model::load(&path).expect("load");
+        let dims = [1usize, 3, 224, 224];
+        let x = random(&mut rng, dims.iter().product(), 2.0);
+        let input = ort.signature(&path).expect("signature").inputs[0].name.clone();
+        let inputs = [(input.as_str(), x.as_slice(), &dims[..])];
+        let ours = trainer_output(&model, &inputs);
+        assert_close(&ours, &run_file(ort.as_ref(), &path, &inputs), 1e-4, name);
+    }
+}
