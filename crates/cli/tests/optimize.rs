@@ -452,9 +452,11 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     write_labels(&labels, 40);
     let (d, l) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"));
     let cnn = example("cnn");
-    let common = ["--data", d, "--labels", l, "--epochs", "1", "--batch-size", "8", "--heldout", "0.25", "--json"];
+    let common =
+        ["--data", d, "--labels", l, "--epochs", "1", "--batch-size", "8", "--heldout", "0.25", "--json"];
     let trained = dir.path().join("trained.onnx");
-    let mut args = vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", trained.to_str().expect("utf-8")];
+    let mut args =
+        vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", trained.to_str().expect("utf-8")];
     args.extend(common);
     let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
     assert_eq!(report["training"]["epochs"].as_array().map(Vec::len), Some(1), "{report}");
@@ -465,7 +467,15 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     evaluate(&cnn, &trained, &data, "tract", &[]);
 
     let small = dir.path().join("channels.onnx");
-    let mut args = vec!["prune", "--method", "channels", "--model", cnn.to_str().expect("utf-8"), "--out", small.to_str().expect("utf-8")];
+    let mut args = vec![
+        "prune",
+        "--method",
+        "channels",
+        "--model",
+        cnn.to_str().expect("utf-8"),
+        "--out",
+        small.to_str().expect("utf-8"),
+    ];
     args.extend(common);
     let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
     assert!(report["params_after"].as_u64() < report["params_before"].as_u64(), "{report}");
@@ -473,25 +483,39 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     evaluate(&cnn, &small, &data, "tract", &[]);
 
     let sparse = dir.path().join("magnitude.onnx");
-    let mut args = vec!["prune", "--method", "magnitude", "--model", cnn.to_str().expect("utf-8"), "--out", sparse.to_str().expect("utf-8")];
+    let mut args = vec![
+        "prune",
+        "--method",
+        "magnitude",
+        "--model",
+        cnn.to_str().expect("utf-8"),
+        "--out",
+        sparse.to_str().expect("utf-8"),
+    ];
     args.extend(common);
     let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
     assert!(report["gzip_bytes_after"].as_u64() < report["gzip_bytes_before"].as_u64(), "{report}");
-    let zeros: u64 = report["layers"].as_array().expect("layers").iter().map(|l| l["zeros"].as_u64().expect("z")).sum();
-    let values: u64 = report["layers"].as_array().expect("layers").iter().map(|l| l["values"].as_u64().expect("v")).sum();
+    let zeros: u64 =
+        report["layers"].as_array().expect("layers").iter().map(|l| l["zeros"].as_u64().expect("z")).sum();
+    let values: u64 =
+        report["layers"].as_array().expect("layers").iter().map(|l| l["values"].as_u64().expect("v")).sum();
     assert!((zeros as f64 / values as f64 - 0.5).abs() < 0.01, "{report}");
 }
 
 #[test]
 fn training_and_pruning_refuse_bad_input_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (data, labels, flat) = (dir.path().join("x.npy"), dir.path().join("y.npy"), dir.path().join("flat.npy"));
+    let (data, labels, flat) =
+        (dir.path().join("x.npy"), dir.path().join("y.npy"), dir.path().join("flat.npy"));
+    let twelve = dir.path().join("y12.npy");
     write_npy(&data, 12, &[1, 28, 28]);
     write_npy(&flat, 12, &[784]);
     write_labels(&labels, 10);
+    write_labels(&twelve, 12);
     let cnn = example("cnn");
     let run = |extra: &[&str]| {
-        let mut args = vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null", "--epochs", "1"];
+        let mut args =
+            vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null", "--epochs", "1"];
         args.extend(extra);
         let out = rtserve(&args);
         assert!(!out.status.success(), "{extra:?} succeeded");
@@ -499,12 +523,14 @@ fn training_and_pruning_refuse_bad_input_clearly() {
         assert!(!stderr.contains("panicked"), "{stderr}");
         stderr
     };
-    let (d, l, f) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"), flat.to_str().expect("utf-8"));
+    let (d, l, f) =
+        (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"), flat.to_str().expect("utf-8"));
     let err = run(&["--data", d, "--labels", l]);
     assert!(err.contains("12 samples but 10 labels"), "{err}");
-    let err = run(&["--data", f, "--labels", l]);
+    let err = run(&["--data", f, "--labels", twelve.to_str().expect("utf-8")]);
     assert!(err.contains("do not fit model input"), "{err}");
-    let mut args = vec!["prune", "--sparsity", "1.5", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null"];
+    let mut args =
+        vec!["prune", "--sparsity", "1.5", "--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null"];
     args.extend(["--data", d, "--labels", l]);
     let out = rtserve(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"), "{out:?}");
@@ -520,7 +546,20 @@ fn training_and_pruning_refuse_bad_input_clearly() {
             ..GraphProto::default()
         },
     );
-    let out = rtserve(&["train", "--model", unsupported.to_str().expect("utf-8"), "--out", "/dev/null", "--data", d, "--labels", l]);
+    let out = rtserve(&[
+        "train",
+        "--model",
+        unsupported.to_str().expect("utf-8"),
+        "--out",
+        "/dev/null",
+        "--data",
+        d,
+        "--labels",
+        l,
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("node 'the_lrn' (LRN)") && stderr.contains("not supported"), "{stderr}");
+    assert!(
+        !out.status.success() && stderr.contains("node 'the_lrn' (LRN)") && stderr.contains("not supported"),
+        "{stderr}"
+    );
 }

@@ -179,7 +179,9 @@ pub fn tensor_dims(info: &ValueInfoProto) -> Option<Vec<Option<usize>>> {
             .dim
             .iter()
             .map(|d| match d.value {
-                Some(crate::onnx::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => Some(v as usize),
+                Some(crate::onnx::tensor_shape_proto::dimension::Value::DimValue(v)) if v > 0 => {
+                    Some(v as usize)
+                }
                 _ => None,
             })
             .collect(),

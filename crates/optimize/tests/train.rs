@@ -15,7 +15,8 @@ use rtserve_optimize::model::{self, float_tensor, float_values, tensor_value_inf
 use rtserve_optimize::onnx::attribute_proto::AttributeType;
 use rtserve_optimize::onnx::tensor_shape_proto::{dimension, Dimension};
 use rtserve_optimize::onnx::{
-    tensor_proto::DataType, type_proto, TensorShapeProto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    tensor_proto::DataType, type_proto, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto,
 };
 use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
 use rtserve_optimize::prune::magnitude::{MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
@@ -24,7 +25,12 @@ use rtserve_optimize::train::trainer::{self, CrossEntropy, Plugins, TrainOptions
 use rtserve_optimize::train::{Mode, ParamKind, TrainGraph};
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: values.to_vec(), ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        r#type: AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
 }
 
 fn float_attr(name: &str, value: f32) -> AttributeProto {
@@ -83,7 +89,10 @@ fn onnx(nodes: Vec<NodeProto>, initializer: Vec<TensorProto>, inputs: &[&str], o
 /// depthwise convolution, a Concat of two branches, HardSwish and a Gemm head.
 fn cnn(seed: u64) -> ModelProto {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut init = vec![weight(&mut rng, "stem.w", &[8, 3, 3, 3]), float_tensor("stem.b", &[8], &random(&mut rng, 8, 0.1))];
+    let mut init = vec![
+        weight(&mut rng, "stem.w", &[8, 3, 3, 3]),
+        float_tensor("stem.b", &[8], &random(&mut rng, 8, 0.1)),
+    ];
     init.extend(batch_norm(&mut rng, "stem_bn", 8));
     init.push(weight(&mut rng, "a.w", &[8, 8, 3, 3]));
     init.extend(batch_norm(&mut rng, "a_bn", 8));
@@ -96,20 +105,29 @@ fn cnn(seed: u64) -> ModelProto {
     init.push(float_tensor("fc.b", &[5], &random(&mut rng, 5, 0.1)));
     let p1 = ints("pads", &[1, 1, 1, 1]);
     let nodes = vec![
-        with(node("Conv", "stem", &["x", "stem.w", "stem.b"], &["s0"]), vec![p1.clone(), ints("strides", &[2, 2])]),
+        with(
+            node("Conv", "stem", &["x", "stem.w", "stem.b"], &["s0"]),
+            vec![p1.clone(), ints("strides", &[2, 2])],
+        ),
         bn_node("stem_bn", "s0", "s1"),
         node("Relu", "stem_relu", &["s1"], &["s2"]),
         with(node("Conv", "a", &["s2", "a.w"], &["a0"]), vec![p1.clone()]),
         bn_node("a_bn", "a0", "a1"),
         node("Add", "residual", &["a1", "s2"], &["r0"]),
         node("Relu", "r_relu", &["r0"], &["r1"]),
-        with(node("Conv", "dw", &["r1", "dw.w", "dw.b"], &["d0"]), vec![p1.clone(), int_attribute("group", 8)]),
+        with(
+            node("Conv", "dw", &["r1", "dw.w", "dw.b"], &["d0"]),
+            vec![p1.clone(), int_attribute("group", 8)],
+        ),
         node("HardSwish", "d_act", &["d0"], &["d1"]),
         with(node("Conv", "b1", &["d1", "b1.w"], &["c1"]), vec![]),
         with(node("Conv", "b2", &["d1", "b2.w"], &["c2"]), vec![p1]),
         with(node("Concat", "cat", &["c1", "c2"], &["c"]), vec![int_attribute("axis", 1)]),
         node("Mul", "channel_scale", &["c", "scale"], &["m"]),
-        with(node("MaxPool", "pool", &["m"], &["p"]), vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])]),
+        with(
+            node("MaxPool", "pool", &["m"], &["p"]),
+            vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+        ),
         node("GlobalAveragePool", "gap", &["p"], &["g"]),
         node("Flatten", "flatten", &["g"], &["f"]),
         with(node("Gemm", "fc", &["f", "fc.w", "fc.b"], &["y"]), vec![int_attribute("transB", 1)]),
@@ -118,7 +136,10 @@ fn cnn(seed: u64) -> ModelProto {
 }
 
 fn candle_input(values: &[f32], dims: &[usize], dtype: DType) -> Tensor {
-    Tensor::from_vec(values.to_vec(), dims.to_vec(), &Device::Cpu).expect("tensor").to_dtype(dtype).expect("dtype")
+    Tensor::from_vec(values.to_vec(), dims.to_vec(), &Device::Cpu)
+        .expect("tensor")
+        .to_dtype(dtype)
+        .expect("dtype")
 }
 
 fn trainer_output(model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
@@ -138,7 +159,10 @@ fn engine_output(engine: &dyn Engine, model: &ModelProto, inputs: &[(&str, &[f32
     for info in &mut model.graph.as_mut().expect("graph").input {
         let Some((_, _, dims)) = inputs.iter().find(|(n, _, _)| *n == info.name) else { continue };
         if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            let dim = |d: usize| Dimension { value: Some(dimension::Value::DimValue(d as i64)), ..Dimension::default() };
+            let dim = |d: usize| Dimension {
+                value: Some(dimension::Value::DimValue(d as i64)),
+                ..Dimension::default()
+            };
             t.shape = Some(TensorShapeProto { dim: dims.iter().copied().map(dim).collect() });
         }
     }
@@ -191,15 +215,20 @@ fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
 fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
     let mut rng = StdRng::seed_from_u64(3);
     let mut cases = Vec::new();
-    let conv = |name: &'static str, attrs: Vec<AttributeProto>, w: &[i64], with_bias: bool, rng: &mut StdRng| {
-        let mut init = vec![weight(rng, "w", w)];
-        let mut inputs = vec!["x", "w"];
-        if with_bias {
-            init.push(float_tensor("b", &[w[0]], &random(rng, w[0] as usize, 0.5)));
-            inputs.push("b");
-        }
-        (name, onnx(vec![with(node("Conv", name, &inputs, &["y"]), attrs)], init, &["x"], "y"), vec![2, 4, 9, 9])
-    };
+    let conv =
+        |name: &'static str, attrs: Vec<AttributeProto>, w: &[i64], with_bias: bool, rng: &mut StdRng| {
+            let mut init = vec![weight(rng, "w", w)];
+            let mut inputs = vec!["x", "w"];
+            if with_bias {
+                init.push(float_tensor("b", &[w[0]], &random(rng, w[0] as usize, 0.5)));
+                inputs.push("b");
+            }
+            (
+                name,
+                onnx(vec![with(node("Conv", name, &inputs, &["y"]), attrs)], init, &["x"], "y"),
+                vec![2, 4, 9, 9],
+            )
+        };
     cases.push(conv("conv_plain", vec![], &[6, 4, 3, 3], true, &mut rng));
     cases.push(conv(
         "conv_strided_asymmetric",
@@ -208,15 +237,45 @@ fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
         true,
         &mut rng,
     ));
-    cases.push(conv("conv_groups", vec![int_attribute("group", 2), ints("pads", &[1, 1, 1, 1])], &[6, 2, 3, 3], false, &mut rng));
-    cases.push(conv("conv_depthwise", vec![int_attribute("group", 4), ints("pads", &[1, 1, 1, 1])], &[4, 1, 3, 3], true, &mut rng));
-    cases.push(conv("conv_dilated", vec![ints("dilations", &[2, 2]), ints("pads", &[2, 2, 2, 2])], &[3, 4, 3, 3], true, &mut rng));
-    let mut same = AttributeProto { name: "auto_pad".into(), r#type: AttributeType::String as i32, ..Default::default() };
+    cases.push(conv(
+        "conv_groups",
+        vec![int_attribute("group", 2), ints("pads", &[1, 1, 1, 1])],
+        &[6, 2, 3, 3],
+        false,
+        &mut rng,
+    ));
+    cases.push(conv(
+        "conv_depthwise",
+        vec![int_attribute("group", 4), ints("pads", &[1, 1, 1, 1])],
+        &[4, 1, 3, 3],
+        true,
+        &mut rng,
+    ));
+    cases.push(conv(
+        "conv_dilated",
+        vec![ints("dilations", &[2, 2]), ints("pads", &[2, 2, 2, 2])],
+        &[3, 4, 3, 3],
+        true,
+        &mut rng,
+    ));
+    let mut same = AttributeProto {
+        name: "auto_pad".into(),
+        r#type: AttributeType::String as i32,
+        ..Default::default()
+    };
     same.s = b"SAME_UPPER".to_vec();
     cases.push(conv("conv_same_upper", vec![same, ints("strides", &[2, 2])], &[3, 4, 3, 3], false, &mut rng));
     let unary = |op: &'static str, attrs: Vec<AttributeProto>| {
-        (op, onnx(vec![with(node(op, op, &["x"], &["t"]), attrs), node("Mul", "mul", &["t", "k"], &["y"])],
-            vec![float_tensor("k", &[1], &[1.5])], &["x"], "y"), vec![2, 3, 4, 4])
+        (
+            op,
+            onnx(
+                vec![with(node(op, op, &["x"], &["t"]), attrs), node("Mul", "mul", &["t", "k"], &["y"])],
+                vec![float_tensor("k", &[1], &[1.5])],
+                &["x"],
+                "y",
+            ),
+            vec![2, 3, 4, 4],
+        )
     };
     cases.push(unary("Relu", vec![]));
     cases.push(unary("Sigmoid", vec![]));
@@ -228,13 +287,25 @@ fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
     cases.push(unary("Softmax", vec![int_attribute("axis", 1)]));
     cases.push(unary("Transpose", vec![ints("perm", &[0, 2, 3, 1])]));
     cases.push(unary("Flatten", vec![int_attribute("axis", 2)]));
-    cases.push(unary("MaxPool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]));
-    cases.push(unary("AveragePool", vec![ints("kernel_shape", &[3, 3]), ints("strides", &[1, 1]), ints("pads", &[1, 1, 1, 1])]));
+    cases.push(unary(
+        "MaxPool",
+        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+    ));
+    cases.push(unary(
+        "AveragePool",
+        vec![ints("kernel_shape", &[3, 3]), ints("strides", &[1, 1]), ints("pads", &[1, 1, 1, 1])],
+    ));
     let pools = onnx(
         vec![
             with(node("Conv", "conv", &["x", "w"], &["c"]), vec![]),
-            with(node("MaxPool", "max", &["c"], &["m"]), vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])]),
-            with(node("AveragePool", "avg", &["m"], &["y"]), vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])]),
+            with(
+                node("MaxPool", "max", &["c"], &["m"]),
+                vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1])],
+            ),
+            with(
+                node("AveragePool", "avg", &["m"], &["y"]),
+                vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+            ),
         ],
         vec![weight(&mut rng, "w", &[3, 3, 1, 1])],
         &["x"],
@@ -243,7 +314,11 @@ fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
     cases.push(("Conv/MaxPool 3x3 s2/AveragePool 3x3 s1 (gradient through both)", pools, vec![2, 3, 9, 9]));
     let clip = onnx(
         vec![node("Clip", "relu6", &["x", "lo", "hi"], &["y"])],
-        vec![float_tensor("lo", &[], &[0.0]), float_tensor("hi", &[], &[0.5]), weight(&mut rng, "unused", &[1, 1])],
+        vec![
+            float_tensor("lo", &[], &[0.0]),
+            float_tensor("hi", &[], &[0.5]),
+            weight(&mut rng, "unused", &[1, 1]),
+        ],
         &["x"],
         "y",
     );
@@ -251,13 +326,22 @@ fn operator_cases() -> Vec<(&'static str, ModelProto, Vec<usize>)> {
     let bn = onnx(vec![bn_node("bn", "x", "y")], batch_norm(&mut rng, "bn", 3), &["x"], "y");
     cases.push(("BatchNormalization", bn, vec![2, 3, 4, 4]));
     let gemm = onnx(
-        vec![with(node("Gemm", "gemm", &["x", "w", "c"], &["y"]), vec![int_attribute("transB", 1), float_attr("alpha", 0.5), float_attr("beta", 2.0)])],
+        vec![with(
+            node("Gemm", "gemm", &["x", "w", "c"], &["y"]),
+            vec![int_attribute("transB", 1), float_attr("alpha", 0.5), float_attr("beta", 2.0)],
+        )],
         vec![weight(&mut rng, "w", &[7, 12]), float_tensor("c", &[7], &random(&mut rng, 7, 1.0))],
         &["x"],
         "y",
     );
     cases.push(("Gemm", gemm, vec![3, 12]));
-    let shape = TensorProto { name: "shape".into(), data_type: DataType::Int64 as i32, dims: vec![3], int64_data: vec![0, -1, 4], ..Default::default() };
+    let shape = TensorProto {
+        name: "shape".into(),
+        data_type: DataType::Int64 as i32,
+        dims: vec![3],
+        int64_data: vec![0, -1, 4],
+        ..Default::default()
+    };
     let arith = onnx(
         vec![
             node("MatMul", "mm", &["x", "w"], &["a"]),
@@ -292,15 +376,26 @@ fn forward_matches_onnx_runtime_and_tract_on_every_operator() {
         let inputs = [("x", x.as_slice(), dims.as_slice())];
         let ours = trainer_output(&model, &inputs);
         if let Some(ort) = &ort {
-            assert_close(&ours, &engine_output(ort.as_ref(), &model, &inputs), 1e-4, &format!("{name} vs ONNX Runtime"));
+            assert_close(
+                &ours,
+                &engine_output(ort.as_ref(), &model, &inputs),
+                1e-4,
+                &format!("{name} vs ONNX Runtime"),
+            );
         }
-        assert_close(&ours, &engine_output(tract.as_ref(), &model, &inputs), 1e-4, &format!("{name} vs tract"));
+        assert_close(
+            &ours,
+            &engine_output(tract.as_ref(), &model, &inputs),
+            1e-4,
+            &format!("{name} vs tract"),
+        );
     }
 }
 
 /// Sum of outputs weighted by fixed random values: a loss whose gradient reaches everything.
 fn weighted_loss(g: &TrainGraph, x: &Tensor, r: &Tensor) -> Tensor {
-    let f = g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("forward");
+    let f =
+        g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("forward");
     let y = &f.values[&g.outputs()[0]];
     (y.flatten_all().expect("flat") * r).expect("mul").sum_all().expect("sum")
 }
@@ -311,7 +406,8 @@ fn gradients_match_finite_differences() {
     for (name, model, dims) in operator_cases() {
         let g = TrainGraph::with_dtype(&model, DType::F64).expect("graph");
         let x = candle_input(&random(&mut rng, dims.iter().product(), 2.0), &dims, DType::F64);
-        let probe = g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("probe");
+        let probe =
+            g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("probe");
         let out_len = probe.values[&g.outputs()[0]].elem_count();
         let r = candle_input(&random(&mut rng, out_len, 1.0), &[out_len], DType::F64);
         let grads = weighted_loss(&g, &x, &r).backward().expect("backward");
@@ -361,7 +457,12 @@ fn toy_data(n: usize, seed: u64) -> Dataset {
     Dataset::new(vec![3, 16, 16], features, labels).expect("dataset")
 }
 
-fn quiet_train(g: &TrainGraph, data: &Dataset, options: &TrainOptions, hooks: Vec<&mut dyn rtserve_optimize::train::trainer::Hook>) {
+fn quiet_train(
+    g: &TrainGraph,
+    data: &Dataset,
+    options: &TrainOptions,
+    hooks: Vec<&mut dyn rtserve_optimize::train::trainer::Hook>,
+) {
     let stop = AtomicBool::new(false);
     let plugins = Plugins { objective: &mut CrossEntropy, hooks, stop: &stop, on_event: &mut |_| {} };
     trainer::train(g, data, None, options, plugins).expect("train");
@@ -372,7 +473,14 @@ fn short_run() -> TrainOptions {
 }
 
 fn initializer_bytes(m: &ModelProto) -> Vec<Vec<f32>> {
-    m.graph.as_ref().expect("graph").initializer.iter().filter(|t| t.data_type == DataType::Float as i32).map(|t| float_values(t).expect("values")).collect()
+    m.graph
+        .as_ref()
+        .expect("graph")
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == DataType::Float as i32)
+        .map(|t| float_values(t).expect("values"))
+        .collect()
 }
 
 #[test]
@@ -390,7 +498,8 @@ fn the_same_seed_gives_the_same_weights_and_training_lowers_the_loss() {
     let after = TrainGraph::new(&a).expect("graph");
     let loss = |g: &TrainGraph| {
         let (x, labels) = data.batch(&(0..data.len()).collect::<Vec<_>>()).expect("batch");
-        let (y, _) = trainer::logits(g, "x", "y", x, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("logits");
+        let (y, _) =
+            trainer::logits(g, "x", "y", x, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("logits");
         trainer::cross_entropy(&y, &labels).expect("loss").to_scalar::<f32>().expect("scalar")
     };
     assert!(loss(&after) < loss(&before), "{} !< {}", loss(&after), loss(&before));
@@ -407,7 +516,8 @@ fn a_trained_model_reloads_in_both_engines_with_the_trainers_outputs() {
     assert_eq!(og.node, tg.node);
     assert_eq!(og.input, tg.input);
     assert_eq!(original.opset_import, trained.opset_import);
-    let names = |g: &GraphProto| g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect::<Vec<_>>();
+    let names =
+        |g: &GraphProto| g.initializer.iter().map(|t| (t.name.clone(), t.dims.clone())).collect::<Vec<_>>();
     assert_eq!(names(og), names(tg));
     let (x, _) = data.batch(&[0, 1, 2]).expect("batch");
     let values = x.flatten_all().expect("flat").to_vec1::<f32>().expect("x");
@@ -428,7 +538,10 @@ fn channel_pruning_keeps_groups_consistent_and_equals_the_masked_model() {
     // Gemm's output is the graph output: blocked.
     let pruned_groups: Vec<_> = reports.iter().filter(|r| r.kept < r.channels).collect();
     assert_eq!(pruned_groups.len(), 3, "{reports:#?}");
-    assert!(reports.iter().any(|r| r.producers.contains(&"fc.w".to_string()) && r.blocked.is_some()), "{reports:#?}");
+    assert!(
+        reports.iter().any(|r| r.producers.contains(&"fc.w".to_string()) && r.blocked.is_some()),
+        "{reports:#?}"
+    );
     let residual = reports.iter().find(|r| r.producers.contains(&"stem.w".to_string())).expect("stem group");
     assert!(residual.producers.contains(&"a.w".to_string()), "the Add must join stem and a: {residual:?}");
     assert_eq!(residual.kept, 4);
@@ -454,7 +567,12 @@ fn channel_pruning_keeps_groups_consistent_and_equals_the_masked_model() {
         assert_close(&got, &want, 1e-4, &format!("pruned vs masked on {}", engine.name()));
     }
     // The trainer runs the pruned model too, and agrees.
-    assert_close(&trainer_output(&pruned, &inputs), &engine_output(engines[0].as_ref(), &pruned, &inputs), 1e-4, "trainer");
+    assert_close(
+        &trainer_output(&pruned, &inputs),
+        &engine_output(engines[0].as_ref(), &pruned, &inputs),
+        1e-4,
+        "trainer",
+    );
 }
 
 #[test]
@@ -470,7 +588,9 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
     let err = channels::select(&single, &options).expect_err("nothing").to_string();
     assert!(err.contains("no channel group"), "{err}");
     for s in [0.0, 1.0, -0.5, 1.5] {
-        let err = channels::select(&cnn(1), &ChannelOptions { sparsity: s, ..options.clone() }).expect_err("bad").to_string();
+        let err = channels::select(&cnn(1), &ChannelOptions { sparsity: s, ..options.clone() })
+            .expect_err("bad")
+            .to_string();
         assert!(err.contains("between 0 and 1"), "{err}");
     }
 }
@@ -478,9 +598,12 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
 #[test]
 fn magnitude_pruning_reaches_its_sparsity_and_keeps_it_through_training() {
     let data = toy_data(64, 3);
-    for (scope, schedule) in [(Scope::Global, SparsitySchedule::Polynomial), (Scope::PerLayer, SparsitySchedule::Constant)] {
+    for (scope, schedule) in
+        [(Scope::Global, SparsitySchedule::Polynomial), (Scope::PerLayer, SparsitySchedule::Constant)]
+    {
         let g = TrainGraph::new(&cnn(5)).expect("graph");
-        let mut pruner = MagnitudePruner::new(&g, MagnitudeOptions { sparsity: 0.5, scope, schedule }).expect("pruner");
+        let mut pruner =
+            MagnitudePruner::new(&g, MagnitudeOptions { sparsity: 0.5, scope, schedule }).expect("pruner");
         quiet_train(&g, &data, &short_run(), vec![&mut pruner]);
         let layers = pruner.report(&g).expect("report");
         let (values, zeros) = layers.iter().fold((0, 0), |(v, z), l| (v + l.values, z + l.zeros));
@@ -493,7 +616,15 @@ fn magnitude_pruning_reaches_its_sparsity_and_keeps_it_through_training() {
             }
         }
         // Biases and BatchNorm are not pruned.
-        let bias = g.param("fc.b").expect("bias").var.as_tensor().flatten_all().expect("f").to_vec1::<f32>().expect("v");
+        let bias = g
+            .param("fc.b")
+            .expect("bias")
+            .var
+            .as_tensor()
+            .flatten_all()
+            .expect("f")
+            .to_vec1::<f32>()
+            .expect("v");
         assert!(bias.iter().all(|v| *v != 0.0));
     }
 }
@@ -508,7 +639,11 @@ fn zoo_models_forward_matches_onnx_runtime() {
     for name in ["mobilenetv2", "efficientnet_lite0", "resnet50"] {
         let path = zoo.join(name).join("1/model.onnx");
         if !path.exists() {
-            assert!(std::env::var_os("RTSERVE_ZOO_REQUIRED").is_none(), "RTSERVE_ZOO_REQUIRED is set but {} is missing", path.display());
+            assert!(
+                std::env::var_os("RTSERVE_ZOO_REQUIRED").is_none(),
+                "RTSERVE_ZOO_REQUIRED is set but {} is missing",
+                path.display()
+            );
             eprintln!("skipped {name}: {} is missing (python3 scripts/model_zoo.py fetch)", path.display());
             continue;
         }

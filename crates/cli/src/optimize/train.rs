@@ -188,8 +188,9 @@ impl DataArgs {
                 (train_data::load(data, labels, input, &images)?, None)
             }
             (None, Some(dir)) => {
-                let train = train_data::fashion_mnist(dir, "train")
-                    .with_context(|| format!("Fashion-MNIST in {} (apt-get install dataset-fashion-mnist)", dir.display()))?;
+                let train = train_data::fashion_mnist(dir, "train").with_context(|| {
+                    format!("Fashion-MNIST in {} (apt-get install dataset-fashion-mnist)", dir.display())
+                })?;
                 (train, Some(train_data::fashion_mnist(dir, "t10k")?))
             }
             _ => bail!("give training data: --data FILE --labels FILE, or --fashion-mnist [DIR]"),
@@ -222,7 +223,9 @@ impl FitArgs {
             batch_size: self.batch_size,
             learning_rate: self.lr,
             optimizer: match self.optimizer {
-                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum, weight_decay: self.weight_decay },
+                OptimizerName::Sgd => {
+                    OptimizerKind::Sgd { momentum: self.momentum, weight_decay: self.weight_decay }
+                }
                 OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay: self.weight_decay },
             },
             schedule: self.schedule.parse::<Schedule>()?,
@@ -248,7 +251,8 @@ fn check_data(graph: &TrainGraph, onnx: &ModelProto, splits: &Splits) -> anyhow:
     };
     let info = onnx.graph.as_ref().and_then(|g| g.input.iter().find(|i| &i.name == input));
     if let Some(dims) = info.and_then(model::tensor_dims) {
-        for set in [Some(&splits.train), splits.heldout.as_ref(), splits.test.as_ref()].into_iter().flatten() {
+        for set in [Some(&splits.train), splits.heldout.as_ref(), splits.test.as_ref()].into_iter().flatten()
+        {
             set.check_fits(input, &dims)?;
         }
     }
@@ -256,7 +260,12 @@ fn check_data(graph: &TrainGraph, onnx: &ModelProto, splits: &Splits) -> anyhow:
 }
 
 /// Trains with a progress bar; Ctrl-C stops after the current step and keeps the best epoch.
-fn fit(graph: &TrainGraph, splits: &Splits, options: &TrainOptions, hooks: Vec<&mut dyn Hook>) -> anyhow::Result<FitReport> {
+fn fit(
+    graph: &TrainGraph,
+    splits: &Splits,
+    options: &TrainOptions,
+    hooks: Vec<&mut dyn Hook>,
+) -> anyhow::Result<FitReport> {
     let test_accuracy_before = match (&splits.test, options.epochs) {
         (Some(test), e) if e > 0 => Some(trainer::accuracy(graph, test, options.output.as_deref(), 256)?),
         _ => None,
@@ -268,7 +277,9 @@ fn fit(graph: &TrainGraph, splits: &Splits, options: &TrainOptions, hooks: Vec<&
     }
     let steps = splits.train.len().div_ceil(options.batch_size) as u64;
     let bar = ProgressBar::new(steps);
-    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]") {
+    if let Ok(style) =
+        ProgressStyle::with_template("epoch {prefix} {bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
+    {
         bar.set_style(style);
     }
     let epochs = options.epochs;
@@ -281,7 +292,10 @@ fn fit(graph: &TrainGraph, splits: &Splits, options: &TrainOptions, hooks: Vec<&
             }
         }
         Event::Epoch(f) => {
-            let acc = f.heldout_accuracy.map(|a| format!(", held-out accuracy {:.2} %", a * 100.0)).unwrap_or_default();
+            let acc = f
+                .heldout_accuracy
+                .map(|a| format!(", held-out accuracy {:.2} %", a * 100.0))
+                .unwrap_or_default();
             bar.println(format!("epoch {}: loss {:.4}{acc} ({:.1} s)", f.epoch + 1, f.train_loss, f.seconds));
             bar.reset();
         }
@@ -293,7 +307,8 @@ fn fit(graph: &TrainGraph, splits: &Splits, options: &TrainOptions, hooks: Vec<&
         eprintln!("interrupted: writing the best model so far");
     }
     let output = options.output.as_deref();
-    let heldout_accuracy = splits.heldout.as_ref().map(|h| trainer::accuracy(graph, h, output, 256)).transpose()?;
+    let heldout_accuracy =
+        splits.heldout.as_ref().map(|h| trainer::accuracy(graph, h, output, 256)).transpose()?;
     let test_accuracy = splits.test.as_ref().map(|t| trainer::accuracy(graph, t, output, 256)).transpose()?;
     Ok(FitReport { training, heldout_accuracy, test_accuracy, test_accuracy_before })
 }
@@ -370,7 +385,12 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
         file_bytes_after: 0,
         gzip_bytes_before: magnitude::gzip_size(&onnx)?,
         gzip_bytes_after: 0,
-        fit: FitReport { training: TrainReport::default(), heldout_accuracy: None, test_accuracy: None, test_accuracy_before: None },
+        fit: FitReport {
+            training: TrainReport::default(),
+            heldout_accuracy: None,
+            test_accuracy: None,
+            test_accuracy_before: None,
+        },
     };
     let graph = match a.method {
         PruneMethod::Magnitude => {
@@ -411,12 +431,16 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
             };
             if let Some(wanted) = wanted {
                 let engine = create_engine(&a.engine)?;
-                let search = target::search(&onnx, &channel_options, engine.as_ref(), &splits.train, &input, wanted)?;
+                let search =
+                    target::search(&onnx, &channel_options, engine.as_ref(), &splits.train, &input, wanted)?;
                 channel_options.sparsity = search.sparsity;
                 report.sparsity = search.sparsity;
                 report.search = search.steps;
                 if !search.met {
-                    eprintln!("the target was not met at sparsity {:.2}; keeping that model", search.sparsity);
+                    eprintln!(
+                        "the target was not met at sparsity {:.2}; keeping that model",
+                        search.sparsity
+                    );
                 }
             }
             let (pruned, groups) = channels::prune_channels(&onnx, &channel_options)?;
@@ -430,8 +454,10 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
     };
     if options.epochs == 0 {
         let output = options.output.as_deref();
-        report.fit.heldout_accuracy = splits.heldout.as_ref().map(|h| trainer::accuracy(&graph, h, output, 256)).transpose()?;
-        report.fit.test_accuracy = splits.test.as_ref().map(|t| trainer::accuracy(&graph, t, output, 256)).transpose()?;
+        report.fit.heldout_accuracy =
+            splits.heldout.as_ref().map(|h| trainer::accuracy(&graph, h, output, 256)).transpose()?;
+        report.fit.test_accuracy =
+            splits.test.as_ref().map(|t| trainer::accuracy(&graph, t, output, 256)).transpose()?;
     }
     let out = graph.to_model()?;
     model::save(&out, &a.out)?;

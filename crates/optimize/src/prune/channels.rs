@@ -82,7 +82,12 @@ fn slices(values: &[f32], dims: &[i64], axis: usize) -> Vec<Vec<f32>> {
 
 /// The importance of each channel of a group: the producers' norms, each producer's scaled by
 /// its mean so that layers of different magnitudes count alike (Torch-Pruning's "mean" norm).
-fn importance(deps: &Dependencies, group: &Group, graph: &GraphProto, criterion: Criterion) -> Result<Vec<f64>> {
+fn importance(
+    deps: &Dependencies,
+    group: &Group,
+    graph: &GraphProto,
+    criterion: Criterion,
+) -> Result<Vec<f64>> {
     let inits: HashMap<&str, _> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut score = vec![0f64; group.size];
     let bn_scales: HashSet<&str> = graph
@@ -93,7 +98,10 @@ fn importance(deps: &Dependencies, group: &Group, graph: &GraphProto, criterion:
         .collect();
     let member = |e: &Edit| e.layout.spaces.len() == 1 && group.spaces.contains(&e.layout.spaces[0]);
     let use_bn = criterion == Criterion::BatchNorm
-        && deps.edits.iter().any(|e| member(e) && e.role == Role::Carried && bn_scales.contains(e.tensor.as_str()));
+        && deps
+            .edits
+            .iter()
+            .any(|e| member(e) && e.role == Role::Carried && bn_scales.contains(e.tensor.as_str()));
     for edit in deps.edits.iter().filter(|e| member(e)) {
         let wanted = if use_bn {
             edit.role == Role::Carried && bn_scales.contains(edit.tensor.as_str())
@@ -121,7 +129,10 @@ fn importance(deps: &Dependencies, group: &Group, graph: &GraphProto, criterion:
 }
 
 /// Chooses the channels to keep in every prunable group.
-pub fn select(model: &ModelProto, options: &ChannelOptions) -> Result<(Dependencies, Selection, Vec<GroupReport>)> {
+pub fn select(
+    model: &ModelProto,
+    options: &ChannelOptions,
+) -> Result<(Dependencies, Selection, Vec<GroupReport>)> {
     check_sparsity(options.sparsity)?;
     let g = graph(model)?;
     validate(g)?;
@@ -160,7 +171,12 @@ pub fn select(model: &ModelProto, options: &ChannelOptions) -> Result<(Dependenc
 }
 
 /// The positions along an edited axis that survive, in order.
-fn kept_positions(deps: &Dependencies, layout: &Layout, selection: &Selection, axis_len: usize) -> Result<Vec<usize>> {
+fn kept_positions(
+    deps: &Dependencies,
+    layout: &Layout,
+    selection: &Selection,
+    axis_len: usize,
+) -> Result<Vec<usize>> {
     let channels = deps.channels(layout);
     let block = if layout.flattened { axis_len / channels.max(1) } else { 1 };
     if channels * block != axis_len {
@@ -261,7 +277,10 @@ pub fn mask_consumers(model: &ModelProto, deps: &Dependencies, selection: &Selec
 }
 
 /// Prunes channels: [`select`] then [`remove`].
-pub fn prune_channels(model: &ModelProto, options: &ChannelOptions) -> Result<(ModelProto, Vec<GroupReport>)> {
+pub fn prune_channels(
+    model: &ModelProto,
+    options: &ChannelOptions,
+) -> Result<(ModelProto, Vec<GroupReport>)> {
     let (deps, selection, reports) = select(model, options)?;
     Ok((remove(model, &deps, &selection)?, reports))
 }

@@ -110,7 +110,12 @@ impl Dependencies {
         }
         let mut groups: Vec<Group> = by_root
             .into_iter()
-            .map(|(root, spaces)| Group { root, size: self.sizes[root], spaces, blocked: self.blocked[root].clone() })
+            .map(|(root, spaces)| Group {
+                root,
+                size: self.sizes[root],
+                spaces,
+                blocked: self.blocked[root].clone(),
+            })
             .collect();
         groups.sort_by_key(|g| g.root);
         groups
@@ -139,19 +144,37 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                 match (w, input_layout(0)) {
                     (Some((w, wd)), input) if wd.len() == 4 => {
                         let (m, c_per_group) = (wd[0] as usize, wd[1] as usize);
-                        let bias = node.input.get(2).filter(|b| !b.is_empty() && inits.contains_key(b.as_str()));
+                        let bias =
+                            node.input.get(2).filter(|b| !b.is_empty() && inits.contains_key(b.as_str()));
                         let input_channels = c_per_group * group;
-                        if let Some(input) = input.clone().filter(|l| is_depthwise(group, deps.channels(l), m)) {
-                            deps.edits.push(Edit { tensor: w, axis: 0, layout: input.clone(), role: Role::Carried });
+                        if let Some(input) =
+                            input.clone().filter(|l| is_depthwise(group, deps.channels(l), m))
+                        {
+                            deps.edits.push(Edit {
+                                tensor: w,
+                                axis: 0,
+                                layout: input.clone(),
+                                role: Role::Carried,
+                            });
                             if let Some(b) = bias {
-                                deps.edits.push(Edit { tensor: b.clone(), axis: 0, layout: input.clone(), role: Role::Carried });
+                                deps.edits.push(Edit {
+                                    tensor: b.clone(),
+                                    axis: 0,
+                                    layout: input.clone(),
+                                    role: Role::Carried,
+                                });
                             }
                             deps.depthwise.push((index, input.clone()));
                             produced = Some(input);
                         } else {
                             if let Some(input) = &input {
                                 if group == 1 && deps.channels(input) == input_channels {
-                                    deps.edits.push(Edit { tensor: w.clone(), axis: 1, layout: input.clone(), role: Role::Consumer });
+                                    deps.edits.push(Edit {
+                                        tensor: w.clone(),
+                                        axis: 1,
+                                        layout: input.clone(),
+                                        role: Role::Consumer,
+                                    });
                                 } else {
                                     deps.block(input, &format!("read by the grouped convolution {label}"));
                                 }
@@ -161,16 +184,29 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                             if group != 1 {
                                 deps.block(&layout, &format!("made by the grouped convolution {label}"));
                             }
-                            deps.edits.push(Edit { tensor: w, axis: 0, layout: layout.clone(), role: Role::Producer });
+                            deps.edits.push(Edit {
+                                tensor: w,
+                                axis: 0,
+                                layout: layout.clone(),
+                                role: Role::Producer,
+                            });
                             if let Some(b) = bias {
-                                deps.edits.push(Edit { tensor: b.clone(), axis: 0, layout: layout.clone(), role: Role::Producer });
+                                deps.edits.push(Edit {
+                                    tensor: b.clone(),
+                                    axis: 0,
+                                    layout: layout.clone(),
+                                    role: Role::Producer,
+                                });
                             }
                             produced = Some(layout);
                         }
                     }
                     (_, input) => {
                         if let Some(input) = input {
-                            deps.block(&input, &format!("read by {label}, whose weight is not an initializer"));
+                            deps.block(
+                                &input,
+                                &format!("read by {label}, whose weight is not an initializer"),
+                            );
                         }
                     }
                 }
@@ -186,18 +222,44 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                         if let Some(input) = input {
                             let features = wd[in_axis] as usize;
                             let channels = deps.channels(&input);
-                            let fits = if input.flattened { channels > 0 && features % channels == 0 } else { features == channels };
-                            if fits {
-                                deps.edits.push(Edit { tensor: w.clone(), axis: in_axis, layout: input, role: Role::Consumer });
+                            let fits = if input.flattened {
+                                channels > 0 && features % channels == 0
                             } else {
-                                deps.block(&input, &format!("read by {label} with {features} input features"));
+                                features == channels
+                            };
+                            if fits {
+                                deps.edits.push(Edit {
+                                    tensor: w.clone(),
+                                    axis: in_axis,
+                                    layout: input,
+                                    role: Role::Consumer,
+                                });
+                            } else {
+                                deps.block(
+                                    &input,
+                                    &format!("read by {label} with {features} input features"),
+                                );
                             }
                         }
                         let space = deps.new_space(wd[out_axis] as usize);
                         let layout = Layout { spaces: vec![space], flattened: false };
-                        deps.edits.push(Edit { tensor: w, axis: out_axis, layout: layout.clone(), role: Role::Producer });
-                        if let Some(c) = node.input.get(2).filter(|c| dims(c).is_some_and(|d| d.len() == 1 && d[0] == wd[out_axis])) {
-                            deps.edits.push(Edit { tensor: c.clone(), axis: 0, layout: layout.clone(), role: Role::Producer });
+                        deps.edits.push(Edit {
+                            tensor: w,
+                            axis: out_axis,
+                            layout: layout.clone(),
+                            role: Role::Producer,
+                        });
+                        if let Some(c) = node
+                            .input
+                            .get(2)
+                            .filter(|c| dims(c).is_some_and(|d| d.len() == 1 && d[0] == wd[out_axis]))
+                        {
+                            deps.edits.push(Edit {
+                                tensor: c.clone(),
+                                axis: 0,
+                                layout: layout.clone(),
+                                role: Role::Producer,
+                            });
                         } else if let Some(c) = node.input.get(2).filter(|c| !c.is_empty()) {
                             if dims(c).is_none_or(|d| element_count_of(&d) != 1) {
                                 deps.block(&layout, &format!("{label} adds a bias of another shape"));
@@ -217,13 +279,18 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
             "BatchNormalization" => {
                 if let Some(input) = input_layout(0) {
                     for param in node.input.iter().skip(1).take(4) {
-                        deps.edits.push(Edit { tensor: param.clone(), axis: 0, layout: input.clone(), role: Role::Carried });
+                        deps.edits.push(Edit {
+                            tensor: param.clone(),
+                            axis: 0,
+                            layout: input.clone(),
+                            role: Role::Carried,
+                        });
                     }
                     produced = Some(input);
                 }
             }
-            "Relu" | "Clip" | "Sigmoid" | "HardSigmoid" | "HardSwish" | "LeakyRelu" | "Dropout" | "Identity"
-            | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
+            "Relu" | "Clip" | "Sigmoid" | "HardSigmoid" | "HardSwish" | "LeakyRelu" | "Dropout"
+            | "Identity" | "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
                 produced = input_layout(0);
                 if produced.as_ref().is_some_and(|l| l.flattened) && node.op_type.contains("Pool") {
                     if let Some(l) = &produced {
@@ -266,10 +333,17 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                             Some((_, d)) if element_count_of(&d) == 1 => produced = Some(l),
                             Some((name, d)) if !l.flattened && per_channel_axis(&d, channels).is_some() => {
                                 let axis = per_channel_axis(&d, channels).unwrap_or(0);
-                                deps.edits.push(Edit { tensor: name, axis, layout: l.clone(), role: Role::Carried });
+                                deps.edits.push(Edit {
+                                    tensor: name,
+                                    axis,
+                                    layout: l.clone(),
+                                    role: Role::Carried,
+                                });
                                 produced = Some(l);
                             }
-                            _ => deps.block(&l, &format!("combined by {label} with a tensor of another shape")),
+                            _ => {
+                                deps.block(&l, &format!("combined by {label} with a tensor of another shape"))
+                            }
                         }
                     }
                     (None, None) => {}
@@ -277,13 +351,17 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
             }
             "Concat" => {
                 let parts: Vec<Option<Layout>> = (0..node.input.len()).map(input_layout).collect();
-                let on_channels = int_attr(node, "axis", 0) == 1 || attribute(node, "axis").is_some_and(|a| a.i == -3);
+                let on_channels =
+                    int_attr(node, "axis", 0) == 1 || attribute(node, "axis").is_some_and(|a| a.i == -3);
                 if on_channels && parts.iter().all(|p| p.as_ref().is_some_and(|l| !l.flattened)) {
                     let spaces = parts.into_iter().flatten().flat_map(|l| l.spaces).collect();
                     produced = Some(Layout { spaces, flattened: false });
                 } else {
                     for l in parts.into_iter().flatten() {
-                        deps.block(&l, &format!("concatenated by {label} on another axis or with unknown channels"));
+                        deps.block(
+                            &l,
+                            &format!("concatenated by {label} on another axis or with unknown channels"),
+                        );
                     }
                 }
             }

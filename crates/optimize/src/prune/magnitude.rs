@@ -72,7 +72,9 @@ fn targets(graph: &TrainGraph) -> Vec<usize> {
         .params()
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.kind == ParamKind::Trainable && p.dims.len() >= 2 && names.contains(&p.name.as_str()))
+        .filter(|(_, p)| {
+            p.kind == ParamKind::Trainable && p.dims.len() >= 2 && names.contains(&p.name.as_str())
+        })
         .map(|(i, _)| i)
         .collect()
 }

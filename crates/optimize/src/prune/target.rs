@@ -58,7 +58,8 @@ pub fn search(
 ) -> Result<Search> {
     let (x, _) = data.batch(&[0])?;
     let values = x.flatten_all()?.to_vec1::<f32>()?;
-    let tensor = Tensor::from_f32(x.dims().to_vec(), &values).map_err(|e| OptimizeError::data(e.to_string()))?;
+    let tensor =
+        Tensor::from_f32(x.dims().to_vec(), &values).map_err(|e| OptimizeError::data(e.to_string()))?;
     let sample = vec![NamedTensor { name: input.to_string(), tensor }];
     let dense = latency(model, engine, &sample)?;
     let mut steps = Vec::new();

@@ -142,7 +142,8 @@ pub fn load(path: &Path, labels: &Path, input: &str, images: &ImagePreprocess) -
 pub fn fashion_mnist(dir: &Path, split: &str) -> Result<Dataset> {
     let read = |name: &str| -> Result<Vec<u8>> {
         let path = dir.join(name);
-        let file = std::fs::File::open(&path).map_err(|source| OptimizeError::Read { path: path.clone(), source })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|source| OptimizeError::Read { path: path.clone(), source })?;
         let mut bytes = Vec::new();
         flate2::read::GzDecoder::new(file)
             .read_to_end(&mut bytes)
@@ -151,7 +152,8 @@ pub fn fashion_mnist(dir: &Path, split: &str) -> Result<Dataset> {
     };
     let images = read(&format!("{split}-images-idx3-ubyte.gz"))?;
     let labels = read(&format!("{split}-labels-idx1-ubyte.gz"))?;
-    let bad = |what: &str| OptimizeError::data(format!("{}: {split} {what} is not an IDX file", dir.display()));
+    let bad =
+        |what: &str| OptimizeError::data(format!("{}: {split} {what} is not an IDX file", dir.display()));
     if images.len() < 16 || images[..4] != [0, 0, 8, 3] {
         return Err(bad("images"));
     }

@@ -111,9 +111,10 @@ impl TrainGraph {
         let mut constant_nodes: Vec<(String, TensorProto)> = Vec::new();
         for (proto_index, node) in graph.node.iter().enumerate() {
             if node.op_type == "Constant" {
-                let value = crate::graph::attribute(node, "value")
-                    .and_then(|a| a.t.clone())
-                    .ok_or_else(|| OptimizeError::node(node, "only Constant nodes with a tensor `value` are supported"))?;
+                let value =
+                    crate::graph::attribute(node, "value").and_then(|a| a.t.clone()).ok_or_else(|| {
+                        OptimizeError::node(node, "only Constant nodes with a tensor `value` are supported")
+                    })?;
                 let out = node.output.first().cloned().unwrap_or_default();
                 constant_nodes.push((out, value));
                 continue;
@@ -196,7 +197,9 @@ impl TrainGraph {
     /// The ONNX node of each parsed operator, with its operator (for the pruners).
     pub fn nodes(&self) -> impl Iterator<Item = (&NodeProto, &Op)> {
         let graph = self.model.graph.as_ref();
-        self.nodes.iter().filter_map(move |n| graph.and_then(|g| g.node.get(n.proto_index)).map(|p| (p, &n.op)))
+        self.nodes
+            .iter()
+            .filter_map(move |n| graph.and_then(|g| g.node.get(n.proto_index)).map(|p| (p, &n.op)))
     }
 
     /// Runs the graph. `feeds` are the graph inputs by name; `rng` draws dropout masks in
@@ -217,13 +220,11 @@ impl TrainGraph {
         let graph = self.model.graph.as_ref().ok_or_else(|| OptimizeError::model("no graph"))?;
         for node in &self.nodes {
             let proto = &graph.node[node.proto_index];
-            let out = self
-                .run_node(node, &values, mode, rng, &mut running)
-                .map_err(|e| match e {
-                    OptimizeError::Candle(e) => OptimizeError::node(proto, e.to_string()),
-                    OptimizeError::Model(m) | OptimizeError::Data(m) => OptimizeError::node(proto, m),
-                    other => other,
-                })?;
+            let out = self.run_node(node, &values, mode, rng, &mut running).map_err(|e| match e {
+                OptimizeError::Candle(e) => OptimizeError::node(proto, e.to_string()),
+                OptimizeError::Model(m) | OptimizeError::Data(m) => OptimizeError::node(proto, m),
+                other => other,
+            })?;
             if let Some(name) = node.outputs.first() {
                 values.insert(name.clone(), out);
             }
@@ -232,9 +233,11 @@ impl TrainGraph {
     }
 
     fn input<'a>(&self, node: &Node, values: &'a HashMap<String, Tensor>, i: usize) -> Result<&'a Tensor> {
-        let name = node.inputs.get(i).filter(|n| !n.is_empty()).ok_or_else(|| {
-            OptimizeError::model(format!("input {i} is missing"))
-        })?;
+        let name = node
+            .inputs
+            .get(i)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| OptimizeError::model(format!("input {i} is missing")))?;
         values.get(name).ok_or_else(|| OptimizeError::model(format!("input '{name}' is not a float tensor")))
     }
 
@@ -252,9 +255,15 @@ impl TrainGraph {
     ) -> Result<Tensor> {
         let x = |i| self.input(node, values, i);
         let y = match &node.op {
-            Op::Conv { strides, dilations, padding, group } => {
-                ops::conv(x(0)?, x(1)?, self.optional(node, values, 2), *strides, *dilations, padding, *group)?
-            }
+            Op::Conv { strides, dilations, padding, group } => ops::conv(
+                x(0)?,
+                x(1)?,
+                self.optional(node, values, 2),
+                *strides,
+                *dilations,
+                padding,
+                *group,
+            )?,
             Op::Gemm { alpha, beta, trans_a, trans_b } => {
                 ops::gemm(x(0)?, x(1)?, self.optional(node, values, 2), *alpha, *beta, *trans_a, *trans_b)?
             }
@@ -291,7 +300,10 @@ impl TrainGraph {
                         let (y, batch_mean, batch_var) = ops::batch_norm_train(x(0)?, scale, bias, *epsilon)?;
                         let index = |i: usize| {
                             self.by_name.get(&node.inputs[i]).copied().ok_or_else(|| {
-                                OptimizeError::model(format!("running statistic '{}' is not an initializer", node.inputs[i]))
+                                OptimizeError::model(format!(
+                                    "running statistic '{}' is not an initializer",
+                                    node.inputs[i]
+                                ))
                             })
                         };
                         running.push(RunningUpdate {
@@ -318,10 +330,9 @@ impl TrainGraph {
             }
             Op::Reshape { allow_zero } => {
                 let name = node.inputs.get(1).map(String::as_str).unwrap_or("");
-                let shape = self
-                    .ints
-                    .get(name)
-                    .ok_or_else(|| OptimizeError::model(format!("the shape '{name}' must be a constant INT64 tensor")))?;
+                let shape = self.ints.get(name).ok_or_else(|| {
+                    OptimizeError::model(format!("the shape '{name}' must be a constant INT64 tensor"))
+                })?;
                 let t = x(0)?;
                 let dims = ops::reshape_dims(t.dims(), shape, *allow_zero).map_err(OptimizeError::model)?;
                 t.reshape(dims)?
@@ -332,7 +343,8 @@ impl TrainGraph {
                 t.permute(perm)?
             }
             Op::Concat { axis } => {
-                let parts: Vec<Tensor> = (0..node.inputs.len()).map(|i| x(i).cloned()).collect::<Result<_>>()?;
+                let parts: Vec<Tensor> =
+                    (0..node.inputs.len()).map(|i| x(i).cloned()).collect::<Result<_>>()?;
                 let rank = parts.first().map(|p| p.rank()).unwrap_or(1);
                 Tensor::cat(&parts, ops::axis(*axis, rank)?)?
             }
@@ -446,7 +458,8 @@ mod tests {
 
     #[test]
     fn a_missing_input_is_named() {
-        let m = model(vec![node("MatMul", "mm", &["x", "w"], &["y"])], vec![float_tensor("w", &[1, 1], &[1.0])]);
+        let m =
+            model(vec![node("MatMul", "mm", &["x", "w"], &["y"])], vec![float_tensor("w", &[1, 1], &[1.0])]);
         let g = TrainGraph::new(&m).expect("graph");
         let mut rng = StdRng::seed_from_u64(0);
         let err = g.forward(&[], Mode::Eval, &mut rng).err().expect("missing").to_string();

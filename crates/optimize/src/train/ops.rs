@@ -24,8 +24,18 @@ pub enum Padding {
 /// One parsed operator with its attributes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    Conv { strides: usize, dilations: usize, padding: Padding, group: usize },
-    Gemm { alpha: f64, beta: f64, trans_a: bool, trans_b: bool },
+    Conv {
+        strides: usize,
+        dilations: usize,
+        padding: Padding,
+        group: usize,
+    },
+    Gemm {
+        alpha: f64,
+        beta: f64,
+        trans_a: bool,
+        trans_b: bool,
+    },
     MatMul,
     Add,
     Sub,
@@ -33,20 +43,50 @@ pub enum Op {
     Div,
     Relu,
     /// Bounds from attributes (opset < 11) or from constant inputs 1 and 2.
-    Clip { min: Option<f32>, max: Option<f32> },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
     Sigmoid,
-    HardSigmoid { alpha: f64, beta: f64 },
+    HardSigmoid {
+        alpha: f64,
+        beta: f64,
+    },
     HardSwish,
-    BatchNorm { epsilon: f64, momentum: f64 },
-    MaxPool { kernel: (usize, usize), strides: (usize, usize), padding: Padding },
-    AveragePool { kernel: (usize, usize), strides: (usize, usize), padding: Padding, count_include_pad: bool },
+    BatchNorm {
+        epsilon: f64,
+        momentum: f64,
+    },
+    MaxPool {
+        kernel: (usize, usize),
+        strides: (usize, usize),
+        padding: Padding,
+    },
+    AveragePool {
+        kernel: (usize, usize),
+        strides: (usize, usize),
+        padding: Padding,
+        count_include_pad: bool,
+    },
     GlobalAveragePool,
-    Flatten { axis: i64 },
-    Reshape { allow_zero: bool },
-    Transpose { perm: Option<Vec<usize>> },
-    Concat { axis: i64 },
-    Softmax { axis: i64 },
-    Dropout { ratio: f32 },
+    Flatten {
+        axis: i64,
+    },
+    Reshape {
+        allow_zero: bool,
+    },
+    Transpose {
+        perm: Option<Vec<usize>>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Softmax {
+        axis: i64,
+    },
+    Dropout {
+        ratio: f32,
+    },
     Identity,
 }
 
@@ -79,7 +119,9 @@ fn pair(node: &NodeProto, name: &str) -> Result<Option<(usize, usize)>> {
     let Some(values) = ints(node, name) else { return Ok(None) };
     match to_usize(node, name, &values)?.as_slice() {
         [a, b] => Ok(Some((*a, *b))),
-        other => Err(OptimizeError::node(node, format!("{name} {other:?}: the trainer handles 2-D operators"))),
+        other => {
+            Err(OptimizeError::node(node, format!("{name} {other:?}: the trainer handles 2-D operators")))
+        }
     }
 }
 
@@ -96,7 +138,9 @@ fn padding(node: &NodeProto) -> Result<Padding> {
         None => Ok(Padding::Explicit([0; 4])),
         Some(p) => match to_usize(node, "pads", &p)?.as_slice() {
             [t, l, b, r] => Ok(Padding::Explicit([*t, *l, *b, *r])),
-            other => Err(OptimizeError::node(node, format!("pads {other:?}: the trainer handles 2-D operators"))),
+            other => {
+                Err(OptimizeError::node(node, format!("pads {other:?}: the trainer handles 2-D operators")))
+            }
         },
     }
 }
@@ -148,7 +192,10 @@ impl Op {
             "HardSwish" => Op::HardSwish,
             "BatchNormalization" => {
                 if int_attr(node, "training_mode", 0) != 0 {
-                    return Err(OptimizeError::node(node, "training_mode 1 (extra outputs) is not supported"));
+                    return Err(OptimizeError::node(
+                        node,
+                        "training_mode 1 (extra outputs) is not supported",
+                    ));
                 }
                 Op::BatchNorm {
                     epsilon: float_attr(node, "epsilon", 1e-5) as f64,
@@ -178,9 +225,9 @@ impl Op {
             "GlobalAveragePool" => Op::GlobalAveragePool,
             "Flatten" => Op::Flatten { axis: int_attr(node, "axis", 1) },
             "Reshape" => Op::Reshape { allow_zero: int_attr(node, "allowzero", 0) != 0 },
-            "Transpose" => Op::Transpose {
-                perm: ints(node, "perm").map(|p| to_usize(node, "perm", &p)).transpose()?,
-            },
+            "Transpose" => {
+                Op::Transpose { perm: ints(node, "perm").map(|p| to_usize(node, "perm", &p)).transpose()? }
+            }
             "Concat" => Op::Concat {
                 axis: attribute(node, "axis")
                     .map(|a| a.i)
@@ -299,7 +346,14 @@ pub fn conv(
 }
 
 /// BatchNormalization in inference form: running statistics.
-pub fn batch_norm_eval(x: &Tensor, scale: &Tensor, bias: &Tensor, mean: &Tensor, var: &Tensor, eps: f64) -> Result<Tensor> {
+pub fn batch_norm_eval(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    mean: &Tensor,
+    var: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let inv = (var + eps)?.sqrt()?.recip()?;
     let a = (scale * inv)?;
     let shift = (bias - (mean * &a)?)?;
@@ -308,7 +362,12 @@ pub fn batch_norm_eval(x: &Tensor, scale: &Tensor, bias: &Tensor, mean: &Tensor,
 
 /// BatchNormalization in training form: the batch's statistics; returns the output, the batch
 /// mean and the unbiased batch variance (for the running statistics).
-pub fn batch_norm_train(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn batch_norm_train(
+    x: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, c, h, w) = x.dims4()?;
     let count = (n * h * w) as f64;
     let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
@@ -322,11 +381,16 @@ pub fn batch_norm_train(x: &Tensor, scale: &Tensor, bias: &Tensor, eps: f64) -> 
 
 /// The `(oh, ow)` windows' cells at kernel offset `(i, j)`: rows `i, i+s, ...`, columns
 /// `j, j+s, ...` of the padded input (built from narrow and reshape, so candle differentiates it).
-fn window_cells(x: &Tensor, (i, j): (usize, usize), (sh, sw): (usize, usize), (oh, ow): (usize, usize)) -> Result<Tensor> {
+fn window_cells(
+    x: &Tensor,
+    (i, j): (usize, usize),
+    (sh, sw): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
     let x = x.pad_with_zeros(2, 0, (i + sh * oh).saturating_sub(h))?;
     let x = x.pad_with_zeros(3, 0, (j + sw * ow).saturating_sub(w))?;
-    let (_, _, h, w) = x.dims4()?;
+    let w = x.dim(3)?;
     let rows = x.narrow(2, i, sh * oh)?.reshape((n, c, oh, sh, w))?.narrow(3, 0, 1)?.squeeze(3)?;
     Ok(rows.narrow(3, j, sw * ow)?.reshape((n, c, oh, ow, sw))?.narrow(4, 0, 1)?.squeeze(4)?)
 }
@@ -360,7 +424,12 @@ fn pool(
 }
 
 /// MaxPool (padding with -inf, as ONNX Runtime does).
-pub fn max_pool(x: &Tensor, kernel: (usize, usize), strides: (usize, usize), padding: &Padding) -> Result<Tensor> {
+pub fn max_pool(
+    x: &Tensor,
+    kernel: (usize, usize),
+    strides: (usize, usize),
+    padding: &Padding,
+) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pads = resolve_padding(padding, (h, w), kernel, strides, 1);
     pool(x, kernel, strides, pads, f64::NEG_INFINITY, |a, b| a.maximum(b))
@@ -386,7 +455,15 @@ pub fn average_pool(
 }
 
 /// Gemm: `alpha * A' B' + beta * C`.
-pub fn gemm(a: &Tensor, b: &Tensor, c: Option<&Tensor>, alpha: f64, beta: f64, trans_a: bool, trans_b: bool) -> Result<Tensor> {
+pub fn gemm(
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    alpha: f64,
+    beta: f64,
+    trans_a: bool,
+    trans_b: bool,
+) -> Result<Tensor> {
     let a = if trans_a { a.t()? } else { a.clone() };
     let b = if trans_b { b.t()? } else { b.clone() };
     let mut y = a.matmul(&b)?;
@@ -407,7 +484,11 @@ pub fn hard_sigmoid(x: &Tensor, alpha: f64, beta: f64) -> Result<Tensor> {
 
 /// Reshape's target shape from ONNX's `shape` (0 copies the input's dimension unless
 /// `allow_zero`; one -1 is inferred).
-pub fn reshape_dims(input: &[usize], shape: &[i64], allow_zero: bool) -> std::result::Result<Vec<usize>, String> {
+pub fn reshape_dims(
+    input: &[usize],
+    shape: &[i64],
+    allow_zero: bool,
+) -> std::result::Result<Vec<usize>, String> {
     let total: usize = input.iter().product();
     let mut dims = Vec::with_capacity(shape.len());
     let mut infer = None;
@@ -417,7 +498,9 @@ pub fn reshape_dims(input: &[usize], shape: &[i64], allow_zero: bool) -> std::re
                 infer = Some(i);
                 dims.push(1);
             }
-            0 if !allow_zero => dims.push(*input.get(i).ok_or(format!("shape {shape:?}: no dimension {i} to copy"))?),
+            0 if !allow_zero => {
+                dims.push(*input.get(i).ok_or(format!("shape {shape:?}: no dimension {i} to copy"))?)
+            }
             s if s >= 0 => dims.push(s as usize),
             _ => return Err(format!("shape {shape:?} is invalid")),
         }

@@ -78,7 +78,11 @@ impl Optimizer {
             Optimizer::Sgd { vars, velocity, momentum, weight_decay } => {
                 for (var, v) in vars.iter().zip(velocity.iter_mut()) {
                     let Some(g) = grads.get(var.as_tensor()) else { continue };
-                    let g = if *weight_decay > 0.0 { (g + (var.as_tensor() * *weight_decay)?)? } else { g.clone() };
+                    let g = if *weight_decay > 0.0 {
+                        (g + (var.as_tensor() * *weight_decay)?)?
+                    } else {
+                        g.clone()
+                    };
                     let next = match v.take() {
                         Some(prev) if *momentum > 0.0 => ((prev * *momentum)? + g)?,
                         _ => g,
@@ -115,8 +119,9 @@ mod tests {
         // w = 1, loss = w² → g = 2w. Step 1: v = 2, w = 1 - 0.1·2 = 0.8.
         // Step 2: g = 1.6, v = 0.9·2 + 1.6 = 3.4, w = 0.8 - 0.34 = 0.46.
         let w = Var::new(&[1f64], &Device::Cpu).expect("var");
-        let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 0.0 }, vec![w.clone()], 0.1)
-            .expect("sgd");
+        let mut opt =
+            Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 0.0 }, vec![w.clone()], 0.1)
+                .expect("sgd");
         for _ in 0..2 {
             let grads = w.as_tensor().sqr().expect("sqr").sum_all().expect("sum").backward().expect("grad");
             opt.step(&grads, 0.1).expect("step");

@@ -106,8 +106,12 @@ pub struct TrainReport {
 fn logits_name(graph: &TrainGraph, options: &TrainOptions) -> Result<String> {
     match &options.output {
         Some(o) if graph.outputs().contains(o) => Ok(o.clone()),
-        Some(o) => Err(OptimizeError::Option(format!("the model has no output '{o}' ({:?})", graph.outputs()))),
-        None => graph.outputs().first().cloned().ok_or_else(|| OptimizeError::model("the model has no outputs")),
+        Some(o) => {
+            Err(OptimizeError::Option(format!("the model has no output '{o}' ({:?})", graph.outputs())))
+        }
+        None => {
+            graph.outputs().first().cloned().ok_or_else(|| OptimizeError::model("the model has no outputs"))
+        }
     }
 }
 
@@ -122,7 +126,14 @@ fn single_input(graph: &TrainGraph) -> Result<String> {
 }
 
 /// The logits of a batch in the given mode.
-pub fn logits(graph: &TrainGraph, input: &str, output: &str, x: Tensor, mode: Mode, rng: &mut StdRng) -> Result<(Tensor, Vec<super::graph::RunningUpdate>)> {
+pub fn logits(
+    graph: &TrainGraph,
+    input: &str,
+    output: &str,
+    x: Tensor,
+    mode: Mode,
+    rng: &mut StdRng,
+) -> Result<(Tensor, Vec<super::graph::RunningUpdate>)> {
     let mut forward = graph.forward(&[(input.to_string(), x)], mode, rng)?;
     let y = forward
         .values
