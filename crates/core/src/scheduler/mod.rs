@@ -2,6 +2,7 @@
 //! between the front ends and a model's instances (one scheduler per model version).
 //!
 //! - [`BatchPlanner`] (`planner`): the policy as a pure state struct, driven with `now`.
+//! - `arrivals`: the measured traffic that tells the planner whether company is coming.
 //! - [`PlannerConfig`] (`policy`): Triton's `dynamic_batching` knobs, the SLO, and a
 //!   request's `priority` / `timeout` resolved into a level and [`Deadlines`].
 //! - [`LatencyProfile`] (`profile`): execution time per batch size, robust and online.
@@ -11,6 +12,7 @@
 //! - [`SchedulerStats`] (`stats`): what the metrics endpoint exports.
 //! - `timer`: sub-millisecond waits (tokio's timer ticks in milliseconds).
 
+mod arrivals;
 mod batch;
 mod planner;
 mod policy;
