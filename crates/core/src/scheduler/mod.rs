@@ -34,5 +34,5 @@ pub use profile::{LatencyProfile, ProfilePoint, DEFAULT_PROFILE_WINDOW};
 pub use slo::{slo_from_parameters, slo_preset, SLO_MS_PARAMETER, SLO_PARAMETER, SLO_PRESETS};
 pub use stats::{DurationTotal, SchedulerObserver, SchedulerStats};
 pub use task::{Scheduler, SchedulerError, SchedulerOptions};
-pub use warm_up::{warm_up, warm_up_sizes, zero_inputs};
+pub use warm_up::{one_row_time, warm_up, warm_up_sizes, zero_inputs};
 pub use worker::Scheduled;
