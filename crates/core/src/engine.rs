@@ -1,6 +1,7 @@
 //! The synchronous engine trait: how a model file becomes instances that run inferences.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::{NamedTensor, TensorSpec};
 
@@ -37,12 +38,53 @@ pub trait Engine: Send + Sync {
     /// Reads the inputs and outputs a model file declares, full shapes with the batch dimension.
     fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError>;
 
-    /// Loads one instance of a model.
+    /// Loads one instance of a model. An engine with a pool of intra-op threads keeps them from
+    /// spinning (busy-waiting for work) between runs.
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError>;
+
+    /// Loads one instance whose intra-op threads spin between runs when `allow_spinning`:
+    /// lower latency for back-to-back runs of an expensive model, at the price of cores kept
+    /// busy. Engines without such a thread pool ignore it, as this default does.
+    fn load_spinning(
+        &self,
+        path: &Path,
+        options: &LoadOptions,
+        _allow_spinning: bool,
+    ) -> Result<Box<dyn ModelInstance>, EngineError> {
+        self.load(path, options)
+    }
+}
+
+/// Below this time for a one-row run, a model gets one intra-op thread per instance: handing
+/// the pieces of so short a run to other threads and waking them costs about what it saves
+/// (measured in `docs/scheduling.md`, "Threads per instance").
+pub const ONE_THREAD_BELOW: Duration = Duration::from_millis(1);
+
+/// The intra-op threads for an instance of a model whose one-row run takes `one_row`, when
+/// `cores` cores are available to each instance: one for a cheap model, all of them otherwise.
+pub fn intra_op_threads_for(one_row: Duration, cores: usize) -> usize {
+    if one_row < ONE_THREAD_BELOW {
+        1
+    } else {
+        cores.max(1)
+    }
 }
 
 /// One loaded model instance. It is owned by one thread and runs one inference at a time.
 pub trait ModelInstance: Send {
     /// Runs the model. `outputs` names the outputs to return, in that order.
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cheap_models_get_one_thread_and_expensive_ones_the_cores() {
+        assert_eq!(intra_op_threads_for(Duration::from_micros(40), 4), 1);
+        assert_eq!(intra_op_threads_for(ONE_THREAD_BELOW, 4), 4);
+        assert_eq!(intra_op_threads_for(Duration::from_millis(60), 2), 2);
+        assert_eq!(intra_op_threads_for(Duration::from_millis(60), 0), 1);
+    }
 }

@@ -27,7 +27,9 @@ pub use cache::{
     LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
 };
 pub use datatype::DataType;
-pub use engine::{Engine, EngineError, LoadOptions, ModelInstance, ModelSignature};
+pub use engine::{
+    intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, ONE_THREAD_BELOW,
+};
 pub use error::InferError;
 pub use model_config::{
     DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec, TimeoutAction,

@@ -64,19 +64,21 @@ impl OrtEngine {
     }
 
     /// Creates a session for the model at `path` with sequential graph execution, the given
-    /// graph optimization level and `intra_threads` threads per inference (0: ONNX Runtime's
-    /// default, one per physical core).
+    /// graph optimization level, `intra_threads` threads per inference (0: ONNX Runtime's
+    /// default, one per physical core) that spin between runs only when `spinning`.
     fn session(
         &self,
         path: &Path,
         optimization: GraphOptimizationLevel,
         intra_threads: usize,
+        spinning: bool,
     ) -> Result<Session, EngineError> {
         let build = || -> Result<Session, String> {
             let text = |e: ort::Error<_>| e.to_string();
             let mut builder = Session::builder(&self.runtime.environment).map_err(|e| e.to_string())?;
             builder = builder.with_optimization_level(optimization).map_err(text)?;
             builder = builder.with_inter_threads(1).map_err(text)?;
+            builder = builder.with_intra_op_spinning(spinning).map_err(text)?;
             if intra_threads > 0 {
                 builder = builder.with_intra_threads(intra_threads).map_err(text)?;
             }
@@ -94,7 +96,7 @@ impl Engine for OrtEngine {
 
     /// Inputs and outputs as the model declares them; symbolic or unknown dimensions are `-1`.
     fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError> {
-        let session = self.session(path, GraphOptimizationLevel::Disable, 1)?;
+        let session = self.session(path, GraphOptimizationLevel::Disable, 1, false)?;
         let specs = |outlets: &[Outlet], what: &str| -> Result<Vec<TensorSpec>, EngineError> {
             outlets.iter().map(|o| tensor_spec(o, what)).collect()
         };
@@ -105,9 +107,20 @@ impl Engine for OrtEngine {
     }
 
     /// A session with every graph optimization, `intra_op_threads` threads per inference (0 lets
-    /// ONNX Runtime decide) and sequential execution of the graph.
+    /// ONNX Runtime decide) that do not spin between runs, and sequential execution of the graph.
     fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
-        let session = self.session(path, GraphOptimizationLevel::All, options.intra_op_threads)?;
+        self.load_spinning(path, options, false)
+    }
+
+    /// As [`OrtEngine::load`], with `session.intra_op.allow_spinning` set from `allow_spinning`.
+    fn load_spinning(
+        &self,
+        path: &Path,
+        options: &LoadOptions,
+        allow_spinning: bool,
+    ) -> Result<Box<dyn ModelInstance>, EngineError> {
+        let session =
+            self.session(path, GraphOptimizationLevel::All, options.intra_op_threads, allow_spinning)?;
         // A model whose inputs or outputs rtserve cannot represent fails here, not on first use.
         for (outlets, what) in [(session.inputs(), "input"), (session.outputs(), "output")] {
             for outlet in outlets {

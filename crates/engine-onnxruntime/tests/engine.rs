@@ -77,9 +77,9 @@ fn values(t: &Tensor) -> Vec<f64> {
     }
 }
 
-/// Runs `model` on the expected inputs and compares every output within `1e-4` (relative for
-/// large values).
-fn check_against_expected(engine: &OrtEngine, model: &str) {
+/// Runs `model`, loaded with `options` and `spinning`, on the expected inputs and compares every
+/// output within `1e-4` (relative for large values).
+fn check_against_expected(engine: &OrtEngine, model: &str, options: &LoadOptions, spinning: bool) {
     let case = expected(model);
     let inputs: Vec<NamedTensor> =
         case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
@@ -87,7 +87,7 @@ fn check_against_expected(engine: &OrtEngine, model: &str) {
         case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
     let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
 
-    let mut instance = engine.load(&model_path(model), &LoadOptions::default()).expect("load");
+    let mut instance = engine.load_spinning(&model_path(model), options, spinning).expect("load");
     let got = instance.infer(&inputs, &names).expect("infer");
     assert_eq!(got.len(), wanted.len(), "{model}");
     for (g, w) in got.iter().zip(&wanted) {
@@ -139,7 +139,17 @@ fn signatures_of_example_models() {
 fn outputs_match_numpy_reference() {
     let Some(engine) = engine() else { return };
     for model in ["mlp", "two_io", "int_bool", "dynamic_seq", "cnn"] {
-        check_against_expected(&engine, model);
+        check_against_expected(&engine, model, &LoadOptions::default(), false);
+    }
+}
+
+#[test]
+fn thread_settings_change_speed_not_answers() {
+    let Some(engine) = engine() else { return };
+    for (intra_op_threads, spinning) in [(1, false), (2, false), (2, true)] {
+        for model in ["mlp", "cnn"] {
+            check_against_expected(&engine, model, &LoadOptions { intra_op_threads }, spinning);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! between the front ends and a model's instances (one scheduler per model version).
 //!
 //! - [`BatchPlanner`] (`planner`): the policy as a pure state struct, driven with `now`.
+//! - `arrivals`: the measured traffic that tells the planner whether company is coming.
 //! - [`PlannerConfig`] (`policy`): Triton's `dynamic_batching` knobs, the SLO, and a
 //!   request's `priority` / `timeout` resolved into a level and [`Deadlines`].
 //! - [`LatencyProfile`] (`profile`): execution time per batch size, robust and online.
@@ -11,6 +12,7 @@
 //! - [`SchedulerStats`] (`stats`): what the metrics endpoint exports.
 //! - `timer`: sub-millisecond waits (tokio's timer ticks in milliseconds).
 
+mod arrivals;
 mod batch;
 mod planner;
 mod policy;
@@ -32,5 +34,5 @@ pub use profile::{LatencyProfile, ProfilePoint, DEFAULT_PROFILE_WINDOW};
 pub use slo::{slo_from_parameters, slo_preset, SLO_MS_PARAMETER, SLO_PARAMETER, SLO_PRESETS};
 pub use stats::{DurationTotal, SchedulerObserver, SchedulerStats};
 pub use task::{Scheduler, SchedulerError, SchedulerOptions};
-pub use warm_up::{warm_up, warm_up_sizes, zero_inputs};
+pub use warm_up::{one_row_time, warm_up, warm_up_sizes, zero_inputs};
 pub use worker::Scheduled;

@@ -8,9 +8,11 @@
 //! - A batch starts with the head of the queue and takes the following requests that can share
 //!   its batch (same [`Entry::group`]) in queue order, while their rows fit `max_batch_size`.
 //! - It fires when it is full, when it reaches a preferred size, when its oldest request has
-//!   waited `max_queue_delay`, or earlier when waiting longer would make a request in it miss
-//!   its due time. Among the prefixes of the batch whose predicted completion meets every due
-//!   time in them, it sends the one with the highest predicted throughput.
+//!   waited `max_queue_delay`, earlier when waiting longer would make a request in it miss its
+//!   due time, and at once when no more requests are expected before then ([`Arrivals`]: the
+//!   queue holds all that is outstanding, or the measured gap between arrivals is too long).
+//!   Among the prefixes of the batch whose predicted completion meets every due time in them,
+//!   it sends the one with the highest predicted throughput.
 //! - Requests that can no longer finish before their expiry (the typical run time of their own
 //!   rows from now) are never dispatched; they are handed back through
 //!   [`BatchPlanner::take_expired`] to be answered with an error, early rather than late.
@@ -23,6 +25,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::arrivals::Arrivals;
 use super::policy::{earliest, Deadlines, PlannerConfig};
 use super::profile::LatencyProfile;
 
@@ -142,6 +145,7 @@ struct QueueKey {
 #[derive(Debug, Clone, Copy)]
 struct InFlight {
     rows: usize,
+    requests: usize,
     predicted_end: Instant,
 }
 
@@ -156,12 +160,14 @@ pub struct BatchPlanner {
     counts: BTreeMap<(u32, bool), (usize, usize)>,
     in_flight: HashMap<BatchId, InFlight>,
     expired: Vec<EntryId>,
+    arrivals: Arrivals,
     next_seq: u64,
     next_batch_id: BatchId,
 }
 
 impl BatchPlanner {
     pub fn new(config: PlannerConfig, profile: LatencyProfile) -> Self {
+        let arrivals = Arrivals::new(config.max_batch_size.max(1));
         BatchPlanner {
             config,
             profile,
@@ -170,6 +176,7 @@ impl BatchPlanner {
             counts: BTreeMap::new(),
             in_flight: HashMap::new(),
             expired: Vec::new(),
+            arrivals,
             next_seq: 0,
             next_batch_id: 0,
         }
@@ -196,6 +203,17 @@ impl BatchPlanner {
     /// Batches dispatched and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Requests queued or running.
+    pub fn outstanding(&self) -> usize {
+        self.queue.len() + self.in_flight.values().map(|f| f.requests).sum::<usize>()
+    }
+
+    /// The traffic measured so far.
+    #[cfg(test)]
+    pub(crate) fn arrivals(&self) -> &Arrivals {
+        &self.arrivals
     }
 
     /// Instances without a batch.
@@ -241,6 +259,7 @@ impl BatchPlanner {
         debug_assert!(previous.is_none(), "entry ids are unique while queued");
         self.count(key, entry.rows, true);
         self.queue.insert(key, entry);
+        self.arrivals.record(now, self.outstanding(), self.config.max_queue_delay);
         Ok(())
     }
 
@@ -306,25 +325,32 @@ impl BatchPlanner {
             .collect();
         let preferred =
             prefix_rows.iter().rposition(|r| self.config.preferred_batch_sizes.binary_search(r).is_ok());
-        let delay_over = now >= oldest + self.config.max_queue_delay;
+        let delay_end = oldest + self.config.max_queue_delay;
+        let delay_over = now >= delay_end;
         let latest_start = self.latest_safe_start(&candidates, rows);
         let urgent = latest_start.is_some_and(|t| now >= t);
 
-        if !(full || preferred.is_some() || delay_over || urgent) {
-            let fire_at = earliest(Some(oldest + self.config.max_queue_delay), latest_start);
-            return earliest(fire_at, wake).map_or(Decision::Idle, Decision::WaitUntil);
+        let mut must_go = full || delay_over || urgent;
+        if !(must_go || preferred.is_some()) {
+            let fire_by = latest_start.map_or(delay_end, |t| t.min(delay_end));
+            match self.arrivals.wait_for_company(self.outstanding(), fire_by) {
+                Some(until) if until > now => {
+                    return earliest(Some(until), wake).map_or(Decision::Idle, Decision::WaitUntil)
+                }
+                _ => must_go = true,
+            }
         }
-        let take =
-            self.choose_prefix(now, &candidates, &prefix_rows, preferred, full || delay_over || urgent);
+        let take = self.choose_prefix(now, &candidates, &prefix_rows, preferred, must_go);
         let entries: Vec<EntryId> = candidates[..take].iter().map(|e| e.id).collect();
         let rows = prefix_rows[take - 1];
+        let requests = entries.len();
         for id in &entries {
             self.remove(*id);
         }
         let id = self.next_batch_id;
         self.next_batch_id += 1;
         let predicted_end = now + self.profile.predict(rows).unwrap_or_default();
-        self.in_flight.insert(id, InFlight { rows, predicted_end });
+        self.in_flight.insert(id, InFlight { rows, requests, predicted_end });
         Decision::Dispatch(Batch { id, entries, rows })
     }
 

@@ -192,10 +192,24 @@ impl Run {
                 .iter()
                 .chain(self.queued.values())
                 .any(|q| q.entry.group == first.entry.group && q.entry.deadlines.due.is_some());
+            // No more requests expected before the batch must go (judged as the planner does,
+            // from the oldest request of the group, which can only bring that instant sooner).
+            let group_oldest = batch
+                .iter()
+                .chain(self.queued.values().filter(|q| q.entry.group == first.entry.group))
+                .map(|q| q.entry.arrival)
+                .min()
+                .expect("not empty");
+            let alone = self
+                .planner
+                .arrivals()
+                .wait_for_company(self.planner.outstanding(), group_oldest + self.config.max_queue_delay)
+                .is_none_or(|until| until <= now);
             let reason = rows == self.capacity()
                 || self.config.preferred_batch_sizes.contains(&rows)
                 || urgent
-                || blocked;
+                || blocked
+                || alone;
             prop_assert!(reason, "batch of {} rows sent before max_queue_delay for no reason", rows);
         }
         Ok(())

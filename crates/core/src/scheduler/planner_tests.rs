@@ -37,6 +37,25 @@ fn dispatch(planner: &mut BatchPlanner, now: Instant) -> Batch {
     }
 }
 
+fn us(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
+
+/// Plays one round of a closed loop of `clients` requests arriving `gap` apart from `start`,
+/// run together, so the planner has seen that many outstanding at once and that gap. Returns
+/// when the next request arrives, one `gap` after the last. Ids from 1000 on.
+fn busy_history(planner: &mut BatchPlanner, start: Instant, clients: u64, gap: Duration) -> Instant {
+    let last = start + gap * (clients as u32 - 1);
+    for i in 0..clients {
+        let at = start + gap * i as u32;
+        planner.admit(entry(1000 + i, 1, at), at).expect("admitted");
+    }
+    let batch = dispatch(planner, last);
+    assert_eq!(batch.entries.len(), clients as usize, "the whole round runs at once");
+    planner.complete(batch.id, None);
+    last + gap
+}
+
 #[test]
 fn batch_never_exceeds_max_batch_size() {
     let t0 = Instant::now();
@@ -84,9 +103,10 @@ fn batches_fill_across_levels_but_start_with_the_head() {
 
 #[test]
 fn waits_for_max_queue_delay_then_sends_what_it_has() {
-    let t0 = Instant::now();
     let config = PlannerConfig { max_queue_delay: ms(2), ..batching(8) };
     let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    // Four clients, a request every millisecond: company is expected until 2 ms.
+    let t0 = busy_history(&mut planner, Instant::now(), 4, ms(1));
     admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
     assert_eq!(planner.next_batch(t0), Decision::WaitUntil(t0 + ms(2)));
     admit_all(&mut planner, vec![entry(1, 3, t0 + ms(1))], t0 + ms(1));
@@ -254,9 +274,10 @@ fn admission_refuses_a_predicted_deadline_miss() {
 
 #[test]
 fn slo_fires_early_to_meet_the_oldest_deadline() {
-    let t0 = Instant::now();
     let config = PlannerConfig { max_queue_delay: ms(100), slo: Some(ms(10)), ..batching(8) };
     let mut planner = BatchPlanner::new(config.clone(), linear_profile());
+    // Four clients 5 ms apart: company is expected for 10 ms after each arrival.
+    let t0 = busy_history(&mut planner, Instant::now(), 4, ms(5));
     let arrive =
         |id: EntryId, at: Instant| Entry { deadlines: config.deadlines(at, None, None), ..entry(id, 1, at) };
     admit_all(&mut planner, vec![arrive(0, t0)], t0);
@@ -320,4 +341,112 @@ fn completions_update_the_profile() {
     let batch = dispatch(&mut planner, t0);
     planner.complete(batch.id, Some((2, ms(3))));
     assert_eq!(planner.profile().predict(2), Some(ms(3)));
+}
+
+#[test]
+fn a_lone_request_runs_at_once() {
+    let t0 = Instant::now();
+    let config = PlannerConfig { max_queue_delay: us(500), ..batching(8) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    // The very first request: nothing is measured yet, so the configured delay applies.
+    admit_all(&mut planner, vec![entry(0, 1, t0)], t0);
+    assert_eq!(planner.next_batch(t0), Decision::WaitUntil(t0 + us(500)));
+    let batch = dispatch(&mut planner, t0 + us(500));
+    planner.complete(batch.id, None);
+    // One client in a closed loop: each request is all that is outstanding, and goes at once.
+    for id in 1..20 {
+        let at = t0 + us(500 + 120 * id);
+        admit_all(&mut planner, vec![entry(id, 1, at)], at);
+        let batch = dispatch(&mut planner, at);
+        assert_eq!(batch.entries, vec![id]);
+        planner.complete(batch.id, None);
+    }
+}
+
+#[test]
+fn a_burst_waits_for_company_while_arrivals_are_dense() {
+    let config = PlannerConfig { max_queue_delay: us(500), ..batching(8) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    let t = busy_history(&mut planner, Instant::now(), 4, us(10));
+    // The next round: three of the four clients wait for the fourth, 10 µs apart.
+    for i in 0..3 {
+        let at = t + us(10 * i);
+        admit_all(&mut planner, vec![entry(i, 1, at)], at);
+        assert_eq!(planner.next_batch(at), Decision::WaitUntil(at + us(20)), "the next is due 10 µs on");
+    }
+    // The fourth: everything outstanding is queued, so the batch goes at once, not at 500 µs.
+    admit_all(&mut planner, vec![entry(3, 1, t + us(30))], t + us(30));
+    let batch = dispatch(&mut planner, t + us(30));
+    assert_eq!(batch.entries, vec![0, 1, 2, 3]);
+    planner.complete(batch.id, None);
+
+    // A round where the fourth client has gone: the batch waits twice the usual gap, then goes.
+    let t = t + us(100);
+    for i in 0..3 {
+        admit_all(&mut planner, vec![entry(10 + i, 1, t + us(10 * i))], t + us(10 * i));
+    }
+    let last = t + us(20);
+    let Decision::WaitUntil(until) = planner.next_batch(last) else { panic!("expected a wait") };
+    assert!(until > last && until <= last + us(40), "waits about two gaps: {:?}", until - last);
+    assert_eq!(dispatch(&mut planner, until).entries, vec![10, 11, 12]);
+}
+
+#[test]
+fn waiting_for_company_stops_before_a_deadline_would_be_missed() {
+    // 1 ms + 1 ms per row; eight clients, one every 100 µs.
+    let config = PlannerConfig { max_queue_delay: ms(10), ..batching(8) };
+    let mut planner = BatchPlanner::new(config, linear_profile());
+    let t = busy_history(&mut planner, Instant::now(), 8, us(100));
+    let due = |id: EntryId, at: Instant, due: Instant| Entry {
+        deadlines: Deadlines { due: Some(due), ..Deadlines::default() },
+        ..entry(id, 1, at)
+    };
+    // Alone it runs 2 ms, so it may start until 2 ms: company is expected before then.
+    admit_all(&mut planner, vec![due(0, t, t + ms(4))], t);
+    assert_eq!(planner.next_batch(t), Decision::WaitUntil(t + us(200)));
+    // Two rows run 3 ms: start by 1 ms.
+    admit_all(&mut planner, vec![entry(1, 1, t + us(100))], t + us(100));
+    assert_eq!(planner.next_batch(t + us(100)), Decision::WaitUntil(t + us(300)));
+    // Three rows would run 4 ms, past the due time whenever they start: the two that fit go now.
+    admit_all(&mut planner, vec![entry(2, 1, t + us(200))], t + us(200));
+    let batch = dispatch(&mut planner, t + us(200));
+    assert_eq!(batch.entries, vec![0, 1]);
+    assert!(t + us(200) + planner.profile().predict(batch.rows).expect("profiled") <= t + ms(4));
+    planner.complete(batch.id, None);
+
+    // Clients 1 ms apart, a request that must start within 500 µs: the next arrival would come
+    // too late to share its batch, so it goes at once.
+    let config = PlannerConfig { max_queue_delay: ms(10), ..batching(8) };
+    let mut planner = BatchPlanner::new(config, linear_profile());
+    let t = busy_history(&mut planner, Instant::now(), 8, ms(1));
+    admit_all(&mut planner, vec![due(0, t, t + us(2500))], t);
+    assert_eq!(dispatch(&mut planner, t).entries, vec![0]);
+}
+
+#[test]
+fn company_never_delays_a_batch_past_max_queue_delay() {
+    let config = PlannerConfig { max_queue_delay: us(500), ..batching(16) };
+    let mut planner = BatchPlanner::new(config, LatencyProfile::default());
+    let t = busy_history(&mut planner, Instant::now(), 16, us(100));
+    // Requests keep coming every 100 µs, but never all sixteen of the last round at once.
+    let mut now = t;
+    let mut next_arrival = t;
+    let mut id = 0;
+    let first = loop {
+        if now == next_arrival {
+            admit_all(&mut planner, vec![entry(id, 1, now)], now);
+            id += 1;
+            next_arrival = now + us(100);
+        }
+        match planner.next_batch(now) {
+            Decision::Dispatch(batch) => break batch,
+            Decision::WaitUntil(at) => {
+                assert!(at <= t + us(500), "asked to wait until {:?} after the oldest", at - t);
+                now = at.min(next_arrival);
+            }
+            Decision::Idle => panic!("a queued request with a free instance is never idle"),
+        }
+    };
+    assert_eq!(now, t + us(500), "sent when the oldest has waited max_queue_delay");
+    assert_eq!(first.entries, vec![0, 1, 2, 3, 4, 5]);
 }

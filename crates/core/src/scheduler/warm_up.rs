@@ -69,12 +69,40 @@ pub fn warm_up(
     for rows in sizes {
         let inputs = zero_inputs(config, rows)?;
         for _ in 0..rounds {
-            let start = Instant::now();
-            infer_caught(&name, instance, &inputs, &outputs)?;
-            samples.push((rows, start.elapsed()));
+            samples.push((rows, timed_run(&name, instance, &inputs, &outputs)?));
         }
     }
     Ok(samples)
+}
+
+/// The median time of `rounds` runs of one row on `instance`, after one untimed run: what the
+/// model costs at its cheapest, to choose its threads from. Blocking: it runs the model.
+pub fn one_row_time(
+    instance: &mut dyn ModelInstance,
+    config: &ModelConfig,
+    rounds: usize,
+) -> Result<Duration, EngineError> {
+    let name = format!("{}#timing", config.name);
+    let outputs: Vec<String> = config.outputs.iter().map(|o| o.name.clone()).collect();
+    let inputs = zero_inputs(config, 1)?;
+    infer_caught(&name, instance, &inputs, &outputs)?;
+    let mut times = Vec::with_capacity(rounds.max(1));
+    for _ in 0..rounds.max(1) {
+        times.push(timed_run(&name, instance, &inputs, &outputs)?);
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
+fn timed_run(
+    name: &str,
+    instance: &mut dyn ModelInstance,
+    inputs: &[NamedTensor],
+    outputs: &[String],
+) -> Result<Duration, EngineError> {
+    let start = Instant::now();
+    infer_caught(name, instance, inputs, outputs)?;
+    Ok(start.elapsed())
 }
 
 #[cfg(test)]
@@ -103,6 +131,23 @@ mod tests {
         assert_eq!(warm_up_sizes(&config(10)), vec![1, 2, 4, 6, 8, 10]);
         assert_eq!(warm_up_sizes(&config(1)), vec![1]);
         assert_eq!(warm_up_sizes(&config(0)), vec![1]);
+    }
+
+    /// Records the rows of each call; answers with no outputs.
+    struct Rows(Vec<usize>);
+
+    impl ModelInstance for Rows {
+        fn infer(&mut self, inputs: &[NamedTensor], _: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+            self.0.push(inputs[0].tensor.shape()[0]);
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn one_row_time_runs_one_row_once_untimed_then_the_rounds() {
+        let mut instance = Rows(Vec::new());
+        one_row_time(&mut instance, &config(8), 5).expect("runs");
+        assert_eq!(instance.0, vec![1; 6]);
     }
 
     #[test]

@@ -4,9 +4,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rtserve_core::scheduler::one_row_time;
 use rtserve_core::{
-    Engine, LoadOptions, ModelConfig, ModelSignature, PredictionCache, Scheduler, SchedulerOptions,
-    TensorSpec,
+    intra_op_threads_for, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature, PredictionCache,
+    Scheduler, SchedulerOptions, TensorSpec,
 };
 
 use crate::classification::read_labels;
@@ -21,6 +22,14 @@ use crate::model::LoadedModel;
 /// The batch limit given to a model whose config is inferred from a graph with a dynamic
 /// first dimension.
 pub const INFERRED_MAX_BATCH_SIZE: u32 = 64;
+
+/// The parameter that sets the threads one inference may use.
+pub const INTRA_OP_THREADS_PARAMETER: &str = "intra_op_threads";
+/// The parameter that lets those threads spin (busy-wait) between runs.
+pub const ALLOW_SPINNING_PARAMETER: &str = "allow_spinning";
+
+/// Timed one-row runs that choose the threads of a model that does not set them.
+const THREAD_CHOICE_ROUNDS: usize = 9;
 
 /// Loads every selected version of the model in `dir`. Blocking: run it off the async workers.
 pub fn load_model(
@@ -96,10 +105,7 @@ fn load_version(
         None => infer_config(base.clone(), &signature),
     };
     let count = config.instance_count();
-    let options = LoadOptions { intra_op_threads: intra_op_threads(&config, count)? };
-    let instances = (0..count)
-        .map(|_| engine.load(path, &options).map_err(|e| e.to_string()))
-        .collect::<Result<Vec<_>, _>>()?;
+    let Instances { instances, threads, spinning } = load_instances(path, &config, engine, count)?;
     let scheduling = SchedulerOptions {
         observer: Some(serving.stages.observer(&config.name, version)),
         ..serving.scheduling.clone()
@@ -108,7 +114,7 @@ fn load_version(
     let policy = scheduler.policy();
     tracing::info!(
         model = %config.name, version, engine = engine.name(), instances = count,
-        threads = options.intra_op_threads, batching = policy.batching, slo = ?policy.slo,
+        threads, spinning, batching = policy.batching, slo = ?policy.slo,
         cache = config.response_cache, "loaded {}", path.display()
     );
     Ok(LoadedModel::new(config, version, engine.name(), scheduler, serving.cache.clone()))
@@ -131,16 +137,82 @@ fn version_dirs(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, S
     Ok(versions)
 }
 
-/// Threads per instance: the `intra_op_threads` parameter, else the cores split across instances.
-fn intra_op_threads(config: &ModelConfig, instances: usize) -> Result<usize, String> {
-    match config.parameters.get("intra_op_threads") {
-        Some(value) => value
-            .parse::<usize>()
-            .map_err(|_| format!("parameter intra_op_threads '{value}' is not a whole number")),
+/// A model's loaded instances, with the intra-op threads each got and whether they spin.
+struct Instances {
+    instances: Vec<Box<dyn ModelInstance>>,
+    threads: usize,
+    spinning: bool,
+}
+
+/// Loads `count` instances. Threads: the `intra_op_threads` parameter, else chosen by [`intra_op_threads_for`]
+/// from a timed one-row run on an instance given the cores split across instances (one thread
+/// for a cheap model, those cores for an expensive one). Spinning: only with `allow_spinning`.
+fn load_instances(
+    path: &Path,
+    config: &ModelConfig,
+    engine: &dyn Engine,
+    count: usize,
+) -> Result<Instances, String> {
+    let spinning = allow_spinning(config)?;
+    let load = |intra_op_threads: usize| {
+        engine.load_spinning(path, &LoadOptions { intra_op_threads }, spinning).map_err(|e| e.to_string())
+    };
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores_each = (cores / count.max(1)).max(1);
+    let mut instances = Vec::with_capacity(count);
+    let threads = match configured_threads(config)? {
+        Some(threads) => threads,
+        None if cores_each == 1 => 1,
         None => {
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            Ok((cores / instances).max(1))
+            let mut probe = load(cores_each)?;
+            let threads = match one_row_time(probe.as_mut(), config, THREAD_CHOICE_ROUNDS) {
+                Ok(one_row) => {
+                    let threads = intra_op_threads_for(one_row, cores_each);
+                    tracing::info!(
+                        model = %config.name, one_row_us = one_row.as_micros() as u64, threads,
+                        "intra-op threads chosen from a one-row run on {cores_each}"
+                    );
+                    threads
+                }
+                Err(e) => {
+                    tracing::warn!(model = %config.name, "cannot time a one-row run, using {cores_each} threads: {e}");
+                    cores_each
+                }
+            };
+            if threads == cores_each {
+                instances.push(probe);
+            }
+            threads
         }
+    };
+    while instances.len() < count {
+        instances.push(load(threads)?);
+    }
+    Ok(Instances { instances, threads, spinning })
+}
+
+/// The `intra_op_threads` parameter, if set.
+fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, String> {
+    config
+        .parameters
+        .get(INTRA_OP_THREADS_PARAMETER)
+        .map(|value| {
+            value.trim().parse::<usize>().map_err(|_| {
+                format!("parameter {INTRA_OP_THREADS_PARAMETER} '{value}' is not a whole number")
+            })
+        })
+        .transpose()
+}
+
+/// The `allow_spinning` parameter: `true`/`false` or `1`/`0`; absent: false.
+fn allow_spinning(config: &ModelConfig) -> Result<bool, String> {
+    let Some(value) = config.parameters.get(ALLOW_SPINNING_PARAMETER) else {
+        return Ok(false);
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("parameter {ALLOW_SPINNING_PARAMETER} '{value}' must be true, false, 1 or 0")),
     }
 }
 
@@ -235,4 +307,95 @@ fn check_tensor(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use rtserve_core::{DataType, EngineError, NamedTensor};
+
+    use super::*;
+
+    /// Records how each instance was loaded; its instances take `run` per inference.
+    struct Recorder {
+        loads: Mutex<Vec<(usize, bool)>>,
+        run: Duration,
+    }
+
+    struct Slow(Duration);
+
+    impl ModelInstance for Slow {
+        fn infer(&mut self, _: &[NamedTensor], _: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+            std::thread::sleep(self.0);
+            Ok(Vec::new())
+        }
+    }
+
+    impl Engine for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+
+        fn signature(&self, _: &Path) -> Result<ModelSignature, EngineError> {
+            Err(EngineError::new("not used"))
+        }
+
+        fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+            self.load_spinning(path, options, false)
+        }
+
+        fn load_spinning(
+            &self,
+            _: &Path,
+            options: &LoadOptions,
+            allow_spinning: bool,
+        ) -> Result<Box<dyn ModelInstance>, EngineError> {
+            self.loads.lock().expect("not poisoned").push((options.intra_op_threads, allow_spinning));
+            Ok(Box::new(Slow(self.run)))
+        }
+    }
+
+    fn config(parameters: &[(&str, &str)]) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            max_batch_size: 8,
+            inputs: vec![TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![2] }],
+            parameters: parameters.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..ModelConfig::default()
+        }
+    }
+
+    fn loads(parameters: &[(&str, &str)], count: usize, run: Duration) -> Result<Vec<(usize, bool)>, String> {
+        let engine = Recorder { loads: Mutex::new(Vec::new()), run };
+        let Instances { instances, threads, spinning } =
+            load_instances(Path::new("m.onnx"), &config(parameters), &engine, count)?;
+        assert_eq!(instances.len(), count);
+        let loads = engine.loads.into_inner().expect("not poisoned");
+        assert!(loads.iter().rev().take(count).all(|&l| l == (threads, spinning)), "{loads:?}");
+        Ok(loads)
+    }
+
+    #[test]
+    fn configured_threads_and_spinning_are_used_as_given() {
+        let given = loads(&[("intra_op_threads", "3"), ("allow_spinning", "true")], 2, Duration::ZERO);
+        assert_eq!(given, Ok(vec![(3, true), (3, true)]));
+        assert_eq!(
+            loads(&[("allow_spinning", " 0 "), ("intra_op_threads", "1")], 1, Duration::ZERO),
+            Ok(vec![(1, false)])
+        );
+        let err = loads(&[("allow_spinning", "sometimes")], 1, Duration::ZERO).expect_err("not a bool");
+        assert!(err.contains("allow_spinning 'sometimes' must be true, false, 1 or 0"), "{err}");
+        let err = loads(&[("intra_op_threads", "two")], 1, Duration::ZERO).expect_err("not a number");
+        assert!(err.contains("intra_op_threads 'two' is not a whole number"), "{err}");
+    }
+
+    #[test]
+    fn an_expensive_model_keeps_the_cores_and_its_timed_instance() {
+        // Every run sleeps past ONE_THREAD_BELOW, so the timed instance is kept as it is.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let loads = loads(&[], 1, rtserve_core::ONE_THREAD_BELOW * 2).expect("loads");
+        assert_eq!(loads, vec![(cores, false)], "one load, no spinning");
+    }
 }
