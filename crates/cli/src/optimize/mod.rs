@@ -33,10 +33,10 @@ enum OptimizeCommand {
     Evaluate(EvaluateArgs),
     /// Fine-tune a model's float weights on labelled data (no Python): SGD or AdamW, held-out
     /// accuracy per epoch, the best epoch written.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Prune a model, then fine-tune it: --method magnitude (zeros, smaller compressed file) or
     /// channels (whole channels removed: a smaller, faster dense model).
-    Prune(train::PruneArgs),
+    Prune(Box<train::PruneArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -244,8 +244,8 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         OptimizeCommand::Quantize(a) => run_quantize(a),
         OptimizeCommand::Fp16(a) => run_fp16(a),
         OptimizeCommand::Evaluate(a) => run_evaluate(a),
-        OptimizeCommand::Train(a) => train::run_train(a),
-        OptimizeCommand::Prune(a) => train::run_prune(a),
+        OptimizeCommand::Train(a) => train::run_train(*a),
+        OptimizeCommand::Prune(a) => train::run_prune(*a),
     }
 }
 

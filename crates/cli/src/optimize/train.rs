@@ -215,7 +215,7 @@ impl FitArgs {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
-        if !(self.lr > 0.0) {
+        if !self.lr.is_finite() || self.lr <= 0.0 {
             bail!("--lr must be positive");
         }
         Ok(TrainOptions {

@@ -223,7 +223,7 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                             let features = wd[in_axis] as usize;
                             let channels = deps.channels(&input);
                             let fits = if input.flattened {
-                                channels > 0 && features % channels == 0
+                                channels > 0 && features.is_multiple_of(channels)
                             } else {
                                 features == channels
                             };

@@ -29,7 +29,7 @@ impl Dataset {
     /// Checks that features and labels agree.
     pub fn new(sample_shape: Vec<usize>, features: Vec<f32>, labels: Vec<u32>) -> Result<Dataset> {
         let per: usize = sample_shape.iter().product();
-        if per == 0 || features.len() % per != 0 {
+        if per == 0 || !features.len().is_multiple_of(per) {
             return Err(OptimizeError::data(format!(
                 "{} values do not make whole samples of shape {sample_shape:?}",
                 features.len()
@@ -127,7 +127,7 @@ pub fn load(path: &Path, labels: &Path, input: &str, images: &ImagePreprocess) -
         .map(|l| u32::try_from(l).map_err(|_| OptimizeError::data(format!("label {l} is too large"))))
         .collect::<Result<_>>()?;
     let first = samples.first().and_then(|s| s.first()).ok_or_else(|| OptimizeError::data("no samples"))?;
-    let sample_shape: Vec<usize> = first.tensor.shape().iter().skip(1).map(|&d| d as usize).collect();
+    let sample_shape: Vec<usize> = first.tensor.shape().iter().skip(1).copied().collect();
     let mut features = Vec::new();
     for sample in &samples {
         let t = &sample[0].tensor;

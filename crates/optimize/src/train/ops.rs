@@ -507,7 +507,7 @@ pub fn reshape_dims(
     }
     let known: usize = dims.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {shape:?}"));
         }
         dims[i] = total / known;
