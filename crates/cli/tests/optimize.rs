@@ -49,9 +49,15 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
 /// A `.npy` file of `n` seeded pseudo-random samples of shape `shape` in [0, 1).
 fn write_npy(path: &Path, n: usize, shape: &[usize]) {
     let per: usize = shape.iter().product();
-    let values = pseudo_random(n * per, 0);
-    let dims: Vec<String> = std::iter::once(n).chain(shape.iter().copied()).map(|d| d.to_string()).collect();
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}), }}", dims.join(", "));
+    let dims: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+    write_npy_values(path, &dims, &pseudo_random(n * per, 0));
+}
+
+/// A float32 `.npy` file of the given shape and values.
+fn write_npy_values(path: &Path, dims: &[usize], values: &[f32]) {
+    let dims: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("{},", dims[0]) } else { dims.join(", ") };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -427,16 +433,15 @@ fn a_relu_after_a_gemm_that_writes_the_graph_output_is_kept() {
 /// `n` labels (0..10) as a float32 `.npy`, the way a labels file may come.
 fn write_labels(path: &Path, n: usize) {
     let labels: Vec<f32> = (0..n).map(|i| (i % 10) as f32).collect();
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({n},), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend(labels.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).expect("write labels");
+    write_npy_values(path, &[n], &labels);
+}
+
+/// Runs `rtserve optimize <command...> --model model --out out <common...>` and reads its JSON.
+fn optimize_json(command: &[&str], model: &Path, out: &Path, common: &[&str]) -> Value {
+    let mut args = command.to_vec();
+    args.extend(["--model", model.to_str().expect("utf-8"), "--out", out.to_str().expect("utf-8")]);
+    args.extend(common);
+    serde_json::from_str(&ok(&rtserve(&args))).expect("json")
 }
 
 fn initializer_dims(path: &Path, name: &str) -> Vec<i64> {
@@ -455,10 +460,7 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     let common =
         ["--data", d, "--labels", l, "--epochs", "1", "--batch-size", "8", "--heldout", "0.25", "--json"];
     let trained = dir.path().join("trained.onnx");
-    let mut args =
-        vec!["train", "--model", cnn.to_str().expect("utf-8"), "--out", trained.to_str().expect("utf-8")];
-    args.extend(common);
-    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    let report = optimize_json(&["train"], &cnn, &trained, &common);
     assert_eq!(report["training"]["epochs"].as_array().map(Vec::len), Some(1), "{report}");
     assert!(report["heldout_accuracy"].as_f64().is_some(), "{report}");
     // Same names and shapes; the engines still run it.
@@ -467,33 +469,13 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     evaluate(&cnn, &trained, &data, "tract", &[]);
 
     let small = dir.path().join("channels.onnx");
-    let mut args = vec![
-        "prune",
-        "--method",
-        "channels",
-        "--model",
-        cnn.to_str().expect("utf-8"),
-        "--out",
-        small.to_str().expect("utf-8"),
-    ];
-    args.extend(common);
-    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    let report = optimize_json(&["prune", "--method", "channels"], &cnn, &small, &common);
     assert!(report["params_after"].as_u64() < report["params_before"].as_u64(), "{report}");
     assert_eq!(initializer_dims(&small, "conv1.weight")[0], conv[0] / 2, "{report}");
     evaluate(&cnn, &small, &data, "tract", &[]);
 
     let sparse = dir.path().join("magnitude.onnx");
-    let mut args = vec![
-        "prune",
-        "--method",
-        "magnitude",
-        "--model",
-        cnn.to_str().expect("utf-8"),
-        "--out",
-        sparse.to_str().expect("utf-8"),
-    ];
-    args.extend(common);
-    let report: Value = serde_json::from_str(&ok(&rtserve(&args))).expect("json");
+    let report = optimize_json(&["prune", "--method", "magnitude"], &cnn, &sparse, &common);
     assert!(report["gzip_bytes_after"].as_u64() < report["gzip_bytes_before"].as_u64(), "{report}");
     let zeros: u64 =
         report["layers"].as_array().expect("layers").iter().map(|l| l["zeros"].as_u64().expect("z")).sum();
