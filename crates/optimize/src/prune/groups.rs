@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use crate::graph::{attribute, initializers, int_attr, node_label};
-use crate::model::element_count;
 use crate::onnx::GraphProto;
 
 /// A channel axis as the concatenation of spaces; `flattened`: each channel was spread over
@@ -329,10 +328,11 @@ pub fn analyse(graph: &GraphProto) -> Dependencies {
                         let other = if input_layout(0).is_some() { 1 } else { 0 };
                         let constant = node.input.get(other).and_then(|n| dims(n).map(|d| (n.clone(), d)));
                         let channels = deps.channels(&l) as i64;
+                        let axis = |d: &[i64]| per_channel_axis(d, channels).filter(|_| !l.flattened);
                         match constant {
                             Some((_, d)) if element_count_of(&d) == 1 => produced = Some(l),
-                            Some((name, d)) if !l.flattened && per_channel_axis(&d, channels).is_some() => {
-                                let axis = per_channel_axis(&d, channels).unwrap_or(0);
+                            Some((name, d)) if axis(&d).is_some() => {
+                                let axis = axis(&d).unwrap_or(0);
                                 deps.edits.push(Edit {
                                     tensor: name,
                                     axis,
@@ -398,9 +398,4 @@ fn per_channel_axis(dims: &[i64], channels: i64) -> Option<usize> {
         [1, c, 1, 1] if *c == channels => Some(1),
         _ => None,
     }
-}
-
-/// The number of values a tensor holds, for the report (0 if malformed).
-pub fn tensor_size(graph: &GraphProto, name: &str) -> usize {
-    graph.initializer.iter().find(|t| t.name == name).and_then(|t| element_count(t).ok()).unwrap_or(0)
 }
