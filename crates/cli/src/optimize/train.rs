@@ -296,7 +296,13 @@ fn fit(
                 .heldout_accuracy
                 .map(|a| format!(", held-out accuracy {:.2} %", a * 100.0))
                 .unwrap_or_default();
-            bar.println(format!("epoch {}: loss {:.4}{acc} ({:.1} s)", f.epoch + 1, f.train_loss, f.seconds));
+            let line = format!("epoch {}: loss {:.4}{acc} ({:.1} s)", f.epoch + 1, f.train_loss, f.seconds);
+            // A hidden bar (stderr not a terminal) prints nothing, not even its println.
+            if bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                bar.println(line);
+            }
             bar.reset();
         }
     };
