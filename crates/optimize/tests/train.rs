@@ -400,40 +400,59 @@ fn weighted_loss(g: &TrainGraph, x: &Tensor, r: &Tensor) -> Tensor {
     (y.flatten_all().expect("flat") * r).expect("mul").sum_all().expect("sum")
 }
 
+/// Checks `analytic` (the gradient of the weighted loss) against central differences at a few
+/// entries of `values`, which `set` writes into the graph.
+fn check_gradient(what: &str, values: &[f64], analytic: &[f64], mut loss_with: impl FnMut(Vec<f64>) -> f64) {
+    for k in [0, values.len() / 3, values.len() / 2, values.len() - 1] {
+        let h = 1e-5;
+        let mut eval = |delta: f64| {
+            let mut v = values.to_vec();
+            v[k] += delta;
+            loss_with(v)
+        };
+        let numeric = (eval(h) - eval(-h)) / (2.0 * h);
+        let tol = 1e-5 + 1e-4 * numeric.abs().max(analytic[k].abs());
+        assert!(
+            (numeric - analytic[k]).abs() <= tol,
+            "{what}[{k}]: analytic {} vs numeric {numeric}",
+            analytic[k]
+        );
+    }
+}
+
 #[test]
 fn gradients_match_finite_differences() {
     let mut rng = StdRng::seed_from_u64(5);
     for (name, model, dims) in operator_cases() {
         let g = TrainGraph::with_dtype(&model, DType::F64).expect("graph");
-        let x = candle_input(&random(&mut rng, dims.iter().product(), 2.0), &dims, DType::F64);
-        let probe =
-            g.forward(&[("x".into(), x.clone())], Mode::Train, &mut StdRng::seed_from_u64(0)).expect("probe");
+        let x = candle_core::Var::from_tensor(&candle_input(
+            &random(&mut rng, dims.iter().product(), 2.0),
+            &dims,
+            DType::F64,
+        ))
+        .expect("var");
+        let probe = g
+            .forward(&[("x".into(), x.as_tensor().clone())], Mode::Train, &mut StdRng::seed_from_u64(0))
+            .expect("probe");
         let out_len = probe.values[&g.outputs()[0]].elem_count();
         let r = candle_input(&random(&mut rng, out_len, 1.0), &[out_len], DType::F64);
-        let grads = weighted_loss(&g, &x, &r).backward().expect("backward");
+        let grads = weighted_loss(&g, x.as_tensor(), &r).backward().expect("backward");
+        let as_vec = |t: &Tensor| t.flatten_all().expect("flat").to_vec1::<f64>().expect("values");
+        // The input's gradient: what every operator passes back to the layers before it.
+        let input_values = as_vec(x.as_tensor());
+        let input_grad = as_vec(grads.get(x.as_tensor()).expect("the input has a gradient"));
+        check_gradient(&format!("{name}: d/dx"), &input_values, &input_grad, |v| {
+            let t = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).expect("t");
+            weighted_loss(&g, &t, &r).to_scalar::<f64>().expect("loss")
+        });
         for p in g.params().iter().filter(|p| p.kind == ParamKind::Trainable) {
             let Some(grad) = grads.get(p.var.as_tensor()) else { continue };
-            let analytic = grad.flatten_all().expect("flat").to_vec1::<f64>().expect("grad");
             let original = p.var.as_tensor().copy().expect("copy");
-            let values = original.flatten_all().expect("flat").to_vec1::<f64>().expect("values");
-            for k in [0, values.len() / 2, values.len() - 1] {
-                let h = 1e-5;
-                let eval = |delta: f64| {
-                    let mut v = values.clone();
-                    v[k] += delta;
-                    p.var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).expect("t")).expect("set");
-                    weighted_loss(&g, &x, &r).to_scalar::<f64>().expect("loss")
-                };
-                let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-                p.var.set(&original).expect("restore");
-                let tol = 1e-5 + 1e-4 * numeric.abs().max(analytic[k].abs());
-                assert!(
-                    (numeric - analytic[k]).abs() <= tol,
-                    "{name}: d/d {}[{k}]: analytic {} vs numeric {numeric}",
-                    p.name,
-                    analytic[k]
-                );
-            }
+            check_gradient(&format!("{name}: d/d {}", p.name), &as_vec(&original), &as_vec(grad), |v| {
+                p.var.set(&Tensor::from_vec(v, original.dims(), &Device::Cpu).expect("t")).expect("set");
+                weighted_loss(&g, x.as_tensor(), &r).to_scalar::<f64>().expect("loss")
+            });
+            p.var.set(&original).expect("restore");
         }
     }
 }

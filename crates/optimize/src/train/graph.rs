@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use super::kernels;
 use super::ops::{self, Op};
 use crate::error::{OptimizeError, Result};
 use crate::graph::validate;
@@ -272,7 +273,7 @@ impl TrainGraph {
             Op::Sub => x(0)?.broadcast_sub(x(1)?)?,
             Op::Mul => x(0)?.broadcast_mul(x(1)?)?,
             Op::Div => x(0)?.broadcast_div(x(1)?)?,
-            Op::Relu => x(0)?.relu()?,
+            Op::Relu => kernels::relu(x(0)?)?,
             Op::Clip { min, max } => {
                 let bound = |i, attr: &Option<f32>| -> Result<Option<f32>> {
                     match self.optional(node, values, i) {

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Tensor, D};
 
+use super::kernels::{self, ConvGeometry};
 use crate::error::{OptimizeError, Result};
 use crate::graph::{attribute, float_attr, int_attr};
 use crate::onnx::NodeProto;
@@ -282,44 +283,6 @@ pub fn resolve_padding(
     }
 }
 
-/// Pads the two spatial axes of an NCHW tensor with `value`.
-pub fn pad_spatial(x: &Tensor, [top, left, bottom, right]: [usize; 4], value: f64) -> Result<Tensor> {
-    if top + left + bottom + right == 0 {
-        return Ok(x.clone());
-    }
-    if value == 0.0 {
-        return Ok(x.pad_with_zeros(2, top, bottom)?.pad_with_zeros(3, left, right)?);
-    }
-    let (n, c, h, w) = x.dims4()?;
-    let full = |shape: (usize, usize, usize, usize)| -> Result<Tensor> {
-        Ok(Tensor::full(value, shape, x.device())?.to_dtype(x.dtype())?)
-    };
-    let mut parts = Vec::new();
-    if top > 0 {
-        parts.push(full((n, c, top, w))?);
-    }
-    parts.push(x.clone());
-    if bottom > 0 {
-        parts.push(full((n, c, bottom, w))?);
-    }
-    let x = Tensor::cat(&parts, 2)?;
-    let h = h + top + bottom;
-    let mut parts = Vec::new();
-    if left > 0 {
-        parts.push(full((n, c, h, left))?);
-    }
-    parts.push(x);
-    if right > 0 {
-        parts.push(full((n, c, h, right))?);
-    }
-    Ok(Tensor::cat(&parts, 3)?)
-}
-
-/// Reshapes `(1, C, 1, 1)`-style per-channel vectors for NCHW broadcasting.
-fn per_channel(v: &Tensor) -> Result<Tensor> {
-    Ok(v.reshape((1, v.elem_count(), 1, 1))?)
-}
-
 /// Conv on NCHW input `x` with weight `w` [M, C/group, kH, kW] and optional bias [M].
 pub fn conv(
     x: &Tensor,
@@ -331,44 +294,26 @@ pub fn conv(
     group: usize,
 ) -> Result<Tensor> {
     let (_, _, h, wd) = x.dims4()?;
-    let (_, _, kh, kw) = w.dims4()?;
+    let (m, _, kh, kw) = w.dims4()?;
     let pads = resolve_padding(padding, (h, wd), (kh, kw), (strides, strides), dilations);
-    let y = if group == 1 {
-        conv_gemm(&pad_spatial(x, pads, 0.0)?, w, strides, dilations)?
-    } else {
-        let [t, l, b, r] = pads;
-        if t == b && l == r && t == l {
-            x.conv2d(w, t, strides, dilations, group)?
-        } else {
-            pad_spatial(x, pads, 0.0)?.conv2d(w, 0, strides, dilations, group)?
+    let span = |k: usize| dilations * (k.max(1) - 1) + 1;
+    let padded = (h + pads[0] + pads[2], wd + pads[1] + pads[3]);
+    if padded.0 < span(kh) || padded.1 < span(kw) {
+        return Err(OptimizeError::model(format!(
+            "a {kh}x{kw} kernel does not fit a {}x{} padded input",
+            padded.0, padded.1
+        )));
+    }
+    let geometry = ConvGeometry { strides: (strides, strides), dilation: dilations, pads, group };
+    let zeros;
+    let bias = match bias {
+        Some(b) => b,
+        None => {
+            zeros = Tensor::zeros(m, x.dtype(), x.device())?;
+            &zeros
         }
     };
-    match bias {
-        Some(b) => Ok(y.broadcast_add(&per_channel(b)?)?),
-        None => Ok(y),
-    }
-}
-
-/// An ungrouped convolution of an already padded input as im2col (one strided view of the input
-/// per kernel offset) and one matrix product: candle differentiates that with matrix products,
-/// where its own `conv2d` backward runs a direct transposed-convolution loop (10× slower here).
-fn conv_gemm(x: &Tensor, w: &Tensor, stride: usize, dilation: usize) -> Result<Tensor> {
-    let (n, c, h, wd) = x.dims4()?;
-    let (m, _, kh, kw) = w.dims4()?;
-    let span = |k: usize| dilation * (k - 1) + 1;
-    if h < span(kh) || wd < span(kw) {
-        return Err(OptimizeError::model(format!("a {kh}x{kw} kernel does not fit a {h}x{wd} input")));
-    }
-    let out = ((h - span(kh)) / stride + 1, (wd - span(kw)) / stride + 1);
-    let mut columns = Vec::with_capacity(kh * kw);
-    for i in 0..kh {
-        for j in 0..kw {
-            columns.push(window_cells(x, (i * dilation, j * dilation), (stride, stride), out)?);
-        }
-    }
-    let columns = Tensor::stack(&columns, 2)?.reshape((n, c * kh * kw, out.0 * out.1))?;
-    let y = w.reshape((m, c * kh * kw))?.broadcast_matmul(&columns)?;
-    Ok(y.reshape((n, m, out.0, out.1))?)
+    Ok(kernels::conv2d(x, w, bias, geometry)?)
 }
 
 /// BatchNormalization in inference form: running statistics.
@@ -380,10 +325,8 @@ pub fn batch_norm_eval(
     var: &Tensor,
     eps: f64,
 ) -> Result<Tensor> {
-    let inv = (var + eps)?.sqrt()?.recip()?;
-    let a = (scale * inv)?;
-    let shift = (bias - (mean * &a)?)?;
-    Ok(x.broadcast_mul(&per_channel(&a)?)?.broadcast_add(&per_channel(&shift)?)?)
+    let var = kernels::to_f64s(var)?;
+    Ok(kernels::batch_norm(x, scale, bias, (kernels::to_f64s(mean)?, &var), eps, false)?)
 }
 
 /// BatchNormalization in training form: the batch's statistics; returns the output, the batch
@@ -394,62 +337,17 @@ pub fn batch_norm_train(
     bias: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (n, c, h, w) = x.dims4()?;
-    let count = (n * h * w) as f64;
-    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-    let centered = x.broadcast_sub(&mean)?;
-    let var = centered.sqr()?.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-    let normed = centered.broadcast_div(&(var.clone() + eps)?.sqrt()?)?;
-    let y = normed.broadcast_mul(&per_channel(scale)?)?.broadcast_add(&per_channel(bias)?)?;
-    let unbiased = if count > 1.0 { (var * (count / (count - 1.0)))? } else { var };
-    Ok((y, mean.reshape(c)?.detach(), unbiased.reshape(c)?.detach()))
+    let (mean, var) = kernels::channel_moments(x)?;
+    let count = (x.elem_count() / mean.len().max(1)) as f64;
+    let unbiased: Vec<f64> =
+        var.iter().map(|v| if count > 1.0 { v * count / (count - 1.0) } else { *v }).collect();
+    let stat = |v: &[f64]| -> Result<Tensor> { Ok(Tensor::new(v, x.device())?.to_dtype(x.dtype())?) };
+    let (batch_mean, batch_var) = (stat(&mean)?, stat(&unbiased)?);
+    let y = kernels::batch_norm(x, scale, bias, (mean, &var), eps, true)?;
+    Ok((y, batch_mean, batch_var))
 }
 
-/// The `(oh, ow)` windows' cells at kernel offset `(i, j)`: rows `i, i+s, ...`, columns
-/// `j, j+s, ...` of the padded input (built from narrow and reshape, so candle differentiates it).
-fn window_cells(
-    x: &Tensor,
-    (i, j): (usize, usize),
-    (sh, sw): (usize, usize),
-    (oh, ow): (usize, usize),
-) -> Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let x = x.pad_with_zeros(2, 0, (i + sh * oh).saturating_sub(h))?;
-    let x = x.pad_with_zeros(3, 0, (j + sw * ow).saturating_sub(w))?;
-    let w = x.dim(3)?;
-    let rows = x.narrow(2, i, sh * oh)?.reshape((n, c, oh, sh, w))?.narrow(3, 0, 1)?.squeeze(3)?;
-    Ok(rows.narrow(3, j, sw * ow)?.reshape((n, c, oh, ow, sw))?.narrow(4, 0, 1)?.squeeze(4)?)
-}
-
-/// Applies `combine` over every kernel offset's cells of the padded input.
-fn pool(
-    x: &Tensor,
-    kernel: (usize, usize),
-    strides: (usize, usize),
-    pads: [usize; 4],
-    fill: f64,
-    combine: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
-) -> Result<Tensor> {
-    let x = pad_spatial(x, pads, fill)?;
-    let (_, _, h, w) = x.dims4()?;
-    if h < kernel.0 || w < kernel.1 {
-        return Err(OptimizeError::model(format!("a {kernel:?} kernel does not fit a {h}x{w} input")));
-    }
-    let out = ((h - kernel.0) / strides.0 + 1, (w - kernel.1) / strides.1 + 1);
-    let mut acc: Option<Tensor> = None;
-    for i in 0..kernel.0 {
-        for j in 0..kernel.1 {
-            let cells = window_cells(&x, (i, j), strides, out)?;
-            acc = Some(match acc {
-                Some(a) => combine(&a, &cells)?,
-                None => cells,
-            });
-        }
-    }
-    acc.ok_or_else(|| OptimizeError::model("empty pooling kernel"))
-}
-
-/// MaxPool (padding with -inf, as ONNX Runtime does).
+/// MaxPool (padding never wins, as ONNX Runtime's -inf padding).
 pub fn max_pool(
     x: &Tensor,
     kernel: (usize, usize),
@@ -458,10 +356,11 @@ pub fn max_pool(
 ) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let pads = resolve_padding(padding, (h, w), kernel, strides, 1);
-    pool(x, kernel, strides, pads, f64::NEG_INFINITY, |a, b| a.maximum(b))
+    Ok(kernels::max_pool2d(x, kernel, strides, pads)?)
 }
 
-/// AveragePool; with `count_include_pad` false the padded cells are left out of each mean.
+/// AveragePool as a depthwise convolution with a constant all-ones kernel, divided by the
+/// kernel's size or (`count_include_pad` false) by the input cells each window covers.
 pub fn average_pool(
     x: &Tensor,
     kernel: (usize, usize),
@@ -469,14 +368,22 @@ pub fn average_pool(
     padding: &Padding,
     count_include_pad: bool,
 ) -> Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
+    let (_, c, h, w) = x.dims4()?;
     let pads = resolve_padding(padding, (h, w), kernel, strides, 1);
-    let sums = pool(x, kernel, strides, pads, 0.0, |a, b| a + b)?;
+    if h + pads[0] + pads[2] < kernel.0 || w + pads[1] + pads[3] < kernel.1 {
+        return Err(OptimizeError::model(format!("a {kernel:?} kernel does not fit a {h}x{w} input")));
+    }
+    let window_sums = |x: &Tensor, channels: usize| -> Result<Tensor> {
+        let ones = Tensor::ones((channels, 1, kernel.0, kernel.1), x.dtype(), x.device())?;
+        let zeros = Tensor::zeros(channels, x.dtype(), x.device())?;
+        let geometry = ConvGeometry { strides, dilation: 1, pads, group: channels };
+        Ok(kernels::conv2d(x, &ones, &zeros, geometry)?)
+    };
+    let sums = window_sums(x, c)?;
     if count_include_pad || pads.iter().all(|p| *p == 0) {
         return Ok((sums / (kernel.0 * kernel.1) as f64)?);
     }
-    let ones = Tensor::ones((1, 1, h, w), x.dtype(), x.device())?;
-    let counts = pool(&ones, kernel, strides, pads, 0.0, |a, b| a + b)?;
+    let counts = window_sums(&Tensor::ones((1, 1, h, w), x.dtype(), x.device())?, 1)?;
     Ok(sums.broadcast_div(&counts)?)
 }
 
