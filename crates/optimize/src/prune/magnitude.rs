@@ -187,10 +187,11 @@ impl Hook for MagnitudePruner {
     }
 }
 
-/// The size of a model's file after gzip (level 6, as `gzip` does by default).
+/// The size of a model's file after gzip at its best compression (`gzip -9`), as a file shipped
+/// compressed would be.
 pub fn gzip_size(model: &ModelProto) -> Result<u64> {
     use prost::Message;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     encoder
         .write_all(&model.encode_to_vec())
         .and_then(|_| encoder.finish())
