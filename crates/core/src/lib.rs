@@ -26,7 +26,7 @@ pub use cache::{
     cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
     LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
 };
-pub use datatype::DataType;
+pub use datatype::{DataType, UnknownDataType};
 pub use engine::{
     intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, ONE_THREAD_BELOW,
 };
@@ -37,8 +37,8 @@ pub use model_config::{
 };
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use scheduler::{
-    BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection, Scheduler,
-    SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,
+    BatchError, BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection,
+    Scheduler, SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,
 };
-pub use tensor::{NamedTensor, Tensor, TensorData};
+pub use tensor::{NamedTensor, Tensor, TensorData, TensorError};
 pub use validate::validate_request;

@@ -1,18 +1,17 @@
 //! Prometheus metrics on `GET /metrics`: histograms fed as requests and batches happen, plus
-//! counters and gauges read from the schedulers, the cache and the process at scrape time
-//! (`snapshot`). Every name starts with `rtserve_`; docs/monitoring.md lists them all.
-
-mod snapshot;
+//! the collectors registered at start-up (`crate::scrape`: counters and gauges read from the
+//! schedulers, the cache and the process at scrape time). A leaf: it knows requests, batches and
+//! errors, not the repository. Every name starts with `rtserve_`; docs/monitoring.md lists them all.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
 };
-use rtserve_core::{InferError, PredictionCache, RejectReason, SchedulerObserver};
+use rtserve_core::{InferError, RejectReason, SchedulerObserver};
 
-use crate::repository::ModelRepository;
 use crate::ServerError;
 
 /// Geometric latency buckets, in seconds: 10 µs × 2^k up to about 10 s.
@@ -69,7 +68,6 @@ pub struct Metrics {
     requests: IntCounterVec,
     inflight: IntGaugeVec,
     stages: StageMetrics,
-    snapshot: std::sync::OnceLock<snapshot::Snapshot>,
 }
 
 /// The per-batch histograms that each model's scheduler feeds through its observer.
@@ -186,14 +184,7 @@ impl Metrics {
             &["protocol"],
         )?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(Metrics {
-            registry,
-            request_duration,
-            requests,
-            inflight,
-            stages,
-            snapshot: std::sync::OnceLock::new(),
-        })
+        Ok(Metrics { registry, request_duration, requests, inflight, stages })
     }
 
     /// What each model's scheduler reports to.
@@ -201,9 +192,9 @@ impl Metrics {
         self.stages.clone()
     }
 
-    /// Adds the scrape-time counters and gauges of the models, the cache and the process.
-    pub fn watch(&self, repository: Arc<ModelRepository>, cache: PredictionCache) {
-        let _ = self.snapshot.set(snapshot::Snapshot::new(repository, cache));
+    /// Adds families read at scrape time (the models, the cache and the process).
+    pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
+        self.registry.register(collector)
     }
 
     /// Starts timing one inference request; see [`RequestTimer`].
@@ -221,12 +212,9 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> Result<String, ServerError> {
-        let mut families = self.registry.gather();
-        if let Some(snapshot) = self.snapshot.get() {
-            families.extend(snapshot.collect());
-        }
-        // The text encoder refuses a family without samples (no model has an SLO, say).
-        families.retain(|family| !family.get_metric().is_empty());
+        // `gather` leaves out families without samples (no model has an SLO, say), which the
+        // text encoder would refuse.
+        let families = self.registry.gather();
         let mut text = Vec::new();
         prometheus::TextEncoder::new()
             .encode(&families, &mut text)

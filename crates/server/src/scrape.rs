@@ -1,14 +1,19 @@
 //! Counters and gauges read at scrape time from the loaded models' schedulers, the prediction
-//! cache and the process, so that nothing on the request path updates them twice.
+//! cache and the process, so that nothing on the request path updates them twice: a Prometheus
+//! collector registered with the server's metrics at start-up (metrics itself knows nothing of
+//! the repository).
 
 use std::sync::Arc;
 
+use prometheus::core::{Collector, Desc};
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use rtserve_core::{LatencySnapshot, PredictionCache, LOOKUP_BUCKETS};
 
 use crate::repository::ModelRepository;
 
-pub struct Snapshot {
+/// The scrape-time families. Unchecked (no descriptors up front), as its families follow the
+/// models loaded at the time of the scrape.
+pub struct ScrapeCollector {
     repository: Arc<ModelRepository>,
     cache: PredictionCache,
 }
@@ -87,12 +92,18 @@ fn resident_memory_bytes() -> Option<f64> {
     Some(kib * 1024.0)
 }
 
-impl Snapshot {
-    pub fn new(repository: Arc<ModelRepository>, cache: PredictionCache) -> Snapshot {
-        Snapshot { repository, cache }
+impl ScrapeCollector {
+    pub fn new(repository: Arc<ModelRepository>, cache: PredictionCache) -> ScrapeCollector {
+        ScrapeCollector { repository, cache }
+    }
+}
+
+impl Collector for ScrapeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        Vec::new()
     }
 
-    pub fn collect(&self) -> Vec<MetricFamily> {
+    fn collect(&self) -> Vec<MetricFamily> {
         use MetricType::{COUNTER, GAUGE};
         let mut loaded = Family::new("rtserve_model_loaded", "1 for each model version that serves", GAUGE);
         let mut slo = Family::new(

@@ -16,6 +16,7 @@ use crate::engines::{EngineChoice, Engines};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
 use crate::repository::{ModelRepository, Serving};
+use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 
 /// The validated server configuration.
@@ -96,7 +97,7 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
         engines,
         Serving { scheduling, stages: metrics.stages(), cache: cache.clone(), images },
     ));
-    metrics.watch(repository.clone(), cache);
+    metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
     let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));
 
     let (http_listener, http_addr) = bind(&config.host, config.http_port).await?;

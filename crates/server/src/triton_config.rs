@@ -4,8 +4,8 @@
 use rtserve_core::{InstanceKind, ModelConfig, TensorSpec, TimeoutAction, VersionPolicy};
 use serde_json::{json, Value};
 
-use crate::grpc::proto;
 use crate::model::LoadedModel;
+use crate::proto;
 
 /// `GET /v2/models/{m}` body.
 pub fn metadata_json(model: &LoadedModel, versions: &[String]) -> Value {

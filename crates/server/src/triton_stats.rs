@@ -10,8 +10,8 @@ use std::sync::Arc;
 use rtserve_core::scheduler::DurationTotal;
 use serde_json::{json, Value};
 
-use crate::grpc::proto;
 use crate::model::LoadedModel;
+use crate::proto;
 
 fn nanos(total: &DurationTotal) -> u64 {
     u64::try_from(total.sum.as_nanos()).unwrap_or(u64::MAX)

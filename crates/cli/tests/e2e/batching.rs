@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use rtserve_server::grpc::proto::ModelInferRequest;
+use rtserve_server::proto::ModelInferRequest;
 use serde_json::json;
 use tonic::Code;
 

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 use reqwest::StatusCode;
-use rtserve_server::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use rtserve_server::grpc::proto::model_infer_request::InferInputTensor;
-use rtserve_server::grpc::proto::{ModelInferRequest, ModelInferResponse};
+use rtserve_server::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use rtserve_server::proto::model_infer_request::InferInputTensor;
+use rtserve_server::proto::{ModelInferRequest, ModelInferResponse};
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 

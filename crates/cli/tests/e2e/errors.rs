@@ -2,7 +2,7 @@
 //! tensor or field at fault, and the server keeps serving.
 
 use bytes::Bytes;
-use rtserve_server::grpc::proto::model_infer_request::InferRequestedOutputTensor;
+use rtserve_server::proto::model_infer_request::InferRequestedOutputTensor;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
@@ -84,10 +84,8 @@ async fn unknown_model(engine: Engine) {
         crate::client::get(&http, server, path).await.assert_error(404, &["'no_such_model'"]);
     }
     let mut grpc = grpc(server).await;
-    let request = rtserve_server::grpc::proto::ModelMetadataRequest {
-        name: "no_such_model".into(),
-        version: String::new(),
-    };
+    let request =
+        rtserve_server::proto::ModelMetadataRequest { name: "no_such_model".into(), version: String::new() };
     assert_grpc_error(grpc.model_metadata(request).await, Code::NotFound, &["'no_such_model'"]);
     still_serves(server).await;
 }

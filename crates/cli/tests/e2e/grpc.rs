@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rtserve_server::grpc::proto::model_config::SchedulingChoice;
-use rtserve_server::grpc::proto::model_infer_request::InferRequestedOutputTensor;
-use rtserve_server::grpc::proto::{
+use rtserve_server::proto::model_config::SchedulingChoice;
+use rtserve_server::proto::model_infer_request::InferRequestedOutputTensor;
+use rtserve_server::proto::{
     DataType, ModelConfigRequest, ModelMetadataRequest, ModelReadyRequest, RepositoryIndexRequest,
     ServerLiveRequest, ServerMetadataRequest, ServerReadyRequest,
 };

@@ -12,9 +12,9 @@ use std::path::Path;
 
 use image::{ImageFormat, Rgb, RgbImage};
 use reqwest::header::CONTENT_TYPE;
-use rtserve_server::grpc::proto::infer_parameter::ParameterChoice;
-use rtserve_server::grpc::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-use rtserve_server::grpc::proto::{InferParameter, ModelInferRequest};
+use rtserve_server::proto::infer_parameter::ParameterChoice;
+use rtserve_server::proto::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use rtserve_server::proto::{InferParameter, ModelInferRequest};
 use serde_json::{json, Value};
 
 use crate::client::{assert_grpc_error, get, grpc, metric_value, post_binary, send, HttpReply};

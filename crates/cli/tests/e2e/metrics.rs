@@ -1,8 +1,8 @@
 //! Metrics and statistics through the real server: `/metrics` in the Prometheus text format
 //! (also on `--metrics-port`), Triton's statistics over HTTP and gRPC.
 
-use rtserve_server::grpc::proto::infer_parameter::ParameterChoice;
-use rtserve_server::grpc::proto::ModelStatisticsRequest;
+use rtserve_server::proto::infer_parameter::ParameterChoice;
+use rtserve_server::proto::ModelStatisticsRequest;
 use serde_json::json;
 use tonic::Code;
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rtserve_server::grpc::proto::{
+use rtserve_server::proto::{
     ModelReadyRequest, RepositoryIndexRequest, RepositoryModelLoadRequest, RepositoryModelUnloadRequest,
 };
 use serde_json::json;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use rtserve_server::grpc::proto::ModelInferRequest;
+use rtserve_server::proto::ModelInferRequest;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

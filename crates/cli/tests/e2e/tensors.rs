@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use rtserve_server::grpc::proto::InferTensorContents;
+use rtserve_server::proto::InferTensorContents;
 use serde_json::{json, Value};
 
 /// Every model of the example repository; each has `tests/data/expected/<model>.json`.

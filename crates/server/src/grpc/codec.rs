@@ -7,9 +7,9 @@ use bytes::Bytes;
 use half::f16;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter};
 
-use super::proto::{self, infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
 use crate::classification::{requested, Classification};
 use crate::codec::{join_bytes_elements, shape_from_client, tensor_from_raw, tensor_to_raw};
+use crate::proto::{self, infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
 use crate::ServerError;
 
 fn bad(message: String) -> ServerError {

@@ -13,19 +13,13 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::metrics::Protocol;
 use crate::model::Served;
+use crate::proto;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_proto, metadata_proto};
 use crate::triton_stats::stats_proto;
 use crate::ServerError;
-use proto::infer_parameter::ParameterChoice;
-
-/// Types generated from `proto/inference.proto`.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("inference");
-}
-
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::infer_parameter::ParameterChoice;
 
 /// The gRPC service over the shared server state.
 pub struct InferenceService {

@@ -16,6 +16,7 @@ use crate::model::Processing;
 use crate::preprocess::{preprocess_spec, ImagePool, Preprocessor};
 
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
+use super::LoadError;
 use crate::engines::Engines;
 use crate::model::LoadedModel;
 
@@ -37,8 +38,8 @@ pub fn load_model(
     name: &str,
     engines: &Engines,
     serving: &Serving,
-) -> Result<BTreeMap<u64, Arc<LoadedModel>>, String> {
-    let declared = read_config(dir, name)?;
+) -> Result<BTreeMap<u64, Arc<LoadedModel>>, LoadError> {
+    let declared = read_config(dir, name).map_err(LoadError::Config)?;
     let base = declared.clone().unwrap_or_else(|| ModelConfig {
         name: name.to_string(),
         platform: "onnxruntime_onnx".to_string(),
@@ -48,20 +49,20 @@ pub fn load_model(
     let available = version_dirs(dir, &base.default_model_filename)?;
     let selected = base.version_policy.select(&available.keys().copied().collect::<Vec<_>>());
     if selected.is_empty() {
-        return Err(format!(
+        return Err(LoadError::Layout(format!(
             "version_policy {:?} selects none of the versions {:?}",
             base.version_policy,
             available.keys()
-        ));
+        )));
     }
     let engine = engines.for_model(&base);
-    let labels = read_labels(dir)?;
+    let labels = read_labels(dir).map_err(LoadError::Labels)?;
     let mut loaded = BTreeMap::new();
     for version in selected {
         let path = &available[&version];
         let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), serving)
             .and_then(|model| with_processing(model, labels.clone(), serving))
-            .map_err(|e| format!("version {version}: {e}"))?;
+            .map_err(|e| LoadError::Version { version, source: Box::new(e) })?;
         loaded.insert(version, Arc::new(model));
     }
     Ok(loaded)
@@ -82,8 +83,8 @@ fn with_processing(
     model: LoadedModel,
     labels: Option<Vec<String>>,
     serving: &Serving,
-) -> Result<LoadedModel, String> {
-    let preprocessor = preprocess_spec(&model.config)?.map(|spec| {
+) -> Result<LoadedModel, LoadError> {
+    let preprocessor = preprocess_spec(&model.config).map_err(LoadError::Parameter)?.map(|spec| {
         tracing::info!(model = %model.config.name, "preprocessing: {spec:?}");
         Preprocessor::new(spec, serving.images.clone(), model.config.max_batch_size)
     });
@@ -98,10 +99,10 @@ fn load_version(
     base: &ModelConfig,
     engine: &dyn Engine,
     serving: &Serving,
-) -> Result<LoadedModel, String> {
-    let signature = engine.signature(path).map_err(|e| e.to_string())?;
+) -> Result<LoadedModel, LoadError> {
+    let signature = engine.signature(path)?;
     let config = match declared {
-        Some(config) => check_against_signature(config, &signature)?,
+        Some(config) => check_against_signature(config, &signature).map_err(LoadError::Mismatch)?,
         None => infer_config(base.clone(), &signature),
     };
     let count = config.instance_count();
@@ -110,7 +111,7 @@ fn load_version(
         observer: Some(serving.stages.observer(&config.name, version)),
         ..serving.scheduling.clone()
     };
-    let scheduler = Scheduler::start(&config, instances, &scheduling).map_err(|e| e.to_string())?;
+    let scheduler = Scheduler::start(&config, instances, &scheduling)?;
     let policy = scheduler.policy();
     tracing::info!(
         model = %config.name, version, engine = engine.name(), instances = count,
@@ -121,8 +122,9 @@ fn load_version(
 }
 
 /// Numeric subdirectories holding the model file.
-fn version_dirs(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+fn version_dirs(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, LoadError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| LoadError::Layout(format!("cannot read {}: {e}", dir.display())))?;
     let versions: BTreeMap<u64, PathBuf> = entries
         .filter_map(Result::ok)
         .filter_map(|entry| {
@@ -132,7 +134,7 @@ fn version_dirs(dir: &Path, file_name: &str) -> Result<BTreeMap<u64, PathBuf>, S
         })
         .collect();
     if versions.is_empty() {
-        return Err(format!("no version directory (like 1/) holding {file_name}"));
+        return Err(LoadError::Layout(format!("no version directory (like 1/) holding {file_name}")));
     }
     Ok(versions)
 }
@@ -152,11 +154,10 @@ fn load_instances(
     config: &ModelConfig,
     engine: &dyn Engine,
     count: usize,
-) -> Result<Instances, String> {
+) -> Result<Instances, LoadError> {
     let spinning = allow_spinning(config)?;
-    let load = |intra_op_threads: usize| {
-        engine.load_spinning(path, &LoadOptions { intra_op_threads }, spinning).map_err(|e| e.to_string())
-    };
+    let load =
+        |intra_op_threads: usize| engine.load_spinning(path, &LoadOptions { intra_op_threads }, spinning);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cores_each = (cores / count.max(1)).max(1);
     let mut instances = Vec::with_capacity(count);
@@ -192,27 +193,31 @@ fn load_instances(
 }
 
 /// The `intra_op_threads` parameter, if set.
-fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, String> {
+fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, LoadError> {
     config
         .parameters
         .get(INTRA_OP_THREADS_PARAMETER)
         .map(|value| {
             value.trim().parse::<usize>().map_err(|_| {
-                format!("parameter {INTRA_OP_THREADS_PARAMETER} '{value}' is not a whole number")
+                LoadError::Parameter(format!(
+                    "parameter {INTRA_OP_THREADS_PARAMETER} '{value}' is not a whole number"
+                ))
             })
         })
         .transpose()
 }
 
 /// The `allow_spinning` parameter: `true`/`false` or `1`/`0`; absent: false.
-fn allow_spinning(config: &ModelConfig) -> Result<bool, String> {
+fn allow_spinning(config: &ModelConfig) -> Result<bool, LoadError> {
     let Some(value) = config.parameters.get(ALLOW_SPINNING_PARAMETER) else {
         return Ok(false);
     };
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(format!("parameter {ALLOW_SPINNING_PARAMETER} '{value}' must be true, false, 1 or 0")),
+        _ => Err(LoadError::Parameter(format!(
+            "parameter {ALLOW_SPINNING_PARAMETER} '{value}' must be true, false, 1 or 0"
+        ))),
     }
 }
 
@@ -370,7 +375,12 @@ mod tests {
     fn loads(parameters: &[(&str, &str)], count: usize, run: Duration) -> Result<Vec<(usize, bool)>, String> {
         let engine = Recorder { loads: Mutex::new(Vec::new()), run };
         let Instances { instances, threads, spinning } =
-            load_instances(Path::new("m.onnx"), &config(parameters), &engine, count)?;
+            load_instances(Path::new("m.onnx"), &config(parameters), &engine, count).map_err(
+                |e| match e {
+                    LoadError::Parameter(reason) => reason,
+                    other => panic!("a bad parameter is a LoadError::Parameter, not {other:?}"),
+                },
+            )?;
         assert_eq!(instances.len(), count);
         let loads = engine.loads.into_inner().expect("not poisoned");
         assert!(loads.iter().rev().take(count).all(|&l| l == (threads, spinning)), "{loads:?}");

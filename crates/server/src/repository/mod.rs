@@ -3,6 +3,7 @@
 //! reload that fails leaves the previous versions serving.
 
 mod config_file;
+mod error;
 mod load;
 mod pbtxt;
 
@@ -14,6 +15,7 @@ use crate::engines::Engines;
 use crate::model::LoadedModel;
 use crate::ServerError;
 
+pub use error::LoadError;
 pub use load::{Serving, INFERRED_MAX_BATCH_SIZE};
 
 /// A model's state as the repository index reports it.
@@ -72,8 +74,8 @@ impl ModelRepository {
     }
 
     /// Model folders on disk by name. A name found in two repositories is an error for it.
-    fn discover(&self) -> BTreeMap<String, Result<PathBuf, String>> {
-        let mut found: BTreeMap<String, Result<PathBuf, String>> = BTreeMap::new();
+    fn discover(&self) -> BTreeMap<String, Result<PathBuf, LoadError>> {
+        let mut found: BTreeMap<String, Result<PathBuf, LoadError>> = BTreeMap::new();
         for root in &self.roots {
             let Ok(entries) = std::fs::read_dir(root) else {
                 tracing::error!("cannot read model repository {}", root.display());
@@ -86,11 +88,11 @@ impl ModelRepository {
                     continue;
                 }
                 let result = match found.remove(&name) {
-                    Some(Ok(first)) => Err(format!(
+                    Some(Ok(first)) => Err(LoadError::Layout(format!(
                         "model '{name}' is in two repositories: {} and {}",
                         first.display(),
                         path.display()
-                    )),
+                    ))),
                     Some(Err(e)) => Err(e),
                     None => Ok(path),
                 };
@@ -123,7 +125,7 @@ impl ModelRepository {
         let result =
             tokio::task::spawn_blocking(move || load::load_model(&dir, &model, &this.engines, &this.serving))
                 .await
-                .unwrap_or_else(|e| Err(format!("loading panicked: {e}")));
+                .unwrap_or_else(|e| Err(LoadError::Panicked(e.to_string())));
         match result {
             Ok(versions) => {
                 self.serving.cache.invalidate_model(name);
@@ -136,7 +138,7 @@ impl ModelRepository {
     }
 
     /// Marks a failed load; versions already serving stay.
-    fn record_failure(&self, name: &str, reason: String) -> ServerError {
+    fn record_failure(&self, name: &str, reason: LoadError) -> ServerError {
         let mut models = self.write();
         let entry = models.entry(name.to_string()).or_insert_with(|| ModelEntry {
             state: ModelState::Unavailable,
