@@ -2,6 +2,8 @@
 
 mod classify;
 mod json;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 

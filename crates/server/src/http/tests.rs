@@ -1,0 +1,154 @@
+//! Handler-level tests: the application from [`app`] driven with `oneshot`, no socket. The
+//! repository is `examples/model_repository` on tract, with `two_io` loaded (`a + b`, `a * b`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use rtserve_core::{CacheOptions, InferError, PredictionCache, RejectReason, SchedulerOptions};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use super::{app, HEADER_LENGTH};
+use crate::engines::{EngineChoice, Engines};
+use crate::metrics::Metrics;
+use crate::preprocess::ImagePool;
+use crate::repository::{ModelRepository, Serving};
+use crate::scrape::ScrapeCollector;
+use crate::state::ServerState;
+use crate::ServerError;
+
+/// A ready server state set up as `serve` does (the scrape-time collector registered), with
+/// `two_io` loaded and requests limited to `max_request_bytes`.
+async fn state(max_request_bytes: usize) -> Arc<ServerState> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/model_repository");
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let cache = PredictionCache::new(CacheOptions::default()).expect("cache");
+    let serving = Serving {
+        scheduling: SchedulerOptions { warm_up_rounds: 0, ..SchedulerOptions::default() },
+        stages: metrics.stages(),
+        cache: cache.clone(),
+        images: Arc::new(ImagePool::new(1, 1 << 20).expect("image pool")),
+    };
+    let engines = Engines::new(EngineChoice::Tract, None).expect("tract");
+    let repository = Arc::new(ModelRepository::new(vec![root], engines, serving));
+    metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache))).expect("collector");
+    repository.load("two_io").await.expect("two_io loads");
+    let state = Arc::new(ServerState::new(repository, max_request_bytes, metrics));
+    state.set_ready();
+    state
+}
+
+/// Sends one request; returns the status, the `Retry-After` header and the body as JSON (or
+/// `null` when it is not JSON).
+async fn send(state: &Arc<ServerState>, request: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let response = app(state.clone()).oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let retry_after =
+        response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().expect("ascii").to_string());
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    (status, retry_after, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+fn post(uri: &str, body: Vec<u8>) -> Request<Body> {
+    Request::post(uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .expect("request")
+}
+
+fn two_io_request(a: [f32; 4], b: [f32; 4]) -> Vec<u8> {
+    let tensor =
+        |name: &str, data: [f32; 4]| json!({"name": name, "shape": [1, 4], "datatype": "FP32", "data": data});
+    serde_json::to_vec(&json!({"inputs": [tensor("a", a), tensor("b", b)]})).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_follow_the_error_and_the_server_keeps_serving() {
+    let state = state(1 << 16).await;
+    let infer = "/v2/models/two_io/infer";
+    let (status, _, body) =
+        send(&state, post(infer, two_io_request([1., 2., 3., 4.], [10., 20., 30., 40.]))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let sum = body["outputs"].as_array().expect("outputs").iter().find(|o| o["name"] == "sum").expect("sum");
+    assert_eq!(sum["data"], json!([11.0, 22.0, 33.0, 44.0]));
+
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (post("/v2/models/nope/infer", two_io_request([0.; 4], [0.; 4])), StatusCode::NOT_FOUND, "unknown model 'nope'"),
+        (post("/v2/models/two_io/versions/7/infer", two_io_request([0.; 4], [0.; 4])), StatusCode::NOT_FOUND, "version '7'"),
+        (post(infer, b"{\"inputs\": [".to_vec()), StatusCode::BAD_REQUEST, ""),
+        (
+            post(infer, serde_json::to_vec(&json!({"inputs": [{"name": "a", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})).expect("json")),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            Request::post(infer).header(HEADER_LENGTH, "many").body(Body::from("{}")).expect("request"),
+            StatusCode::BAD_REQUEST,
+            "Inference-Header-Content-Length",
+        ),
+        (Request::get("/v3/anything").body(Body::empty()).expect("request"), StatusCode::NOT_FOUND, "no such endpoint"),
+    ];
+    for (request, want, names) in cases {
+        let uri = request.uri().to_string();
+        let (status, retry_after, body) = send(&state, request).await;
+        assert_eq!(status, want, "{uri}: {body}");
+        assert_eq!(retry_after, None, "{uri}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{uri}: '{message}' should name '{names}'");
+    }
+    // Still serving after every refusal.
+    let (status, _, _) = send(&state, post(infer, two_io_request([0.; 4], [1.; 4]))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_whether_or_not_it_says_its_length() {
+    let state = state(64).await;
+    let big = two_io_request([1.; 4], [2.; 4]);
+    assert!(big.len() > 64);
+    let (status, _, body) = send(&state, post("/v2/models/two_io/infer", big.clone())).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("--max-request-bytes"), "{body}");
+    // Streamed without a Content-Length: the limit is enforced while reading.
+    let chunked = Request::post("/v2/models/two_io/infer").body(Body::from(big)).expect("request");
+    let (status, _, _) = send(&state, chunked).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_and_metrics_answer_through_the_router() {
+    let state = state(1 << 16).await;
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).expect("request");
+    assert_eq!(send(&state, get("/v2/health/ready")).await.0, StatusCode::OK);
+    assert_eq!(send(&state, get("/v2/models/two_io/ready")).await.0, StatusCode::OK);
+    let response = app(state.clone()).oneshot(get("/metrics")).await.expect("infallible");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = axum::body::to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    let text = String::from_utf8(text.to_vec()).expect("utf-8");
+    // A family from the scrape-time collector registered beside the request histograms.
+    assert!(text.contains("rtserve_model_loaded{model=\"two_io\",version=\"1\"} 1"), "{text}");
+    state.begin_shutdown();
+    assert_eq!(send(&state, get("/v2/health/ready")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn overload_answers_429_with_retry_after_in_whole_seconds_rounded_up() {
+    let rejected = |retry_after: Duration| {
+        ServerError::Infer(InferError::Rejected {
+            model: "m".into(),
+            reason: RejectReason::QueueFull { capacity: 4 },
+            retry_after,
+        })
+    };
+    for (wait, seconds) in
+        [(Duration::from_millis(1), "1"), (Duration::from_millis(1500), "2"), (Duration::from_secs(3), "3")]
+    {
+        let response = axum::response::IntoResponse::into_response(rejected(wait));
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], seconds, "{wait:?}");
+    }
+}
