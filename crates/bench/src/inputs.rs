@@ -176,7 +176,7 @@ impl<'m> RequestFactory<'m> {
             .iter()
             .zip(&self.sample_shapes)
             .map(|(input, shape)| {
-                shape.iter().product::<usize>() * self.rows * input.datatype.element_size().unwrap_or(10)
+                shape.iter().product::<usize>() * self.rows * input.datatype.size().unwrap_or(10)
             })
             .sum()
     }

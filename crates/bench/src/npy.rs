@@ -1,6 +1,8 @@
 //! A reader for NumPy `.npy` files (format versions 1.0 to 3.0, little-endian or
 //! byte-sized dtypes, C order): booleans, integers and floats.
 
+use rtserve_wire::Element;
+
 use crate::values::Values;
 
 /// An array read from a `.npy` file.
@@ -94,35 +96,27 @@ fn decode(descr: &str, data: &[u8], count: usize) -> Result<Values, String> {
             data.len()
         ));
     }
-    let chunks = data[..needed].chunks_exact(size);
+    let data = &data[..needed];
+    /// The array's elements as `T`, widened by `widen`.
+    fn read<T: Element, U>(data: &[u8], widen: impl Fn(T) -> U) -> Vec<U> {
+        T::decode_iter(data).map(widen).collect()
+    }
     let values = match code {
-        "b1" => Values::Bool(chunks.map(|c| c[0] != 0).collect()),
-        "i1" => Values::Int(chunks.map(|c| i64::from(i8::from_le_bytes([c[0]]))).collect()),
-        "i2" => Values::Int(chunks.map(|c| i64::from(i16::from_le_bytes([c[0], c[1]]))).collect()),
-        "i4" => {
-            Values::Int(chunks.map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
-        }
-        "i8" => Values::Int(chunks.map(|c| i64::from_le_bytes(eight(c))).collect()),
-        "u1" => Values::Uint(chunks.map(|c| u64::from(c[0])).collect()),
-        "u2" => Values::Uint(chunks.map(|c| u64::from(u16::from_le_bytes([c[0], c[1]]))).collect()),
-        "u4" => {
-            Values::Uint(chunks.map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
-        }
-        "u8" => Values::Uint(chunks.map(|c| u64::from_le_bytes(eight(c))).collect()),
-        "f2" => Values::Float(chunks.map(|c| f64::from(half::f16::from_le_bytes([c[0], c[1]]))).collect()),
-        "f4" => {
-            Values::Float(chunks.map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect())
-        }
-        "f8" => Values::Float(chunks.map(|c| f64::from_le_bytes(eight(c))).collect()),
+        "b1" => Values::Bool(bool::decode(data)),
+        "i1" => Values::Int(read(data, |v: i8| i64::from(v))),
+        "i2" => Values::Int(read(data, |v: i16| i64::from(v))),
+        "i4" => Values::Int(read(data, |v: i32| i64::from(v))),
+        "i8" => Values::Int(i64::decode(data)),
+        "u1" => Values::Uint(read(data, |v: u8| u64::from(v))),
+        "u2" => Values::Uint(read(data, |v: u16| u64::from(v))),
+        "u4" => Values::Uint(read(data, |v: u32| u64::from(v))),
+        "u8" => Values::Uint(u64::decode(data)),
+        "f2" => Values::Float(read(data, |v: half::f16| f64::from(v))),
+        "f4" => Values::Float(read(data, |v: f32| f64::from(v))),
+        "f8" => Values::Float(f64::decode(data)),
         _ => return Err(format!("unsupported dtype '{descr}' (bool, int, uint and float only)")),
     };
     Ok(values)
-}
-
-fn eight(c: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    out.copy_from_slice(c);
-    out
 }
 
 #[cfg(test)]

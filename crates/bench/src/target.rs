@@ -32,7 +32,7 @@ impl ModelInfo {
     ) -> Result<ModelInfo, BenchError> {
         let model = name.clone();
         let spec = |(name, datatype, shape): (String, String, Vec<i64>)| {
-            let datatype = DataType::parse(&datatype).ok_or_else(|| BenchError::Metadata {
+            let datatype = datatype.parse::<DataType>().map_err(|_| BenchError::Metadata {
                 model: model.clone(),
                 reason: format!("tensor '{name}' has datatype '{datatype}', which this tool cannot send"),
             })?;
@@ -50,7 +50,7 @@ impl ModelInfo {
             .into_iter()
             .map(|(name, datatype, shape)| TensorSpec {
                 name,
-                datatype: DataType::parse(&datatype).unwrap_or(DataType::Bytes),
+                datatype: datatype.parse().unwrap_or(DataType::Bytes),
                 shape,
             })
             .collect();

@@ -1,105 +1,11 @@
 //! Tensor datatypes and element values, and their two encodings: little-endian raw bytes
 //! (HTTP binary data, gRPC `raw_input_contents`) and JSON arrays.
 
+use rtserve_wire::{join_bytes_elements, Element};
+pub use rtserve_wire::{DataType, ValueKind};
 use serde_json::Value;
 
 use crate::rng::SplitMix64;
-
-/// A protocol datatype (`FP32`, `INT64`, ...). BF16 is not supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataType {
-    Bool,
-    Uint8,
-    Uint16,
-    Uint32,
-    Uint64,
-    Int8,
-    Int16,
-    Int32,
-    Int64,
-    Fp16,
-    Fp32,
-    Fp64,
-    Bytes,
-}
-
-/// The kind of values a datatype holds; [`Values`] has one variant per kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
-    Bool,
-    Int,
-    Uint,
-    Float,
-    Bytes,
-}
-
-impl DataType {
-    const ALL: [DataType; 13] = [
-        DataType::Bool,
-        DataType::Uint8,
-        DataType::Uint16,
-        DataType::Uint32,
-        DataType::Uint64,
-        DataType::Int8,
-        DataType::Int16,
-        DataType::Int32,
-        DataType::Int64,
-        DataType::Fp16,
-        DataType::Fp32,
-        DataType::Fp64,
-        DataType::Bytes,
-    ];
-
-    /// The protocol name (`"FP32"`), or `None` for a datatype this tool does not send.
-    pub fn parse(name: &str) -> Option<DataType> {
-        DataType::ALL.into_iter().find(|d| d.as_str() == name)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DataType::Bool => "BOOL",
-            DataType::Uint8 => "UINT8",
-            DataType::Uint16 => "UINT16",
-            DataType::Uint32 => "UINT32",
-            DataType::Uint64 => "UINT64",
-            DataType::Int8 => "INT8",
-            DataType::Int16 => "INT16",
-            DataType::Int32 => "INT32",
-            DataType::Int64 => "INT64",
-            DataType::Fp16 => "FP16",
-            DataType::Fp32 => "FP32",
-            DataType::Fp64 => "FP64",
-            DataType::Bytes => "BYTES",
-        }
-    }
-
-    /// Bytes per element; BYTES elements are variable (4-byte length prefix + content).
-    pub fn element_size(self) -> Option<usize> {
-        match self {
-            DataType::Bool | DataType::Uint8 | DataType::Int8 => Some(1),
-            DataType::Uint16 | DataType::Int16 | DataType::Fp16 => Some(2),
-            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => Some(4),
-            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => Some(8),
-            DataType::Bytes => None,
-        }
-    }
-
-    pub fn kind(self) -> ValueKind {
-        match self {
-            DataType::Bool => ValueKind::Bool,
-            DataType::Uint8 | DataType::Uint16 | DataType::Uint32 | DataType::Uint64 => ValueKind::Uint,
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => ValueKind::Int,
-            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => ValueKind::Float,
-            DataType::Bytes => ValueKind::Bytes,
-        }
-    }
-}
-
-impl std::fmt::Display for DataType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Flat, row-major element values of one kind, wide enough for every datatype of that kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,47 +130,41 @@ impl Values {
     /// Little-endian raw bytes as `datatype`; BYTES elements get a 4-byte length prefix. Fails
     /// when the kinds differ or a value does not fit the datatype.
     pub fn to_raw(&self, datatype: DataType) -> Result<Vec<u8>, String> {
-        fn fit<T, U: TryFrom<T>>(
+        /// The wire bytes of `values` narrowed to `U`.
+        fn fit<T: Copy + std::fmt::Display, U: Element + TryFrom<T>>(
             values: &[T],
-            datatype: DataType,
-            le: impl Fn(U) -> Vec<u8>,
-        ) -> Result<Vec<u8>, String>
-        where
-            T: Copy + std::fmt::Display,
-        {
-            let mut out = Vec::with_capacity(values.len() * datatype.element_size().unwrap_or(1));
+        ) -> Result<Vec<u8>, String> {
+            let mut out = Vec::with_capacity(values.len() * U::SIZE);
             for &v in values {
-                let narrowed = U::try_from(v).map_err(|_| format!("value {v} does not fit {datatype}"))?;
-                out.extend_from_slice(&le(narrowed));
+                let narrowed =
+                    U::try_from(v).map_err(|_| format!("value {v} does not fit {}", U::DATATYPE))?;
+                narrowed.put(&mut out);
             }
             Ok(out)
         }
+        /// The wire bytes of `values` converted to `U`.
+        fn convert<T: Copy, U: Element>(values: &[T], to: impl Fn(T) -> U) -> Vec<u8> {
+            let mut out = Vec::with_capacity(values.len() * U::SIZE);
+            for &v in values {
+                to(v).put(&mut out);
+            }
+            out
+        }
         match (self, datatype) {
-            (Values::Bool(v), DataType::Bool) => Ok(v.iter().map(|&b| u8::from(b)).collect()),
-            (Values::Int(v), DataType::Int8) => fit(v, datatype, |x: i8| x.to_le_bytes().to_vec()),
-            (Values::Int(v), DataType::Int16) => fit(v, datatype, |x: i16| x.to_le_bytes().to_vec()),
-            (Values::Int(v), DataType::Int32) => fit(v, datatype, |x: i32| x.to_le_bytes().to_vec()),
-            (Values::Int(v), DataType::Int64) => fit(v, datatype, |x: i64| x.to_le_bytes().to_vec()),
-            (Values::Uint(v), DataType::Uint8) => fit(v, datatype, |x: u8| x.to_le_bytes().to_vec()),
-            (Values::Uint(v), DataType::Uint16) => fit(v, datatype, |x: u16| x.to_le_bytes().to_vec()),
-            (Values::Uint(v), DataType::Uint32) => fit(v, datatype, |x: u32| x.to_le_bytes().to_vec()),
-            (Values::Uint(v), DataType::Uint64) => fit(v, datatype, |x: u64| x.to_le_bytes().to_vec()),
-            (Values::Float(v), DataType::Fp16) => {
-                Ok(v.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect())
-            }
-            (Values::Float(v), DataType::Fp32) => {
-                Ok(v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect())
-            }
-            (Values::Float(v), DataType::Fp64) => Ok(v.iter().flat_map(|&x| x.to_le_bytes()).collect()),
+            (Values::Bool(v), DataType::Bool) => Ok(bool::encode(v)),
+            (Values::Int(v), DataType::Int8) => fit::<_, i8>(v),
+            (Values::Int(v), DataType::Int16) => fit::<_, i16>(v),
+            (Values::Int(v), DataType::Int32) => fit::<_, i32>(v),
+            (Values::Int(v), DataType::Int64) => Ok(i64::encode(v)),
+            (Values::Uint(v), DataType::Uint8) => fit::<_, u8>(v),
+            (Values::Uint(v), DataType::Uint16) => fit::<_, u16>(v),
+            (Values::Uint(v), DataType::Uint32) => fit::<_, u32>(v),
+            (Values::Uint(v), DataType::Uint64) => Ok(u64::encode(v)),
+            (Values::Float(v), DataType::Fp16) => Ok(convert(v, half::f16::from_f64)),
+            (Values::Float(v), DataType::Fp32) => Ok(convert(v, |x| x as f32)),
+            (Values::Float(v), DataType::Fp64) => Ok(f64::encode(v)),
             (Values::Bytes(v), DataType::Bytes) => {
-                let mut out = Vec::with_capacity(v.iter().map(|e| e.len() + 4).sum());
-                for element in v {
-                    let length = u32::try_from(element.len())
-                        .map_err(|_| "a BYTES element is over 4 GiB".to_string())?;
-                    out.extend_from_slice(&length.to_le_bytes());
-                    out.extend_from_slice(element);
-                }
-                Ok(out)
+                join_bytes_elements(v.iter().map(Vec::as_slice)).map_err(|e| e.to_string())
             }
             (values, datatype) => Err(format!("{:?} values given for a {datatype} tensor", values.kind())),
         }
@@ -294,14 +194,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn datatype_names_round_trip() {
-        for datatype in DataType::ALL {
-            assert_eq!(DataType::parse(datatype.as_str()), Some(datatype));
-        }
-        assert_eq!(DataType::parse("BF16"), None);
-    }
 
     #[test]
     fn raw_encoding_is_little_endian_per_datatype() {

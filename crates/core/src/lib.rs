@@ -1,6 +1,7 @@
 //! rtserve core: what every other part shares and nothing web- or engine-specific.
 //!
-//! - [`DataType`], [`Tensor`] and [`NamedTensor`]: tensors as bytes plus a shape.
+//! - [`Tensor`] and [`NamedTensor`]: tensors as bytes plus a shape; the wire format itself
+//!   ([`DataType`], little-endian elements, the BYTES layout) is the [`wire`] crate, re-exported.
 //! - [`InferRequest`] / [`InferResponse`]: one inference, protocol-independent.
 //! - [`ModelConfig`]: a model's validated configuration, from any config format.
 //! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait.
@@ -12,7 +13,6 @@
 compile_error!("rtserve keeps tensors in host order, which must be the little-endian wire order");
 
 mod cache;
-mod datatype;
 mod engine;
 mod error;
 mod model_config;
@@ -26,7 +26,6 @@ pub use cache::{
     cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
     LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
 };
-pub use datatype::{DataType, UnknownDataType};
 pub use engine::{
     intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, ONE_THREAD_BELOW,
 };
@@ -36,6 +35,8 @@ pub use model_config::{
     VersionPolicy,
 };
 pub use request::{InferRequest, InferResponse, Parameter};
+pub use rtserve_wire as wire;
+pub use rtserve_wire::{DataType, UnknownDataType};
 pub use scheduler::{
     BatchError, BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection,
     Scheduler, SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,

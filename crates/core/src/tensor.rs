@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use rtserve_wire::Element;
+
 use crate::DataType;
 
 /// The elements of a tensor.
@@ -71,8 +73,7 @@ impl Tensor {
 
     /// Builds an FP32 tensor from values.
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self, TensorError> {
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor::new(DataType::Fp32, shape, TensorData::Raw(bytes.into()))
+        Tensor::new(DataType::Fp32, shape, TensorData::Raw(f32::encode(values).into()))
     }
 
     pub fn datatype(&self) -> DataType {
@@ -107,9 +108,7 @@ impl Tensor {
     /// The values of an FP32 tensor; `None` for other types.
     pub fn to_f32(&self) -> Option<Vec<f32>> {
         match (self.datatype, &self.data) {
-            (DataType::Fp32, TensorData::Raw(b)) => {
-                Some(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-            }
+            (DataType::Fp32, TensorData::Raw(b)) => Some(f32::decode(b)),
             _ => None,
         }
     }

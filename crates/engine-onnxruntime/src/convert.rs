@@ -14,6 +14,7 @@ use ort::value::{
     DynValue, PrimitiveTensorElementType, Shape, Tensor as OrtTensor, TensorElementType, TensorRef, Utf8Data,
     ValueType,
 };
+use rtserve_core::wire::Element;
 use rtserve_core::{DataType, EngineError, Tensor, TensorData};
 
 /// The rtserve type of an ONNX Runtime element type; `None` where rtserve has no equivalent
@@ -68,7 +69,10 @@ pub(crate) fn to_input(tensor: &Tensor) -> Result<SessionInputValue<'_>, EngineE
     Ok(SessionInputValue::Owned(value))
 }
 
-fn decode_input<T: WireElement>(shape: Vec<usize>, bytes: &[u8]) -> Result<DynValue, EngineError> {
+fn decode_input<T: Element + PrimitiveTensorElementType + Debug>(
+    shape: Vec<usize>,
+    bytes: &[u8],
+) -> Result<DynValue, EngineError> {
     let values = T::decode(bytes);
     // `Tensor::new` guarantees whole elements; `from_array` checks the count against the shape.
     if values.len() * T::SIZE != bytes.len() {
@@ -109,18 +113,18 @@ pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
         }
     };
     match ty {
-        TensorElementType::Bool => encode_output::<bool>(value, DataType::Bool),
-        TensorElementType::Uint8 => encode_output::<u8>(value, DataType::Uint8),
-        TensorElementType::Uint16 => encode_output::<u16>(value, DataType::Uint16),
-        TensorElementType::Uint32 => encode_output::<u32>(value, DataType::Uint32),
-        TensorElementType::Uint64 => encode_output::<u64>(value, DataType::Uint64),
-        TensorElementType::Int8 => encode_output::<i8>(value, DataType::Int8),
-        TensorElementType::Int16 => encode_output::<i16>(value, DataType::Int16),
-        TensorElementType::Int32 => encode_output::<i32>(value, DataType::Int32),
-        TensorElementType::Int64 => encode_output::<i64>(value, DataType::Int64),
-        TensorElementType::Float16 => encode_output::<f16>(value, DataType::Fp16),
-        TensorElementType::Float32 => encode_output::<f32>(value, DataType::Fp32),
-        TensorElementType::Float64 => encode_output::<f64>(value, DataType::Fp64),
+        TensorElementType::Bool => encode_output::<bool>(value),
+        TensorElementType::Uint8 => encode_output::<u8>(value),
+        TensorElementType::Uint16 => encode_output::<u16>(value),
+        TensorElementType::Uint32 => encode_output::<u32>(value),
+        TensorElementType::Uint64 => encode_output::<u64>(value),
+        TensorElementType::Int8 => encode_output::<i8>(value),
+        TensorElementType::Int16 => encode_output::<i16>(value),
+        TensorElementType::Int32 => encode_output::<i32>(value),
+        TensorElementType::Int64 => encode_output::<i64>(value),
+        TensorElementType::Float16 => encode_output::<f16>(value),
+        TensorElementType::Float32 => encode_output::<f32>(value),
+        TensorElementType::Float64 => encode_output::<f64>(value),
         TensorElementType::String => {
             let (shape, strings) = value.try_extract_strings().map_err(ort_error)?;
             let items = strings.into_iter().map(Bytes::from).collect();
@@ -133,10 +137,12 @@ pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
     }
 }
 
-fn encode_output<T: WireElement>(value: &DynValue, datatype: DataType) -> Result<Tensor, EngineError> {
+fn encode_output<T: Element + PrimitiveTensorElementType + Debug>(
+    value: &DynValue,
+) -> Result<Tensor, EngineError> {
     let (shape, values) = value.try_extract_tensor::<T>().map_err(ort_error)?;
     let bytes = T::encode(values);
-    Tensor::new(datatype, dims(shape)?, TensorData::Raw(bytes.into()))
+    Tensor::new(T::DATATYPE, dims(shape)?, TensorData::Raw(bytes.into()))
         .map_err(|e| EngineError::new(format!("onnxruntime returned a bad tensor: {e}")))
 }
 
@@ -153,101 +159,9 @@ pub(crate) fn ort_error(e: ort::Error) -> EngineError {
     EngineError::new(format!("onnxruntime: {e}"))
 }
 
-/// A fixed-size element as the wire carries it: little-endian bytes.
-trait WireElement: PrimitiveTensorElementType + Clone + Debug + Sized + 'static {
-    /// Bytes per element.
-    const SIZE: usize;
-    /// The whole elements in `bytes` (a trailing partial element is dropped).
-    fn decode(bytes: &[u8]) -> Vec<Self>;
-    /// The little-endian bytes of `values`.
-    fn encode(values: &[Self]) -> Vec<u8>;
-}
-
-macro_rules! wire_number {
-    ($($t:ty),* $(,)?) => {$(
-        impl WireElement for $t {
-            const SIZE: usize = size_of::<$t>();
-
-            fn decode(bytes: &[u8]) -> Vec<Self> {
-                let (chunks, _) = bytes.as_chunks::<{ size_of::<$t>() }>();
-                chunks.iter().map(|c| <$t>::from_le_bytes(*c)).collect()
-            }
-
-            fn encode(values: &[Self]) -> Vec<u8> {
-                let mut out = Vec::with_capacity(values.len() * Self::SIZE);
-                for v in values {
-                    out.extend_from_slice(&v.to_le_bytes());
-                }
-                out
-            }
-        }
-    )*};
-}
-
-wire_number!(u8, u16, u32, u64, i8, i16, i32, i64, f32, f64);
-
-impl WireElement for f16 {
-    const SIZE: usize = 2;
-
-    fn decode(bytes: &[u8]) -> Vec<Self> {
-        let (chunks, _) = bytes.as_chunks::<2>();
-        chunks.iter().map(|c| f16::from_bits(u16::from_le_bytes(*c))).collect()
-    }
-
-    fn encode(values: &[Self]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(values.len() * Self::SIZE);
-        for v in values {
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
-        }
-        out
-    }
-}
-
-/// BOOL is one byte per element; any non-zero byte is true.
-impl WireElement for bool {
-    const SIZE: usize = 1;
-
-    fn decode(bytes: &[u8]) -> Vec<Self> {
-        bytes.iter().map(|&b| b != 0).collect()
-    }
-
-    fn encode(values: &[Self]) -> Vec<u8> {
-        values.iter().map(|&b| u8::from(b)).collect()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_round_trip_little_endian() {
-        let values = [1.5f32, -0.25, f32::MAX];
-        let bytes = f32::encode(&values);
-        assert_eq!(&bytes[..4], &1.5f32.to_le_bytes());
-        assert_eq!(f32::decode(&bytes), values);
-
-        let values = [i64::MIN, -1, 0, 7];
-        assert_eq!(i64::decode(&i64::encode(&values)), values);
-        let values = [u16::MAX, 1];
-        assert_eq!(u16::encode(&values), vec![0xff, 0xff, 0x01, 0x00]);
-    }
-
-    #[test]
-    fn half_and_bool() {
-        let values = [f16::from_f32(1.0), f16::from_f32(-2.5)];
-        let bytes = f16::encode(&values);
-        assert_eq!(bytes, vec![0x00, 0x3c, 0x00, 0xc1]);
-        assert_eq!(f16::decode(&bytes), values);
-
-        assert_eq!(bool::decode(&[0, 1, 2]), vec![false, true, true]);
-        assert_eq!(bool::encode(&[true, false]), vec![1, 0]);
-    }
-
-    #[test]
-    fn partial_elements_are_dropped() {
-        assert_eq!(u32::decode(&[1, 0, 0, 0, 9]), vec![1]);
-    }
 
     #[test]
     fn element_types_map_to_data_types() {

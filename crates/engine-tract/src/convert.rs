@@ -1,7 +1,8 @@
 //! Tensor conversion between rtserve (little-endian bytes) and tract.
 
+use rtserve_core::wire::Element;
 use rtserve_core::{DataType, EngineError, Tensor, TensorData};
-use tract_onnx::prelude::{f16, DatumType, Tensor as TractTensor};
+use tract_onnx::prelude::{f16, Datum, DatumType, Tensor as TractTensor};
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
 /// The rtserve type of a tract datum type, if rtserve carries it.
@@ -28,19 +29,9 @@ fn conversion_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::new(format!("tract: tensor conversion: {e}"))
 }
 
-/// Decodes little-endian elements of a fixed size into a tract tensor.
-macro_rules! from_le {
-    ($shape:expr, $bytes:expr, $t:ty, $n:literal) => {{
-        let values: Vec<$t> = $bytes
-            .chunks_exact($n)
-            .map(|c| {
-                let mut a = [0u8; $n];
-                a.copy_from_slice(c);
-                <$t>::from_le_bytes(a)
-            })
-            .collect();
-        TractTensor::from_shape($shape, &values).map_err(conversion_error)
-    }};
+/// A tract tensor of the little-endian elements in `bytes`.
+fn decode<T: Element + Datum>(shape: &[usize], bytes: &[u8]) -> Result<TractTensor, EngineError> {
+    TractTensor::from_shape(shape, &T::decode(bytes)).map_err(conversion_error)
 }
 
 /// Builds a tract tensor. Booleans are normalized (any non-zero byte is true).
@@ -48,24 +39,18 @@ pub fn to_tract(tensor: &Tensor) -> Result<TractTensor, EngineError> {
     let shape = tensor.shape();
     match tensor.data() {
         TensorData::Raw(bytes) => match tensor.datatype() {
-            DataType::Bool => {
-                let values: Vec<bool> = bytes.iter().map(|b| *b != 0).collect();
-                TractTensor::from_shape(shape, &values).map_err(conversion_error)
-            }
+            DataType::Bool => decode::<bool>(shape, bytes),
             DataType::Uint8 => TractTensor::from_shape(shape, bytes.as_ref()).map_err(conversion_error),
-            DataType::Int8 => {
-                let values: Vec<i8> = bytes.iter().map(|b| *b as i8).collect();
-                TractTensor::from_shape(shape, &values).map_err(conversion_error)
-            }
-            DataType::Uint16 => from_le!(shape, bytes, u16, 2),
-            DataType::Uint32 => from_le!(shape, bytes, u32, 4),
-            DataType::Uint64 => from_le!(shape, bytes, u64, 8),
-            DataType::Int16 => from_le!(shape, bytes, i16, 2),
-            DataType::Int32 => from_le!(shape, bytes, i32, 4),
-            DataType::Int64 => from_le!(shape, bytes, i64, 8),
-            DataType::Fp16 => from_le!(shape, bytes, f16, 2),
-            DataType::Fp32 => from_le!(shape, bytes, f32, 4),
-            DataType::Fp64 => from_le!(shape, bytes, f64, 8),
+            DataType::Int8 => decode::<i8>(shape, bytes),
+            DataType::Uint16 => decode::<u16>(shape, bytes),
+            DataType::Uint32 => decode::<u32>(shape, bytes),
+            DataType::Uint64 => decode::<u64>(shape, bytes),
+            DataType::Int16 => decode::<i16>(shape, bytes),
+            DataType::Int32 => decode::<i32>(shape, bytes),
+            DataType::Int64 => decode::<i64>(shape, bytes),
+            DataType::Fp16 => decode::<f16>(shape, bytes),
+            DataType::Fp32 => decode::<f32>(shape, bytes),
+            DataType::Fp64 => decode::<f64>(shape, bytes),
             DataType::Bytes => Err(conversion_error("BYTES tensor without string data")),
         },
         TensorData::Strings(items) => {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use half::f16;
+use rtserve_core::wire::Element;
 use rtserve_core::{DataType, NamedTensor, Parameter, Tensor, TensorData};
 
 use crate::ServerError;
@@ -68,12 +69,9 @@ pub fn score_rows(tensor: &NamedTensor, batched: bool) -> Result<Vec<Vec<f32>>, 
         return Err(not_scores(tensor));
     };
     let values: Vec<f32> = match t.datatype() {
-        DataType::Fp32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        DataType::Fp16 => raw.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        DataType::Fp64 => raw
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
-            .collect(),
+        DataType::Fp32 => f32::decode(raw),
+        DataType::Fp16 => f16::decode_iter(raw).map(f16::to_f32).collect(),
+        DataType::Fp64 => f64::decode_iter(raw).map(|v| v as f32).collect(),
         _ => return Err(not_scores(tensor)),
     };
     let rows = if batched { t.shape().first().copied().unwrap_or(1).max(1) } else { 1 };

@@ -1,7 +1,8 @@
 //! Tensor encoding shared by the HTTP and gRPC front ends: raw buffers (binary extension,
-//! `raw_input_contents`) and the length-prefixed layout of BYTES elements.
+//! `raw_input_contents`), BYTES elements laid out as the wire crate says.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+use rtserve_core::wire::{join_bytes_elements, split_bytes_elements};
 use rtserve_core::{DataType, Tensor, TensorData};
 
 use crate::ServerError;
@@ -22,53 +23,24 @@ pub fn tensor_from_raw(
     raw: Bytes,
 ) -> Result<Tensor, ServerError> {
     let data = if datatype == DataType::Bytes {
-        TensorData::Strings(split_bytes_elements(name, raw)?)
+        let items =
+            split_bytes_elements(raw).map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))?;
+        TensorData::Strings(items)
     } else {
         TensorData::Raw(raw)
     };
     Tensor::new(datatype, shape, data).map_err(|e| ServerError::BadRequest(format!("input '{name}': {e}")))
 }
 
-fn split_bytes_elements(name: &str, mut raw: Bytes) -> Result<Vec<Bytes>, ServerError> {
-    let mut items = Vec::new();
-    while raw.has_remaining() {
-        if raw.remaining() < 4 {
-            return Err(ServerError::BadRequest(format!(
-                "input '{name}': BYTES element {} is truncated: {} bytes left, a 4-byte length was expected",
-                items.len(),
-                raw.remaining()
-            )));
-        }
-        let length = raw.get_u32_le() as usize;
-        if length > raw.remaining() {
-            return Err(ServerError::BadRequest(format!(
-                "input '{name}': BYTES element {} declares {length} bytes but only {} remain",
-                items.len(),
-                raw.remaining()
-            )));
-        }
-        items.push(raw.split_to(length));
-    }
-    Ok(items)
-}
-
-/// The raw buffer of a tensor, in the layout [`tensor_from_raw`] reads.
-pub fn tensor_to_raw(tensor: &Tensor) -> Bytes {
+/// The raw buffer of a tensor, in the layout [`tensor_from_raw`] reads; an error only for a
+/// BYTES element over 4 GiB, which the layout cannot describe.
+pub fn tensor_to_raw(name: &str, tensor: &Tensor) -> Result<Bytes, ServerError> {
     match tensor.data() {
-        TensorData::Raw(bytes) => bytes.clone(),
-        TensorData::Strings(items) => join_bytes_elements(items.iter().map(|b| b.as_ref())).into(),
+        TensorData::Raw(bytes) => Ok(bytes.clone()),
+        TensorData::Strings(items) => join_bytes_elements(items.iter().map(|b| b.as_ref()))
+            .map(Bytes::from)
+            .map_err(|e| ServerError::Internal(format!("output '{name}': {e}"))),
     }
-}
-
-/// Lays out BYTES elements as [`tensor_from_raw`] reads them: each a 4-byte little-endian length
-/// followed by its bytes.
-pub fn join_bytes_elements<'a>(items: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for item in items {
-        out.extend_from_slice(&(item.len() as u32).to_le_bytes());
-        out.extend_from_slice(item);
-    }
-    out
 }
 
 #[cfg(test)]
@@ -83,7 +55,7 @@ mod tests {
             TensorData::Strings(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"")]),
         )
         .expect("valid");
-        let raw = tensor_to_raw(&tensor);
+        let raw = tensor_to_raw("x", &tensor).expect("short elements");
         assert_eq!(raw.as_ref(), b"\x02\0\0\0ab\0\0\0\0");
         let back = tensor_from_raw("x", DataType::Bytes, vec![2], raw).expect("decodes");
         assert_eq!(back, tensor);

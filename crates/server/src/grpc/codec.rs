@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use half::f16;
+use rtserve_core::wire::{join_bytes_elements, Element};
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter};
 
 use crate::classification::{requested, Classification};
-use crate::codec::{join_bytes_elements, shape_from_client, tensor_from_raw, tensor_to_raw};
+use crate::codec::{shape_from_client, tensor_from_raw, tensor_to_raw};
 use crate::proto::{self, infer_parameter::ParameterChoice, InferParameter, InferTensorContents};
 use crate::ServerError;
 
@@ -84,63 +85,64 @@ fn parameters(map: HashMap<String, InferParameter>) -> std::collections::BTreeMa
 
 /// Packs typed contents into little-endian bytes, checking that each value fits the datatype.
 fn contents_to_raw(name: &str, datatype: DataType, c: InferTensorContents) -> Result<Bytes, ServerError> {
-    fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+    /// The wire bytes of `values` as `T`, each narrowed from the wider type the field holds.
+    fn narrow<S: Copy + std::fmt::Display, T: Element + TryFrom<S>>(
         name: &str,
         values: &[S],
-        out: impl Fn(T) -> Vec<u8>,
     ) -> Result<Vec<u8>, ServerError> {
-        let mut bytes = Vec::new();
+        let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
         for (i, &v) in values.iter().enumerate() {
             let t = T::try_from(v).map_err(|_| {
                 bad(format!("input '{name}': element {i} ({v}) is out of range for its datatype"))
             })?;
-            bytes.extend(out(t));
+            t.put(&mut bytes);
         }
         Ok(bytes)
     }
     let bytes: Vec<u8> = match datatype {
-        DataType::Bool => c.bool_contents.iter().map(|&b| u8::from(b)).collect(),
-        DataType::Uint8 => narrow::<u32, u8>(name, &c.uint_contents, |v| v.to_le_bytes().to_vec())?,
-        DataType::Uint16 => narrow::<u32, u16>(name, &c.uint_contents, |v| v.to_le_bytes().to_vec())?,
-        DataType::Uint32 => c.uint_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Uint64 => c.uint64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Int8 => narrow::<i32, i8>(name, &c.int_contents, |v| v.to_le_bytes().to_vec())?,
-        DataType::Int16 => narrow::<i32, i16>(name, &c.int_contents, |v| v.to_le_bytes().to_vec())?,
-        DataType::Int32 => c.int_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Int64 => c.int64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Fp16 => c.fp32_contents.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect(),
-        DataType::Fp32 => c.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Fp64 => c.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DataType::Bytes => join_bytes_elements(c.bytes_contents.iter().map(|b| b.as_ref())),
+        DataType::Bool => bool::encode(&c.bool_contents),
+        DataType::Uint8 => narrow::<u32, u8>(name, &c.uint_contents)?,
+        DataType::Uint16 => narrow::<u32, u16>(name, &c.uint_contents)?,
+        DataType::Uint32 => u32::encode(&c.uint_contents),
+        DataType::Uint64 => u64::encode(&c.uint64_contents),
+        DataType::Int8 => narrow::<i32, i8>(name, &c.int_contents)?,
+        DataType::Int16 => narrow::<i32, i16>(name, &c.int_contents)?,
+        DataType::Int32 => i32::encode(&c.int_contents),
+        DataType::Int64 => i64::encode(&c.int64_contents),
+        DataType::Fp16 => {
+            let halves: Vec<f16> = c.fp32_contents.iter().map(|&v| f16::from_f32(v)).collect();
+            f16::encode(&halves)
+        }
+        DataType::Fp32 => f32::encode(&c.fp32_contents),
+        DataType::Fp64 => f64::encode(&c.fp64_contents),
+        DataType::Bytes => join_bytes_elements(c.bytes_contents.iter().map(|b| b.as_ref()))
+            .map_err(|e| bad(format!("input '{name}': {e}")))?,
     };
     Ok(bytes.into())
 }
 
 /// Encodes a response with every output in `raw_output_contents`.
-pub fn encode_response(response: InferResponse) -> proto::ModelInferResponse {
+pub fn encode_response(response: InferResponse) -> Result<proto::ModelInferResponse, ServerError> {
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
-    let outputs = response
-        .outputs
-        .iter()
-        .map(|output| {
-            raw_output_contents.push(tensor_to_raw(&output.tensor));
-            proto::model_infer_response::InferOutputTensor {
-                name: output.name.clone(),
-                datatype: output.tensor.datatype().as_str().to_string(),
-                shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
-                parameters: HashMap::new(),
-                contents: None,
-            }
-        })
-        .collect();
-    proto::ModelInferResponse {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in &response.outputs {
+        raw_output_contents.push(tensor_to_raw(&output.name, &output.tensor)?);
+        outputs.push(proto::model_infer_response::InferOutputTensor {
+            name: output.name.clone(),
+            datatype: output.tensor.datatype().as_str().to_string(),
+            shape: output.tensor.shape().iter().map(|&d| d as i64).collect(),
+            parameters: HashMap::new(),
+            contents: None,
+        });
+    }
+    Ok(proto::ModelInferResponse {
         model_name: response.model_name,
         model_version: response.model_version,
         id: response.id,
         parameters: HashMap::new(),
         outputs,
         raw_output_contents,
-    }
+    })
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ impl InferenceService {
             let request = InferRequest { received: Some(timer.started()), ..codec::decode_request(request)? };
             let inferred = model.infer_with(request, deadline, &classification).await?;
             let served = inferred.served();
-            let mut response = codec::encode_response(inferred.response);
+            let mut response = codec::encode_response(inferred.response)?;
             for (name, value) in served {
                 let value = match value {
                     Served::Micros(us) => ParameterChoice::Uint64Param(us),

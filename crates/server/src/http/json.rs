@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 use half::f16;
+use rtserve_core::wire::Element;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -175,30 +176,35 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-macro_rules! integers {
-    ($name:expr, $values:expr, $t:ty, $get:ident) => {{
-        let mut bytes = Vec::with_capacity($values.len() * std::mem::size_of::<$t>());
-        for (i, v) in $values.iter().enumerate() {
-            let n = v.$get().and_then(|n| <$t>::try_from(n).ok()).ok_or_else(|| {
-                bad(format!("input '{}': element {i} ({v}) is not a {} integer", $name, stringify!($t)))
-            })?;
-            bytes.extend_from_slice(&n.to_le_bytes());
-        }
-        bytes
-    }};
+/// The wire bytes of JSON integers as `T`, each checked to fit.
+fn integers<T: Element + TryFrom<i128>>(name: &str, values: &[&Value]) -> Result<Vec<u8>, ServerError> {
+    let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
+    for (i, v) in values.iter().enumerate() {
+        let n = v.as_i64().map(i128::from).or_else(|| v.as_u64().map(i128::from));
+        let n = n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| {
+            bad(format!(
+                "input '{name}': element {i} ({v}) is not an integer in the range of {}",
+                T::DATATYPE
+            ))
+        })?;
+        n.put(&mut bytes);
+    }
+    Ok(bytes)
 }
 
-macro_rules! floats {
-    ($name:expr, $values:expr, $convert:expr) => {{
-        let mut bytes = Vec::new();
-        for (i, v) in $values.iter().enumerate() {
-            let n = v
-                .as_f64()
-                .ok_or_else(|| bad(format!("input '{}': element {i} ({v}) is not a number", $name)))?;
-            bytes.extend_from_slice(&$convert(n).to_le_bytes());
-        }
-        bytes
-    }};
+/// The wire bytes of JSON numbers as `T`, converted from `f64` by `convert`.
+fn floats<T: Element>(
+    name: &str,
+    values: &[&Value],
+    convert: impl Fn(f64) -> T,
+) -> Result<Vec<u8>, ServerError> {
+    let mut bytes = Vec::with_capacity(values.len() * T::SIZE);
+    for (i, v) in values.iter().enumerate() {
+        let n =
+            v.as_f64().ok_or_else(|| bad(format!("input '{name}': element {i} ({v}) is not a number")))?;
+        convert(n).put(&mut bytes);
+    }
+    Ok(bytes)
 }
 
 fn tensor_from_json(
@@ -218,17 +224,17 @@ fn tensor_from_json(
                 other => Err(bad(format!("input '{name}': element {i} ({other}) is not true or false"))),
             })
             .collect::<Result<_, _>>()?,
-        DataType::Uint8 => integers!(name, values, u8, as_u64),
-        DataType::Uint16 => integers!(name, values, u16, as_u64),
-        DataType::Uint32 => integers!(name, values, u32, as_u64),
-        DataType::Uint64 => integers!(name, values, u64, as_u64),
-        DataType::Int8 => integers!(name, values, i8, as_i64),
-        DataType::Int16 => integers!(name, values, i16, as_i64),
-        DataType::Int32 => integers!(name, values, i32, as_i64),
-        DataType::Int64 => integers!(name, values, i64, as_i64),
-        DataType::Fp16 => floats!(name, values, f16::from_f64),
-        DataType::Fp32 => floats!(name, values, |n: f64| n as f32),
-        DataType::Fp64 => floats!(name, values, |n: f64| n),
+        DataType::Uint8 => integers::<u8>(name, &values)?,
+        DataType::Uint16 => integers::<u16>(name, &values)?,
+        DataType::Uint32 => integers::<u32>(name, &values)?,
+        DataType::Uint64 => integers::<u64>(name, &values)?,
+        DataType::Int8 => integers::<i8>(name, &values)?,
+        DataType::Int16 => integers::<i16>(name, &values)?,
+        DataType::Int32 => integers::<i32>(name, &values)?,
+        DataType::Int64 => integers::<i64>(name, &values)?,
+        DataType::Fp16 => floats(name, &values, f16::from_f64)?,
+        DataType::Fp32 => floats(name, &values, |n| n as f32)?,
+        DataType::Fp64 => floats(name, &values, |n| n)?,
         DataType::Bytes => {
             let items = values
                 .iter()
@@ -245,17 +251,9 @@ fn tensor_from_json(
     Tensor::new(datatype, shape, TensorData::Raw(raw.into())).map_err(|e| bad(format!("input '{name}': {e}")))
 }
 
-macro_rules! json_values {
-    ($bytes:expr, $t:ty, $n:literal, $map:expr) => {
-        $bytes
-            .chunks_exact($n)
-            .map(|c| {
-                let mut a = [0u8; $n];
-                a.copy_from_slice(c);
-                $map(<$t>::from_le_bytes(a))
-            })
-            .collect::<Vec<Value>>()
-    };
+/// The elements of `raw` as `T`, each made a JSON value by `map`.
+fn json_values<T: Element>(raw: &[u8], map: impl Fn(T) -> Value) -> Vec<Value> {
+    T::decode_iter(raw).map(map).collect()
 }
 
 fn tensor_to_json(tensor: &Tensor) -> Value {
@@ -268,45 +266,45 @@ fn tensor_to_json(tensor: &Tensor) -> Value {
         TensorData::Raw(raw) => raw,
     };
     let values = match tensor.datatype() {
-        DataType::Bool => raw.iter().map(|b| Value::Bool(*b != 0)).collect(),
-        DataType::Uint8 => raw.iter().map(|b| json!(b)).collect(),
-        DataType::Int8 => raw.iter().map(|b| json!(*b as i8)).collect(),
-        DataType::Uint16 => json_values!(raw, u16, 2, |v| json!(v)),
-        DataType::Uint32 => json_values!(raw, u32, 4, |v| json!(v)),
-        DataType::Uint64 => json_values!(raw, u64, 8, |v| json!(v)),
-        DataType::Int16 => json_values!(raw, i16, 2, |v| json!(v)),
-        DataType::Int32 => json_values!(raw, i32, 4, |v| json!(v)),
-        DataType::Int64 => json_values!(raw, i64, 8, |v| json!(v)),
-        DataType::Fp16 => json_values!(raw, u16, 2, |v| json!(f16::from_bits(v).to_f32())),
-        DataType::Fp32 => json_values!(raw, f32, 4, |v| json!(v)),
-        DataType::Fp64 => json_values!(raw, f64, 8, |v| json!(v)),
+        DataType::Bool => json_values(raw, Value::Bool),
+        DataType::Uint8 => json_values(raw, |v: u8| json!(v)),
+        DataType::Int8 => json_values(raw, |v: i8| json!(v)),
+        DataType::Uint16 => json_values(raw, |v: u16| json!(v)),
+        DataType::Uint32 => json_values(raw, |v: u32| json!(v)),
+        DataType::Uint64 => json_values(raw, |v: u64| json!(v)),
+        DataType::Int16 => json_values(raw, |v: i16| json!(v)),
+        DataType::Int32 => json_values(raw, |v: i32| json!(v)),
+        DataType::Int64 => json_values(raw, |v: i64| json!(v)),
+        DataType::Fp16 => json_values(raw, |v: f16| json!(v.to_f32())),
+        DataType::Fp32 => json_values(raw, |v: f32| json!(v)),
+        DataType::Fp64 => json_values(raw, |v: f64| json!(v)),
         DataType::Bytes => Vec::new(),
     };
     Value::Array(values)
 }
 
 /// Encodes a response. Returns the body and, when outputs are binary, the JSON header length.
-pub fn encode_response(response: &InferResponse, encoding: &OutputEncoding) -> (Bytes, Option<usize>) {
+pub fn encode_response(
+    response: &InferResponse,
+    encoding: &OutputEncoding,
+) -> Result<(Bytes, Option<usize>), ServerError> {
     let mut binary = BytesMut::new();
-    let outputs: Vec<Value> = response
-        .outputs
-        .iter()
-        .map(|output| {
-            let mut object = json!({
-                "name": output.name,
-                "datatype": output.tensor.datatype().as_str(),
-                "shape": output.tensor.shape(),
-            });
-            if encoding.is_binary(&output.name) {
-                let raw = tensor_to_raw(&output.tensor);
-                object["parameters"] = json!({ "binary_data_size": raw.len() });
-                binary.extend_from_slice(&raw);
-            } else {
-                object["data"] = tensor_to_json(&output.tensor);
-            }
-            object
-        })
-        .collect();
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    for output in &response.outputs {
+        let mut object = json!({
+            "name": output.name,
+            "datatype": output.tensor.datatype().as_str(),
+            "shape": output.tensor.shape(),
+        });
+        if encoding.is_binary(&output.name) {
+            let raw = tensor_to_raw(&output.name, &output.tensor)?;
+            object["parameters"] = json!({ "binary_data_size": raw.len() });
+            binary.extend_from_slice(&raw);
+        } else {
+            object["data"] = tensor_to_json(&output.tensor);
+        }
+        outputs.push(object);
+    }
     let mut header = json!({
         "model_name": response.model_name,
         "model_version": response.model_version,
@@ -317,12 +315,12 @@ pub fn encode_response(response: &InferResponse, encoding: &OutputEncoding) -> (
     }
     let header = header.to_string().into_bytes();
     if binary.is_empty() {
-        return (header.into(), None);
+        return Ok((header.into(), None));
     }
     let length = header.len();
     let mut body = BytesMut::from(header.as_slice());
     body.extend_from_slice(&binary);
-    (body.freeze(), Some(length))
+    Ok((body.freeze(), Some(length)))
 }
 
 #[cfg(test)]
@@ -372,7 +370,7 @@ mod tests {
             (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative dimension"),
             (
                 r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
-                "element 0 (300) is not a i8 integer",
+                "element 0 (300) is not an integer in the range of INT8",
             ),
             (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "no data and no binary_data_size"),
             (
@@ -408,13 +406,13 @@ mod tests {
             id: String::new(),
             outputs: vec![NamedTensor { name: "y".into(), tensor }],
         };
-        let (body, length) = encode_response(&response, &OutputEncoding::default());
+        let (body, length) = encode_response(&response, &OutputEncoding::default()).expect("encodes");
         assert_eq!(length, None);
         let value: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["outputs"][0]["data"], json!([1.0, 2.0]));
         assert!(value["outputs"][0].get("parameters").is_none());
         let encoding = OutputEncoding { binary_default: true, ..OutputEncoding::default() };
-        let (body, length) = encode_response(&response, &encoding);
+        let (body, length) = encode_response(&response, &encoding).expect("encodes");
         let length = length.expect("binary");
         let header: Value = serde_json::from_slice(&body[..length]).expect("json");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], json!(8));

@@ -182,7 +182,7 @@ async fn infer_timed(
     let (request, encoding) = json::decode_request(body, header_length)?;
     let request = InferRequest { received: Some(timer.started()), ..request };
     let inferred = model.infer_with(request, None, &encoding.classification).await?;
-    let (body, header_length) = json::encode_response(&inferred.response, &encoding);
+    let (body, header_length) = json::encode_response(&inferred.response, &encoding)?;
     let mut reply = Response::new(Body::from(body));
     let headers = reply.headers_mut();
     match header_length {

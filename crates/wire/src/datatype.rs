@@ -23,7 +23,8 @@ pub enum DataType {
 }
 
 impl DataType {
-    /// Every data type, in protocol order.
+    /// Every data type, in protocol order. The prediction cache stores a data type as its index
+    /// here: add new types at the end.
     pub const ALL: [DataType; 13] = [
         DataType::Bool,
         DataType::Uint8,
@@ -67,6 +68,17 @@ impl DataType {
         }
     }
 
+    /// The kind of values it holds, as JSON and gRPC typed contents carry them.
+    pub fn kind(self) -> ValueKind {
+        match self {
+            DataType::Bool => ValueKind::Bool,
+            DataType::Uint8 | DataType::Uint16 | DataType::Uint32 | DataType::Uint64 => ValueKind::Uint,
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => ValueKind::Int,
+            DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => ValueKind::Float,
+            DataType::Bytes => ValueKind::Bytes,
+        }
+    }
+
     /// Size of one element in bytes; `None` for variable-length BYTES.
     pub fn size(self) -> Option<usize> {
         Some(match self {
@@ -77,6 +89,17 @@ impl DataType {
             DataType::Bytes => return None,
         })
     }
+}
+
+/// The kind of values a data type holds: what a JSON tensor or a gRPC typed-contents field
+/// carries before it is narrowed to the element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Bool,
+    Int,
+    Uint,
+    Float,
+    Bytes,
 }
 
 impl fmt::Display for DataType {
@@ -115,5 +138,15 @@ mod tests {
         }
         assert!("FLOAT".parse::<DataType>().is_err());
         assert_eq!("TYPE_STRING".parse::<DataType>().ok(), Some(DataType::Bytes));
+        assert!("BF16".parse::<DataType>().is_err());
+    }
+
+    #[test]
+    fn kinds_agree_with_sizes() {
+        for d in DataType::ALL {
+            assert_eq!(d.size().is_none(), d.kind() == ValueKind::Bytes, "{d}");
+        }
+        assert_eq!(DataType::Uint16.kind(), ValueKind::Uint);
+        assert_eq!(DataType::Fp16.kind(), ValueKind::Float);
     }
 }
