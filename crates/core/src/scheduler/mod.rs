@@ -26,6 +26,8 @@ mod worker;
 
 #[cfg(test)]
 mod planner_props;
+#[cfg(test)]
+mod slo_props;
 
 pub use batch::{batch_group, batch_rows, concat_rows, split_rows, BatchError};
 pub use planner::{Batch, BatchId, BatchPlanner, Decision, Entry, EntryId, RejectReason, Rejection};

@@ -17,8 +17,10 @@
 //!   rows from now) are never dispatched; they are handed back through
 //!   [`BatchPlanner::take_expired`] to be answered with an error, early rather than late.
 //! - Admission refuses a request when the queue is full, when it has more rows than a batch
-//!   holds, or when its predicted completion (the queue ahead of it, then its own batch, timed
-//!   with the profile's upper, 90th-percentile curve) is past its due time.
+//!   holds, or when its predicted completion is past its due time: the queue ahead of it packed
+//!   into batches as the dispatcher packs them (a batch also ends where a due time in it would
+//!   be missed), then its own batch, on the instances as they come free, every run (those in
+//!   flight included) timed with the profile's upper, 90th-percentile curve.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -146,7 +148,9 @@ struct QueueKey {
 struct InFlight {
     rows: usize,
     requests: usize,
-    predicted_end: Instant,
+    /// When it was dispatched; its end is predicted from the profile as it is when asked, with
+    /// the curve the prediction needs.
+    started: Instant,
 }
 
 /// The queue and the scheduling state of one model version.
@@ -243,9 +247,10 @@ impl BatchPlanner {
             return Err(Rejection { reason: RejectReason::DeadlinePassed, retry_after: Duration::ZERO });
         }
         if let Some(due) = entry.deadlines.due {
-            let (ahead_requests, ahead_rows) = self.ahead_of(entry.priority);
-            let estimate = Estimate::Upper;
-            if let Some((start, end)) = self.predict(now, ahead_requests, ahead_rows, entry.rows, estimate) {
+            let last_ahead = QueueKey { level: entry.priority, late: false, seq: u64::MAX };
+            let ahead = self.queue.range(..=last_ahead).map(|(_, e)| e);
+            let own = (entry.rows, Some(due));
+            if let Some((start, end)) = self.predict(now, ahead, own, Estimate::Upper) {
                 if end > due {
                     let reason = RejectReason::PredictedMiss { predicted: end - now, allowed: due - now };
                     let retry_after = start.saturating_duration_since(now).max(Duration::from_millis(1));
@@ -349,8 +354,7 @@ impl BatchPlanner {
         }
         let id = self.next_batch_id;
         self.next_batch_id += 1;
-        let predicted_end = now + self.profile.predict(rows).unwrap_or_default();
-        self.in_flight.insert(id, InFlight { rows, requests, predicted_end });
+        self.in_flight.insert(id, InFlight { rows, requests, started: now });
         Decision::Dispatch(Batch { id, entries, rows })
     }
 
@@ -467,67 +471,54 @@ impl BatchPlanner {
         }
     }
 
-    /// Requests and rows that a new punctual request at `level` would wait behind.
-    fn ahead_of(&self, level: u32) -> (usize, usize) {
-        self.counts
-            .range(..=(level, false))
-            .fold((0, 0), |(requests, rows), (_, &(r, n))| (requests + r, rows + n))
-    }
-
     /// How long until the whole queue has run, as far as the profile can tell.
     fn drain_time(&self, now: Instant) -> Duration {
-        let requests = self.queue.len();
-        let rows = self.queued_rows();
-        match self.predict(now, requests, rows, 0, Estimate::Typical) {
+        match self.predict(now, self.queue.values(), (0, None), Estimate::Typical) {
             Some((start, _)) => start.saturating_duration_since(now).max(Duration::from_millis(1)),
             None => DEFAULT_RETRY_AFTER,
         }
     }
 
-    /// When a request of `own_rows` would start and complete behind `ahead_requests` requests
-    /// of `ahead_rows` rows, with the instances busy as they are. Assumes full batches ahead
-    /// (or one request per batch without batching) and ignores groups; `None` without profile.
-    fn predict(
+    /// When a request of `own` rows and due time would start and complete behind the `ahead`
+    /// entries (in queue order), with the instances busy as they are. The entries ahead are
+    /// packed as the dispatcher packs them: in order, into one batch while its rows fit and its
+    /// predicted end meets the earliest due time in it (one request per batch without
+    /// batching); each batch starts when an instance comes free. Groups are ignored. `None`
+    /// without a profile.
+    fn predict<'a>(
         &self,
         now: Instant,
-        ahead_requests: usize,
-        ahead_rows: usize,
-        own_rows: usize,
+        ahead: impl Iterator<Item = &'a Entry>,
+        own: (usize, Option<Instant>),
         estimate: Estimate,
     ) -> Option<(Instant, Instant)> {
         let exec = |rows: usize| match estimate {
-            Estimate::Typical => self.profile.predict(rows),
-            Estimate::Upper => self.profile.predict_upper(rows),
+            Estimate::Typical => self.profile.predict(rows.max(1)),
+            Estimate::Upper => self.profile.predict_upper(rows.max(1)),
         };
-        let mut free: BinaryHeap<Reverse<Instant>> =
-            self.in_flight.values().map(|f| Reverse(f.predicted_end.max(now))).collect();
-        free.extend(std::iter::repeat_n(Reverse(now), self.free_instances()));
-        let mut batches_ahead: Vec<(usize, usize)> = Vec::new();
-        let own_batch;
-        if self.config.batching {
-            let capacity = self.batch_capacity();
-            let (full, rest) = (ahead_rows / capacity, ahead_rows % capacity);
-            batches_ahead.push((full, capacity));
-            if rest + own_rows <= capacity {
-                own_batch = rest + own_rows;
-            } else {
-                batches_ahead.push((1, rest));
-                own_batch = own_rows;
-            }
-        } else {
-            let typical = ahead_rows.div_ceil(ahead_requests.max(1));
-            batches_ahead.push((ahead_requests, typical));
-            own_batch = own_rows;
+        let mut free = BinaryHeap::with_capacity(self.config.instances.max(1));
+        for flight in self.in_flight.values() {
+            free.push(Reverse((flight.started + exec(flight.rows)?).max(now)));
         }
-        for (count, rows) in batches_ahead {
-            let time = exec(rows)?;
-            for _ in 0..count {
+        free.extend(std::iter::repeat_n(Reverse(now), self.free_instances()));
+        let capacity = self.batch_capacity();
+        let (mut rows, mut due): (usize, Option<Instant>) = (0, None);
+        for (next_rows, next_due) in ahead.map(|e| (e.rows, e.deadlines.due)).chain(std::iter::once(own)) {
+            let Reverse(start) = *free.peek()?;
+            let joins = self.config.batching
+                && rows + next_rows <= capacity
+                && earliest(due, next_due)
+                    .is_none_or(|d| exec(rows + next_rows).is_some_and(|t| start + t <= d));
+            if rows > 0 && !joins {
                 let Reverse(start) = free.pop()?;
-                free.push(Reverse(start + time));
+                free.push(Reverse(start + exec(rows)?));
+                (rows, due) = (0, None);
             }
+            rows += next_rows;
+            due = earliest(due, next_due);
         }
         let Reverse(start) = free.pop()?;
-        Some((start, start + exec(own_batch.max(1))?))
+        Some((start, start + exec(rows)?))
     }
 
     /// The rows of each batch in flight, for observability.

@@ -273,6 +273,45 @@ fn admission_refuses_a_predicted_deadline_miss() {
 }
 
 #[test]
+fn admission_packs_the_queue_ahead_as_the_dispatcher_will() {
+    let t0 = Instant::now();
+    let mut planner = BatchPlanner::new(batching(8), linear_profile());
+    let due_in = |id: EntryId, rows: usize, due: Duration| Entry {
+        deadlines: Deadlines { due: Some(t0 + due), ..Deadlines::default() },
+        ..entry(id, rows, t0)
+    };
+    // The head must be done by 2.5 ms: alone (2 ms) it is, with the next 3 rows (5 ms) it is
+    // not, so they form a second batch from 2 ms on (not one batch of 4 rows ending at 5 ms).
+    admit_all(&mut planner, vec![due_in(0, 1, us(2_500)), due_in(1, 3, ms(100))], t0);
+    // Due at 6.5 ms, a row cannot join that batch (it would end at 7 ms): it runs after it.
+    let miss = planner.admit(due_in(2, 1, us(6_500)), t0).expect_err("alone it ends at 8 ms");
+    assert_eq!(miss.reason, RejectReason::PredictedMiss { predicted: ms(8), allowed: us(6_500) });
+    assert_eq!(miss.retry_after, ms(6), "when the two batches ahead have run");
+    planner.admit(due_in(3, 1, ms(7)), t0).expect("joins the second batch, on time at 7 ms");
+    assert_eq!(dispatch(&mut planner, t0).entries, vec![0], "the head alone meets its due time");
+}
+
+#[test]
+fn admission_times_running_batches_with_the_upper_curve() {
+    let t0 = Instant::now();
+    let mut profile = LatencyProfile::default();
+    // One row: typically 2 ms, up to 4 ms (the 90th percentile of 2, 2, 4).
+    for exec in [2, 2, 4] {
+        profile.record(1, ms(exec));
+    }
+    let mut planner = BatchPlanner::new(PlannerConfig::default(), profile);
+    let due_in = |id: EntryId, due: Duration| Entry {
+        deadlines: Deadlines { due: Some(t0 + due), ..Deadlines::default() },
+        ..entry(id, 1, t0)
+    };
+    admit_all(&mut planner, vec![due_in(0, ms(10))], t0);
+    dispatch(&mut planner, t0);
+    // Behind a run that may take 4 ms, its own may end at 8 ms.
+    let miss = planner.admit(due_in(1, ms(7)), t0 + ms(1)).expect_err("up to 8 ms");
+    assert_eq!(miss.reason, RejectReason::PredictedMiss { predicted: ms(7), allowed: ms(6) });
+}
+
+#[test]
 fn slo_fires_early_to_meet_the_oldest_deadline() {
     let config = PlannerConfig { max_queue_delay: ms(100), slo: Some(ms(10)), ..batching(8) };
     let mut planner = BatchPlanner::new(config.clone(), linear_profile());
