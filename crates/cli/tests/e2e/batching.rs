@@ -2,7 +2,7 @@
 //! answered with the same outputs as unbatched requests; the queue policy's refusals (full
 //! queue, deadline, priority, rows) reach clients as 429 / RESOURCE_EXHAUSTED or 400.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use rtserve_server::proto::ModelInferRequest;
@@ -104,7 +104,9 @@ async fn full_queue_is_429_with_retry_after(server: &Server) {
             http.get(server.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
         crate::client::metric_value(&text, "rtserve_queue_depth", &[("model", "one_slot")])
     };
+    let deadline = Instant::now() + Duration::from_secs(10);
     while metrics(http.clone()).await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the blocked request never showed in rtserve_queue_depth");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (body, header) = binary_body(&inputs, json!({}));

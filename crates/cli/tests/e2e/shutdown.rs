@@ -16,6 +16,9 @@ use crate::{start_server, temp_repository};
 
 crate::engine_tests!(sigterm_finishes_requests_in_flight);
 
+/// How long the server may take to answer `Expect: 100-continue`.
+const INTERIM_WITHIN: Duration = Duration::from_secs(10);
+
 /// How long the listener may stay open after SIGTERM.
 const STOP_ACCEPTING_WITHIN: Duration = Duration::from_secs(10);
 
@@ -36,7 +39,10 @@ async fn start_http_request(server: &Server, body_length: usize) -> TcpStream {
     let mut interim = Vec::new();
     while !interim.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        let read = stream.read(&mut byte).await.expect("read interim response");
+        let read = tokio::time::timeout(INTERIM_WITHIN, stream.read(&mut byte))
+            .await
+            .expect("no 100 Continue in time")
+            .expect("read interim response");
         assert_eq!(read, 1, "connection closed before 100 Continue: {}", String::from_utf8_lossy(&interim));
         interim.push(byte[0]);
     }

@@ -1,5 +1,5 @@
 //! Protobuf messages to and from rtserve requests: `raw_input_contents` or typed `contents` in,
-//! `raw_output_contents` out.
+//! `raw_output_contents` out. Public for the request-path benches (`benches/request_path.rs`).
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! The KServe v2 gRPC front end (`inference.GRPCInferenceService`, tonic).
 
-mod codec;
+pub mod codec;
 mod deadline;
 
 use std::pin::Pin;

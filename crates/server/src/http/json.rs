@@ -1,5 +1,6 @@
 //! The KServe v2 HTTP body: JSON tensors and the binary tensor data extension
 //! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`).
+//! Public for the request-path benches (`benches/request_path.rs`).
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! The KServe v2 HTTP front end (axum).
 
 mod classify;
-mod json;
+pub mod json;
 #[cfg(test)]
 mod tests;
 
