@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use half::f16;
 use rtserve_core::wire::Element;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter, Tensor, TensorData};
@@ -284,12 +284,14 @@ fn tensor_to_json(tensor: &Tensor) -> Value {
     Value::Array(values)
 }
 
-/// Encodes a response. Returns the body and, when outputs are binary, the JSON header length.
+/// Encodes a response. Returns the body as chunks (the JSON header, then the raw data of each
+/// binary output, shared with the tensor rather than copied) and, when outputs are binary, the
+/// JSON header length.
 pub fn encode_response(
     response: &InferResponse,
     encoding: &OutputEncoding,
-) -> Result<(Bytes, Option<usize>), ServerError> {
-    let mut binary = BytesMut::new();
+) -> Result<(Vec<Bytes>, Option<usize>), ServerError> {
+    let mut chunks = vec![Bytes::new()];
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for output in &response.outputs {
         let mut object = json!({
@@ -300,7 +302,7 @@ pub fn encode_response(
         if encoding.is_binary(&output.name) {
             let raw = tensor_to_raw(&output.name, &output.tensor)?;
             object["parameters"] = json!({ "binary_data_size": raw.len() });
-            binary.extend_from_slice(&raw);
+            chunks.push(raw);
         } else {
             object["data"] = tensor_to_json(&output.tensor);
         }
@@ -314,14 +316,10 @@ pub fn encode_response(
     if !response.id.is_empty() {
         header["id"] = json!(response.id);
     }
-    let header = header.to_string().into_bytes();
-    if binary.is_empty() {
-        return Ok((header.into(), None));
-    }
-    let length = header.len();
-    let mut body = BytesMut::from(header.as_slice());
-    body.extend_from_slice(&binary);
-    Ok((body.freeze(), Some(length)))
+    let header = Bytes::from(header.to_string());
+    let length = (chunks.len() > 1).then_some(header.len());
+    chunks[0] = header;
+    Ok((chunks, length))
 }
 
 #[cfg(test)]
@@ -407,14 +405,17 @@ mod tests {
             id: String::new(),
             outputs: vec![NamedTensor { name: "y".into(), tensor }],
         };
-        let (body, length) = encode_response(&response, &OutputEncoding::default()).expect("encodes");
-        assert_eq!(length, None);
+        let (chunks, length) = encode_response(&response, &OutputEncoding::default()).expect("encodes");
+        assert_eq!((chunks.len(), length), (1, None));
+        let body = chunks.concat();
         let value: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!(value["outputs"][0]["data"], json!([1.0, 2.0]));
         assert!(value["outputs"][0].get("parameters").is_none());
         let encoding = OutputEncoding { binary_default: true, ..OutputEncoding::default() };
-        let (body, length) = encode_response(&response, &encoding).expect("encodes");
+        let (chunks, length) = encode_response(&response, &encoding).expect("encodes");
         let length = length.expect("binary");
+        assert_eq!(chunks.len(), 2, "the header, then the output's data as it is");
+        let body = chunks.concat();
         let header: Value = serde_json::from_slice(&body[..length]).expect("json");
         assert_eq!(header["outputs"][0]["parameters"]["binary_data_size"], json!(8));
         assert_eq!(&body[length..], &[0, 0, 128, 63, 0, 0, 0, 64]);

@@ -1,5 +1,6 @@
 //! The KServe v2 HTTP front end (axum).
 
+mod chunks;
 mod classify;
 pub mod json;
 #[cfg(test)]
@@ -16,6 +17,7 @@ use axum::{Json, Router};
 use rtserve_core::InferRequest;
 use serde_json::{json, Value};
 
+use self::chunks::chunked_body;
 use crate::metrics::{Protocol, RequestTimer};
 use crate::model::Served;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
@@ -182,8 +184,8 @@ async fn infer_timed(
     let (request, encoding) = json::decode_request(body, header_length)?;
     let request = InferRequest { received: Some(timer.started()), ..request };
     let inferred = model.infer_with(request, None, &encoding.classification).await?;
-    let (body, header_length) = json::encode_response(&inferred.response, &encoding)?;
-    let mut reply = Response::new(Body::from(body));
+    let (chunks, header_length) = json::encode_response(&inferred.response, &encoding)?;
+    let mut reply = Response::new(chunked_body(chunks));
     let headers = reply.headers_mut();
     match header_length {
         Some(length) => {
