@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{NamedTensor, TensorSpec};
+use crate::{BatchInput, NamedTensor, TensorSpec};
 
 /// An engine failure: loading a model or running it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -74,6 +74,22 @@ pub fn intra_op_threads_for(one_row: Duration, cores: usize) -> usize {
 pub trait ModelInstance: Send {
     /// Runs the model. `outputs` names the outputs to return, in that order.
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError>;
+
+    /// Runs the model on a batch whose inputs are still the requests' own tensors. This default
+    /// joins them (one copy) and calls [`ModelInstance::infer`]; an engine that can read the
+    /// parts straight into the buffers it runs on overrides it.
+    fn infer_batch(
+        &mut self,
+        inputs: &[BatchInput<'_>],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, EngineError> {
+        let joined = inputs
+            .iter()
+            .map(|input| Ok(NamedTensor { name: input.name.to_string(), tensor: input.concat()? }))
+            .collect::<Result<Vec<_>, crate::BatchError>>()
+            .map_err(|e| EngineError::new(format!("cannot assemble the batch: {e}")))?;
+        self.infer(&joined, outputs)
+    }
 }
 
 #[cfg(test)]

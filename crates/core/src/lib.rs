@@ -12,6 +12,7 @@
 #[cfg(target_endian = "big")]
 compile_error!("rtserve keeps tensors in host order, which must be the little-endian wire order");
 
+mod batch_input;
 mod cache;
 mod engine;
 mod error;
@@ -22,6 +23,7 @@ pub mod scheduler;
 mod tensor;
 mod validate;
 
+pub use batch_input::{batch_inputs, concat_rows, BatchError, BatchInput};
 pub use cache::{
     cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
     LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
@@ -38,8 +40,8 @@ pub use request::{InferRequest, InferResponse, Parameter};
 pub use rtserve_wire as wire;
 pub use rtserve_wire::{DataType, UnknownDataType};
 pub use scheduler::{
-    BatchError, BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection,
-    Scheduler, SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,
+    BatchPlanner, Deadlines, Decision, LatencyProfile, PlannerConfig, RejectReason, Rejection, Scheduler,
+    SchedulerError, SchedulerObserver, SchedulerOptions, SchedulerStats,
 };
 pub use tensor::{NamedTensor, Tensor, TensorData, TensorError};
 pub use validate::validate_request;

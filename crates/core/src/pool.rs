@@ -4,7 +4,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::JoinHandle;
 
-use crate::{EngineError, ModelInstance, NamedTensor};
+use crate::{BatchInput, EngineError, ModelInstance, NamedTensor};
 
 /// Starts one named OS thread per instance; each takes jobs from `receiver` until every sender
 /// is gone and hands them to `handle` with the instance it owns. Threads that cannot start are
@@ -41,8 +41,25 @@ pub(crate) fn infer_caught(
     inputs: &[NamedTensor],
     outputs: &[String],
 ) -> Result<Vec<NamedTensor>, EngineError> {
-    let result = catch_unwind(AssertUnwindSafe(|| instance.infer(inputs, outputs)))
-        .unwrap_or_else(|_| Err(EngineError::new("the engine panicked")));
+    caught(name, || instance.infer(inputs, outputs))
+}
+
+/// Runs one batch whose inputs the engine joins itself, as [`infer_caught`] runs one request.
+pub(crate) fn infer_batch_caught(
+    name: &str,
+    instance: &mut dyn ModelInstance,
+    inputs: &[BatchInput<'_>],
+    outputs: &[String],
+) -> Result<Vec<NamedTensor>, EngineError> {
+    caught(name, || instance.infer_batch(inputs, outputs))
+}
+
+fn caught(
+    name: &str,
+    run: impl FnOnce() -> Result<Vec<NamedTensor>, EngineError>,
+) -> Result<Vec<NamedTensor>, EngineError> {
+    let result =
+        catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|_| Err(EngineError::new("the engine panicked")));
     if let Err(e) = &result {
         tracing::error!(instance = %name, "inference failed: {e}");
     }

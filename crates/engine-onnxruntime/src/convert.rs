@@ -1,9 +1,9 @@
 //! Conversion between rtserve tensors (a type, a shape and little-endian element bytes) and
 //! ONNX Runtime values.
 //!
-//! Going in, fixed-size elements are decoded into a typed `Vec` that ONNX Runtime then uses in
-//! place (one copy, which also fixes alignment); UINT8 data is lent to ONNX Runtime without any
-//! copy. Going out, the output is read in place and encoded into the bytes of the reply.
+//! Going in, the fixed-size elements of a batch's requests are decoded into one typed `Vec` that
+//! ONNX Runtime then uses in place (one copy, which also fixes alignment); a lone request's UINT8
+//! data is lent to ONNX Runtime without any copy. Going out, the output is read in place and encoded into the bytes of the reply.
 
 use std::fmt::Debug;
 
@@ -15,7 +15,7 @@ use ort::value::{
     ValueType,
 };
 use rtserve_core::wire::Element;
-use rtserve_core::{DataType, EngineError, Tensor, TensorData};
+use rtserve_core::{BatchInput, DataType, EngineError, Tensor, TensorData};
 
 /// The rtserve type of an ONNX Runtime element type; `None` where rtserve has no equivalent
 /// (bfloat16, complex, 8-bit floats, 4-bit and 2-bit integers).
@@ -38,51 +38,42 @@ pub(crate) fn data_type(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-/// Builds the ONNX Runtime input for `tensor`. The value may borrow the tensor's bytes.
-pub(crate) fn to_input(tensor: &Tensor) -> Result<SessionInputValue<'_>, EngineError> {
-    let shape = tensor.shape().to_vec();
-    let bytes = match tensor.data() {
-        TensorData::Raw(bytes) => bytes,
-        TensorData::Strings(items) => return strings_to_input(shape, items),
-    };
-    let value = match tensor.datatype() {
-        DataType::Uint8 => {
-            return TensorRef::from_array_view((shape, &bytes[..]))
-                .map(SessionInputValue::from)
-                .map_err(ort_error)
-        }
-        DataType::Bool => decode_input::<bool>(shape, bytes)?,
-        DataType::Uint16 => decode_input::<u16>(shape, bytes)?,
-        DataType::Uint32 => decode_input::<u32>(shape, bytes)?,
-        DataType::Uint64 => decode_input::<u64>(shape, bytes)?,
-        DataType::Int8 => decode_input::<i8>(shape, bytes)?,
-        DataType::Int16 => decode_input::<i16>(shape, bytes)?,
-        DataType::Int32 => decode_input::<i32>(shape, bytes)?,
-        DataType::Int64 => decode_input::<i64>(shape, bytes)?,
-        DataType::Fp16 => decode_input::<f16>(shape, bytes)?,
-        DataType::Fp32 => decode_input::<f32>(shape, bytes)?,
-        DataType::Fp64 => decode_input::<f64>(shape, bytes)?,
-        DataType::Bytes => {
-            return Err(EngineError::new("a BYTES tensor holds fixed-size data instead of byte strings"))
-        }
+/// Builds the ONNX Runtime input for `input`: its parts decoded into one typed buffer that
+/// ONNX Runtime then uses in place (the one copy). UINT8 data of a single request is lent to
+/// ONNX Runtime without any copy.
+pub(crate) fn to_input<'a>(input: &BatchInput<'a>) -> Result<SessionInputValue<'a>, EngineError> {
+    let shape = input.shape().to_vec();
+    let value = match input.datatype() {
+        DataType::Uint8 => match input.as_single().and_then(Tensor::raw) {
+            Some(bytes) => {
+                return TensorRef::from_array_view((shape, bytes.as_ref()))
+                    .map(SessionInputValue::from)
+                    .map_err(ort_error)
+            }
+            None => decode_input::<u8>(shape, input)?,
+        },
+        DataType::Bool => decode_input::<bool>(shape, input)?,
+        DataType::Uint16 => decode_input::<u16>(shape, input)?,
+        DataType::Uint32 => decode_input::<u32>(shape, input)?,
+        DataType::Uint64 => decode_input::<u64>(shape, input)?,
+        DataType::Int8 => decode_input::<i8>(shape, input)?,
+        DataType::Int16 => decode_input::<i16>(shape, input)?,
+        DataType::Int32 => decode_input::<i32>(shape, input)?,
+        DataType::Int64 => decode_input::<i64>(shape, input)?,
+        DataType::Fp16 => decode_input::<f16>(shape, input)?,
+        DataType::Fp32 => decode_input::<f32>(shape, input)?,
+        DataType::Fp64 => decode_input::<f64>(shape, input)?,
+        DataType::Bytes => return strings_to_input(shape, input),
     };
     Ok(SessionInputValue::Owned(value))
 }
 
+/// `from_array` checks the element count against the shape.
 fn decode_input<T: Element + PrimitiveTensorElementType + Debug>(
     shape: Vec<usize>,
-    bytes: &[u8],
+    input: &BatchInput<'_>,
 ) -> Result<DynValue, EngineError> {
-    let values = T::decode(bytes);
-    // `Tensor::new` guarantees whole elements; `from_array` checks the count against the shape.
-    if values.len() * T::SIZE != bytes.len() {
-        return Err(EngineError::new(format!(
-            "{} bytes is not a whole number of {}-byte elements",
-            bytes.len(),
-            T::SIZE
-        )));
-    }
-    OrtTensor::from_array((shape, values)).map(OrtTensor::into_dyn).map_err(ort_error)
+    OrtTensor::from_array((shape, input.decode::<T>())).map(OrtTensor::into_dyn).map_err(ort_error)
 }
 
 /// One BYTES element, handed to ONNX Runtime as a string (which must not hold a NUL byte).
@@ -95,8 +86,11 @@ impl Utf8Data for ByteString {
     }
 }
 
-fn strings_to_input(shape: Vec<usize>, items: &[Bytes]) -> Result<SessionInputValue<'static>, EngineError> {
-    let items: Vec<ByteString> = items.iter().cloned().map(ByteString).collect();
+fn strings_to_input(
+    shape: Vec<usize>,
+    input: &BatchInput<'_>,
+) -> Result<SessionInputValue<'static>, EngineError> {
+    let items: Vec<ByteString> = input.strings().cloned().map(ByteString).collect();
     OrtTensor::from_string_array((shape, &items[..]))
         .map(|t| SessionInputValue::Owned(t.into_dyn()))
         .map_err(|e| EngineError::new(format!("onnxruntime: building a string tensor: {e}")))

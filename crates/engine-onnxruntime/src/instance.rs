@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use ort::session::{
     HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue, SessionOutputs,
 };
-use rtserve_core::{EngineError, ModelInstance, NamedTensor};
+use rtserve_core::{BatchInput, EngineError, ModelInstance, NamedTensor};
 
 use crate::convert::{from_output, ort_error, to_input};
 
@@ -32,16 +32,27 @@ impl ModelInstance for OrtInstance {
     /// Runs the session. An empty `outputs` returns every output, in the model's order; names may
     /// repeat. Each output keeps the shape ONNX Runtime gives it.
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+        let inputs: Vec<BatchInput<'_>> = inputs.iter().map(BatchInput::single).collect();
+        self.infer_batch(&inputs, outputs)
+    }
+
+    /// Each input's requests are decoded straight into the buffer ONNX Runtime runs on.
+    fn infer_batch(
+        &mut self,
+        inputs: &[BatchInput<'_>],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, EngineError> {
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for input in inputs {
-            if !self.input_names.contains(&input.name) {
-                return Err(unknown("input", &input.name, &self.input_names));
+            if !self.input_names.iter().any(|n| n == input.name) {
+                return Err(unknown("input", input.name, &self.input_names));
             }
-            let value = to_input(&input.tensor)
-                .map_err(|e| EngineError::new(format!("input '{}': {e}", input.name)))?;
-            values.push((Cow::Borrowed(input.name.as_str()), value));
+            let value =
+                to_input(input).map_err(|e| EngineError::new(format!("input '{}': {e}", input.name)))?;
+            values.push((Cow::Borrowed(input.name), value));
         }
-        if let Some(missing) = self.input_names.iter().find(|n| !inputs.iter().any(|i| &i.name == *n)) {
+        if let Some(missing) = self.input_names.iter().find(|n| !inputs.iter().any(|i| i.name == n.as_str()))
+        {
             return Err(EngineError::new(format!("input '{missing}' is missing")));
         }
 

@@ -1,7 +1,7 @@
 //! Tensor conversion between rtserve (little-endian bytes) and tract.
 
 use rtserve_core::wire::Element;
-use rtserve_core::{DataType, EngineError, Tensor, TensorData};
+use rtserve_core::{BatchInput, DataType, EngineError, Tensor, TensorData};
 use tract_onnx::prelude::{f16, Datum, DatumType, Tensor as TractTensor};
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
@@ -29,37 +29,45 @@ fn conversion_error(e: impl std::fmt::Display) -> EngineError {
     EngineError::new(format!("tract: tensor conversion: {e}"))
 }
 
-/// A tract tensor of the little-endian elements in `bytes`.
-fn decode<T: Element + Datum>(shape: &[usize], bytes: &[u8]) -> Result<TractTensor, EngineError> {
-    TractTensor::from_shape(shape, &T::decode(bytes)).map_err(conversion_error)
+/// A tract tensor of `input`'s elements, decoded from its requests' bytes straight into tract's
+/// own (aligned) buffer: one copy.
+fn decode<T: Element + Datum>(input: &BatchInput<'_>) -> Result<TractTensor, EngineError> {
+    let mut tensor = TractTensor::zero_dt(T::datum_type(), input.shape()).map_err(conversion_error)?;
+    {
+        let mut plain = tensor.try_as_plain_ram_mut().map_err(conversion_error)?;
+        let mut slots = plain.as_slice_mut::<T>().map_err(conversion_error)?.iter_mut();
+        for raw in input.raw_parts() {
+            // The part's values lead the zip: it stops at their end without taking a slot.
+            for (value, slot) in T::decode_iter(raw).zip(slots.by_ref()) {
+                *slot = value;
+            }
+        }
+    }
+    Ok(tensor)
 }
 
 /// Builds a tract tensor. Booleans are normalized (any non-zero byte is true).
-pub fn to_tract(tensor: &Tensor) -> Result<TractTensor, EngineError> {
-    let shape = tensor.shape();
-    match tensor.data() {
-        TensorData::Raw(bytes) => match tensor.datatype() {
-            DataType::Bool => decode::<bool>(shape, bytes),
-            DataType::Uint8 => TractTensor::from_shape(shape, bytes.as_ref()).map_err(conversion_error),
-            DataType::Int8 => decode::<i8>(shape, bytes),
-            DataType::Uint16 => decode::<u16>(shape, bytes),
-            DataType::Uint32 => decode::<u32>(shape, bytes),
-            DataType::Uint64 => decode::<u64>(shape, bytes),
-            DataType::Int16 => decode::<i16>(shape, bytes),
-            DataType::Int32 => decode::<i32>(shape, bytes),
-            DataType::Int64 => decode::<i64>(shape, bytes),
-            DataType::Fp16 => decode::<f16>(shape, bytes),
-            DataType::Fp32 => decode::<f32>(shape, bytes),
-            DataType::Fp64 => decode::<f64>(shape, bytes),
-            DataType::Bytes => Err(conversion_error("BYTES tensor without string data")),
-        },
-        TensorData::Strings(items) => {
-            let strings = items
-                .iter()
+pub fn to_tract(input: &BatchInput<'_>) -> Result<TractTensor, EngineError> {
+    match input.datatype() {
+        DataType::Bool => decode::<bool>(input),
+        DataType::Uint8 => decode::<u8>(input),
+        DataType::Int8 => decode::<i8>(input),
+        DataType::Uint16 => decode::<u16>(input),
+        DataType::Uint32 => decode::<u32>(input),
+        DataType::Uint64 => decode::<u64>(input),
+        DataType::Int16 => decode::<i16>(input),
+        DataType::Int32 => decode::<i32>(input),
+        DataType::Int64 => decode::<i64>(input),
+        DataType::Fp16 => decode::<f16>(input),
+        DataType::Fp32 => decode::<f32>(input),
+        DataType::Fp64 => decode::<f64>(input),
+        DataType::Bytes => {
+            let strings = input
+                .strings()
                 .map(|b| String::from_utf8(b.to_vec()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|_| EngineError::new("tract: BYTES elements must be UTF-8 for this engine"))?;
-            let array = ArrayD::from_shape_vec(IxDyn(shape), strings).map_err(conversion_error)?;
+            let array = ArrayD::from_shape_vec(IxDyn(input.shape()), strings).map_err(conversion_error)?;
             Ok(array.into())
         }
     }

@@ -8,7 +8,7 @@ mod convert;
 use std::path::Path;
 
 use rtserve_core::{
-    Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, TensorSpec,
+    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, TensorSpec,
 };
 use tract_onnx::prelude::*;
 
@@ -86,7 +86,7 @@ struct TractInstance {
 
 impl TractInstance {
     /// Orders the given tensors as the model's inputs.
-    fn ordered_inputs(&self, inputs: &[NamedTensor]) -> Result<TVec<TValue>, EngineError> {
+    fn ordered_inputs(&self, inputs: &[BatchInput<'_>]) -> Result<TVec<TValue>, EngineError> {
         self.signature
             .inputs
             .iter()
@@ -95,7 +95,7 @@ impl TractInstance {
                     .iter()
                     .find(|t| t.name == spec.name)
                     .ok_or_else(|| EngineError::new(format!("tract: input '{}' is missing", spec.name)))?;
-                convert::to_tract(&given.tensor).map(TValue::from)
+                convert::to_tract(given).map(TValue::from)
             })
             .collect()
     }
@@ -103,6 +103,16 @@ impl TractInstance {
 
 impl ModelInstance for TractInstance {
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
+        let inputs: Vec<BatchInput<'_>> = inputs.iter().map(BatchInput::single).collect();
+        self.infer_batch(&inputs, outputs)
+    }
+
+    /// Each input's requests are decoded straight into tract's own tensor.
+    fn infer_batch(
+        &mut self,
+        inputs: &[BatchInput<'_>],
+        outputs: &[String],
+    ) -> Result<Vec<NamedTensor>, EngineError> {
         let values = self.ordered_inputs(inputs)?;
         let results = self.state.run(values).map_err(|e| engine_error("inference failed", e))?;
         let wanted: Vec<&str> = if outputs.is_empty() {

@@ -14,7 +14,8 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use rtserve_core::scheduler::{concat_rows, split_rows};
+use rtserve_core::concat_rows;
+use rtserve_core::scheduler::split_rows;
 use rtserve_core::wire::Element;
 use rtserve_core::{cache_key, DataType, InferResponse, NamedTensor, Tensor, TensorData};
 use rtserve_server::grpc::codec as grpc_codec;

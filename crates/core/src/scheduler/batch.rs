@@ -1,28 +1,11 @@
-//! Batch assembly: requests' inputs concatenated along dim 0, and the outputs split back.
+//! Which requests can share a batch, and the batch's outputs split back into the requests'
+//! (their inputs are joined by the engine: [`crate::batch_input`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
-use bytes::{Bytes, BytesMut};
-
+use crate::batch_input::BatchError;
 use crate::{DataType, NamedTensor, Tensor, TensorData};
-
-/// Why tensors could not be batched or unbatched.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum BatchError {
-    #[error("no requests to batch")]
-    Empty,
-    #[error("request {request} has no input '{name}'")]
-    MissingInput { request: usize, name: String },
-    #[error("input '{name}' of request {request} does not match the first request's datatype or shape apart from the batch dimension")]
-    Mismatch { request: usize, name: String },
-    #[error("tensor '{name}' has no batch dimension")]
-    NoBatchDimension { name: String },
-    #[error("output '{name}' has {actual} rows but the batch has {expected}")]
-    RowCount { name: String, expected: usize, actual: usize },
-    #[error("tensor '{name}': {message}")]
-    Tensor { name: String, message: String },
-}
 
 /// A hash of what decides whether requests can share a batch: each input's name, datatype and
 /// shape apart from the batch dimension, in name order.
@@ -40,64 +23,6 @@ pub fn batch_group(inputs: &[NamedTensor]) -> u64 {
 /// The rows a request carries: the batch dimension of its first input.
 pub fn batch_rows(inputs: &[NamedTensor]) -> usize {
     inputs.first().and_then(|i| i.tensor.shape().first().copied()).unwrap_or(1)
-}
-
-/// Concatenates the inputs of several requests along dim 0, input by input, in the order of
-/// the first request's inputs.
-pub fn concat_rows(requests: &[&[NamedTensor]]) -> Result<Vec<NamedTensor>, BatchError> {
-    let (first, rest) = requests.split_first().ok_or(BatchError::Empty)?;
-    first
-        .iter()
-        .map(|input| {
-            let mut parts = Vec::with_capacity(requests.len());
-            parts.push(&input.tensor);
-            for (index, request) in rest.iter().enumerate() {
-                let found = request.iter().find(|i| i.name == input.name).ok_or_else(|| {
-                    BatchError::MissingInput { request: index + 1, name: input.name.clone() }
-                })?;
-                let same_kind = found.tensor.datatype() == input.tensor.datatype()
-                    && found.tensor.shape().len() == input.tensor.shape().len()
-                    && found.tensor.shape().get(1..) == input.tensor.shape().get(1..);
-                if !same_kind {
-                    return Err(BatchError::Mismatch { request: index + 1, name: input.name.clone() });
-                }
-                parts.push(&found.tensor);
-            }
-            let tensor = concat_tensors(&input.name, &parts)?;
-            Ok(NamedTensor { name: input.name.clone(), tensor })
-        })
-        .collect()
-}
-
-fn concat_tensors(name: &str, parts: &[&Tensor]) -> Result<Tensor, BatchError> {
-    let first = parts[0];
-    let Some((_, row_shape)) = first.shape().split_first() else {
-        return Err(BatchError::NoBatchDimension { name: name.to_string() });
-    };
-    let rows: usize = parts.iter().map(|t| t.shape()[0]).sum();
-    let shape: Vec<usize> = std::iter::once(rows).chain(row_shape.iter().copied()).collect();
-    let data = match first.data() {
-        TensorData::Raw(_) => {
-            let total = parts.iter().filter_map(|t| t.raw()).map(Bytes::len).sum();
-            let mut joined = BytesMut::with_capacity(total);
-            for part in parts {
-                joined.extend_from_slice(part.raw().map_or(&[][..], |b| b.as_ref()));
-            }
-            TensorData::Raw(joined.freeze())
-        }
-        TensorData::Strings(_) => TensorData::Strings(
-            parts
-                .iter()
-                .flat_map(|t| match t.data() {
-                    TensorData::Strings(items) => items.as_slice(),
-                    TensorData::Raw(_) => &[],
-                })
-                .cloned()
-                .collect(),
-        ),
-    };
-    Tensor::new(first.datatype(), shape, data)
-        .map_err(|e| BatchError::Tensor { name: name.to_string(), message: e.to_string() })
 }
 
 /// Splits each batch output along dim 0 into consecutive pieces of `rows` rows; returns one
@@ -136,7 +61,10 @@ pub fn split_rows(outputs: &[NamedTensor], rows: &[usize]) -> Result<Vec<Vec<Nam
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::batch_input::concat_rows;
 
     fn fp32(name: &str, shape: Vec<usize>, start: f32) -> NamedTensor {
         let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| start + i as f32).collect();
@@ -152,7 +80,7 @@ mod tests {
     }
 
     #[test]
-    fn concat_then_split_round_trips() {
+    fn split_undoes_concat() {
         let a = vec![fp32("x", vec![1, 3], 0.0), strings("s", &["a"])];
         // Inputs in another order: matched by name.
         let b = vec![strings("s", &["b", "c"]), fp32("x", vec![2, 3], 10.0)];
@@ -173,16 +101,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_what_cannot_be_batched() {
-        let a = vec![fp32("x", vec![1, 3], 0.0)];
-        let wide = vec![fp32("x", vec![1, 4], 0.0)];
-        let other = vec![fp32("y", vec![1, 3], 0.0)];
-        assert_eq!(concat_rows(&[&a, &wide]), Err(BatchError::Mismatch { request: 1, name: "x".into() }));
-        assert_eq!(
-            concat_rows(&[&a, &other]),
-            Err(BatchError::MissingInput { request: 1, name: "x".into() })
-        );
-        assert_eq!(concat_rows(&[]), Err(BatchError::Empty));
+    fn refuses_what_cannot_be_split() {
         let out = vec![fp32("y", vec![4, 2], 0.0)];
         assert_eq!(
             split_rows(&out, &[1, 2]),

@@ -29,7 +29,7 @@ mod planner_props;
 #[cfg(test)]
 mod slo_props;
 
-pub use batch::{batch_group, batch_rows, concat_rows, split_rows, BatchError};
+pub use batch::{batch_group, batch_rows, split_rows};
 pub use planner::{Batch, BatchId, BatchPlanner, Decision, Entry, EntryId, RejectReason, Rejection};
 pub use policy::{earliest, Deadlines, PlannerConfig, RequestOptions, DEFAULT_MAX_QUEUE_SIZE};
 pub use profile::{LatencyProfile, ProfilePoint, DEFAULT_PROFILE_WINDOW};

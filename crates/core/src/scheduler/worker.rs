@@ -1,14 +1,15 @@
-//! The instance-thread side of a batch: assemble it, run it, split it, answer each caller.
-//! All the copying happens here, never on a tokio worker.
+//! The instance-thread side of a batch: run it (the engine joins the requests' inputs into its
+//! own buffers), split it, answer each caller. All the copying happens here, never on a tokio
+//! worker.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::batch::{concat_rows, split_rows};
+use super::batch::split_rows;
 use super::planner::BatchId;
-use crate::pool::infer_caught;
-use crate::{EngineError, InferError, ModelInstance, NamedTensor};
+use crate::pool::{infer_batch_caught, infer_caught};
+use crate::{batch_inputs, EngineError, InferError, ModelInstance, NamedTensor};
 
 pub(crate) type Reply = oneshot::Sender<Result<Scheduled, InferError>>;
 
@@ -92,12 +93,12 @@ fn run(
         }
     }
     let inputs: Vec<&[NamedTensor]> = parts.iter().map(|p| p.inputs.as_slice()).collect();
-    let batch_inputs = match concat_rows(&inputs) {
-        Ok(inputs) => inputs,
+    let batch = match batch_inputs(&inputs) {
+        Ok(batch) => batch,
         Err(e) => return (Err(EngineError::new(format!("cannot assemble the batch: {e}"))), None),
     };
     let start = Instant::now();
-    let result = infer_caught(name, instance, &batch_inputs, &wanted);
+    let result = infer_batch_caught(name, instance, &batch, &wanted);
     let measured = Some((total, start.elapsed()));
     let split = result.and_then(|outputs| {
         split_rows(&outputs, &rows)
