@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use rtserve_core::wire::Element;
 use rtserve_core::{
-    batch_inputs, concat_rows, DataType, Engine, LoadOptions, ModelInstance, NamedTensor, Tensor, TensorData,
+    batch_inputs, concat_rows, DataType, Engine, LoadOptions, NamedTensor, Tensor, TensorData,
 };
 use rtserve_engine_onnxruntime::{locate_library, OrtEngine, OrtOptions};
 use rtserve_engine_tract::TractEngine;
