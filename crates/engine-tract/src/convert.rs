@@ -1,5 +1,8 @@
 //! Tensor conversion between rtserve (little-endian bytes) and tract.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use rtserve_core::wire::Element;
 use rtserve_core::{BatchInput, DataType, EngineError, Tensor, TensorData};
 use tract_onnx::prelude::{f16, Datum, DatumType, Tensor as TractTensor};
@@ -73,9 +76,10 @@ pub fn to_tract(input: &BatchInput<'_>) -> Result<TractTensor, EngineError> {
     }
 }
 
-/// Converts a tract output back. tract's buffer is in host order, which rtserve requires to be
+/// Converts a tract output back. Fixed-size elements stay in tract's buffer, which the returned
+/// tensor shares (no copy); tract's buffer is in host order, which rtserve requires to be
 /// little-endian (the wire order).
-pub fn from_tract(value: &TractTensor) -> Result<Tensor, EngineError> {
+pub fn from_tract(value: Arc<TractTensor>) -> Result<Tensor, EngineError> {
     let data_type = data_type(value.datum_type()).ok_or_else(|| {
         EngineError::new(format!("tract: unsupported output type {:?}", value.datum_type()))
     })?;
@@ -84,7 +88,16 @@ pub fn from_tract(value: &TractTensor) -> Result<Tensor, EngineError> {
         let strings = value.to_plain_array_view::<String>().map_err(conversion_error)?;
         TensorData::Strings(strings.iter().map(|s| s.clone().into_bytes().into()).collect())
     } else {
-        TensorData::Raw(value.as_bytes().to_vec().into())
+        TensorData::Raw(Bytes::from_owner(TractBytes(value)))
     };
     Tensor::new(data_type, shape, data).map_err(conversion_error)
+}
+
+/// A tract output whose element bytes a `Bytes` lends out while it keeps the tensor alive.
+struct TractBytes(Arc<TractTensor>);
+
+impl AsRef<[u8]> for TractBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }

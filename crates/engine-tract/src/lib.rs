@@ -8,7 +8,8 @@ mod convert;
 use std::path::Path;
 
 use rtserve_core::{
-    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, TensorSpec,
+    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, Tensor,
+    TensorSpec,
 };
 use tract_onnx::prelude::*;
 
@@ -115,6 +116,8 @@ impl ModelInstance for TractInstance {
     ) -> Result<Vec<NamedTensor>, EngineError> {
         let values = self.ordered_inputs(inputs)?;
         let results = self.state.run(values).map_err(|e| engine_error("inference failed", e))?;
+        let mut results: Vec<Option<TValue>> = results.into_iter().map(Some).collect();
+        let mut converted: Vec<Option<Tensor>> = vec![None; results.len()];
         let wanted: Vec<&str> = if outputs.is_empty() {
             self.signature.outputs.iter().map(|s| s.name.as_str()).collect()
         } else {
@@ -129,10 +132,18 @@ impl ModelInstance for TractInstance {
                     .iter()
                     .position(|s| s.name == name)
                     .ok_or_else(|| EngineError::new(format!("tract: no output '{name}'")))?;
-                let value = results
-                    .get(index)
-                    .ok_or_else(|| EngineError::new(format!("tract: output '{name}' was not produced")))?;
-                Ok(NamedTensor { name: name.to_string(), tensor: convert::from_tract(value)? })
+                let not_produced = || EngineError::new(format!("tract: output '{name}' was not produced"));
+                let tensor = match converted.get(index).ok_or_else(not_produced)? {
+                    // Asked for again: share the first conversion.
+                    Some(tensor) => tensor.clone(),
+                    None => {
+                        let value = results.get_mut(index).and_then(Option::take).ok_or_else(not_produced)?;
+                        let tensor = convert::from_tract(value.into_arc_tensor())?;
+                        converted[index] = Some(tensor.clone());
+                        tensor
+                    }
+                };
+                Ok(NamedTensor { name: name.to_string(), tensor })
             })
             .collect()
     }
