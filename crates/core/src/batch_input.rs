@@ -36,6 +36,12 @@ pub struct BatchInput<'a> {
 }
 
 impl<'a> BatchInput<'a> {
+    /// One request's inputs, each as a batch of one: how an engine that implements
+    /// [`crate::ModelInstance::infer_batch`] runs a lone request through it.
+    pub fn singles(inputs: &'a [NamedTensor]) -> Vec<BatchInput<'a>> {
+        inputs.iter().map(BatchInput::single).collect()
+    }
+
     /// One request's input, as a batch of one.
     pub fn single(input: &'a NamedTensor) -> Self {
         BatchInput {
@@ -143,15 +149,15 @@ pub fn concat_rows(requests: &[&[NamedTensor]]) -> Result<Vec<NamedTensor>, Batc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fp32(name: &str, shape: Vec<usize>, start: f32) -> NamedTensor {
+    pub(crate) fn fp32(name: &str, shape: Vec<usize>, start: f32) -> NamedTensor {
         let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| start + i as f32).collect();
         NamedTensor { name: name.into(), tensor: Tensor::from_f32(shape, &values).expect("valid") }
     }
 
-    fn strings(name: &str, items: &[&str]) -> NamedTensor {
+    pub(crate) fn strings(name: &str, items: &[&str]) -> NamedTensor {
         let data = TensorData::Strings(items.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect());
         NamedTensor {
             name: name.into(),

@@ -32,8 +32,7 @@ impl ModelInstance for OrtInstance {
     /// Runs the session. An empty `outputs` returns every output, in the model's order; names may
     /// repeat. Each output keeps the shape ONNX Runtime gives it.
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
-        let inputs: Vec<BatchInput<'_>> = inputs.iter().map(BatchInput::single).collect();
-        self.infer_batch(&inputs, outputs)
+        self.infer_batch(&BatchInput::singles(inputs), outputs)
     }
 
     /// Each input's requests are decoded straight into the buffer ONNX Runtime runs on.

@@ -104,8 +104,7 @@ impl TractInstance {
 
 impl ModelInstance for TractInstance {
     fn infer(&mut self, inputs: &[NamedTensor], outputs: &[String]) -> Result<Vec<NamedTensor>, EngineError> {
-        let inputs: Vec<BatchInput<'_>> = inputs.iter().map(BatchInput::single).collect();
-        self.infer_batch(&inputs, outputs)
+        self.infer_batch(&BatchInput::singles(inputs), outputs)
     }
 
     /// Each input's requests are decoded straight into tract's own tensor.

@@ -61,23 +61,9 @@ pub fn split_rows(outputs: &[NamedTensor], rows: &[usize]) -> Result<Vec<Vec<Nam
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
     use crate::batch_input::concat_rows;
-
-    fn fp32(name: &str, shape: Vec<usize>, start: f32) -> NamedTensor {
-        let values: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| start + i as f32).collect();
-        NamedTensor { name: name.into(), tensor: Tensor::from_f32(shape, &values).expect("valid") }
-    }
-
-    fn strings(name: &str, items: &[&str]) -> NamedTensor {
-        let data = TensorData::Strings(items.iter().map(|s| Bytes::copy_from_slice(s.as_bytes())).collect());
-        NamedTensor {
-            name: name.into(),
-            tensor: Tensor::new(DataType::Bytes, vec![items.len(), 1], data).expect("valid"),
-        }
-    }
+    use crate::batch_input::tests::{fp32, strings};
 
     #[test]
     fn split_undoes_concat() {
