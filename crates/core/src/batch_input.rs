@@ -142,7 +142,12 @@ pub fn batch_inputs<'a>(requests: &[&'a [NamedTensor]]) -> Result<Vec<BatchInput
 
 /// The inputs of several requests concatenated along dim 0 (see [`batch_inputs`]).
 pub fn concat_rows(requests: &[&[NamedTensor]]) -> Result<Vec<NamedTensor>, BatchError> {
-    batch_inputs(requests)?
+    join_inputs(&batch_inputs(requests)?)
+}
+
+/// Each input of a batch joined into one tensor ([`BatchInput::concat`]).
+pub fn join_inputs(inputs: &[BatchInput<'_>]) -> Result<Vec<NamedTensor>, BatchError> {
+    inputs
         .iter()
         .map(|input| Ok(NamedTensor { name: input.name.to_string(), tensor: input.concat()? }))
         .collect()

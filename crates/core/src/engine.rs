@@ -3,6 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::batch_input::join_inputs;
 use crate::{BatchInput, NamedTensor, TensorSpec};
 
 /// An engine failure: loading a model or running it.
@@ -83,11 +84,8 @@ pub trait ModelInstance: Send {
         inputs: &[BatchInput<'_>],
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, EngineError> {
-        let joined = inputs
-            .iter()
-            .map(|input| Ok(NamedTensor { name: input.name.to_string(), tensor: input.concat()? }))
-            .collect::<Result<Vec<_>, crate::BatchError>>()
-            .map_err(|e| EngineError::new(format!("cannot assemble the batch: {e}")))?;
+        let joined =
+            join_inputs(inputs).map_err(|e| EngineError::new(format!("cannot assemble the batch: {e}")))?;
         self.infer(&joined, outputs)
     }
 }
