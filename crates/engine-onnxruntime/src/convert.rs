@@ -6,6 +6,9 @@
 //! data is lent to ONNX Runtime without any copy. Going out, the output is read in place and encoded into the bytes of the reply.
 
 use std::fmt::Debug;
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
 
 use bytes::Bytes;
 use half::f16;
@@ -96,8 +99,10 @@ fn strings_to_input(
         .map_err(|e| EngineError::new(format!("onnxruntime: building a string tensor: {e}")))
 }
 
-/// Reads an ONNX Runtime output into an rtserve tensor with the output's own shape.
-pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
+/// Makes an ONNX Runtime output an rtserve tensor with the output's own shape. Numbers stay in
+/// ONNX Runtime's buffer, which the tensor's bytes keep alive (no copy); BOOL and strings are
+/// converted.
+pub(crate) fn from_output(value: DynValue) -> Result<Tensor, EngineError> {
     let ty = match value.dtype() {
         ValueType::Tensor { ty, .. } => *ty,
         other => {
@@ -107,18 +112,18 @@ pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
         }
     };
     match ty {
-        TensorElementType::Bool => encode_output::<bool>(value),
-        TensorElementType::Uint8 => encode_output::<u8>(value),
-        TensorElementType::Uint16 => encode_output::<u16>(value),
-        TensorElementType::Uint32 => encode_output::<u32>(value),
-        TensorElementType::Uint64 => encode_output::<u64>(value),
-        TensorElementType::Int8 => encode_output::<i8>(value),
-        TensorElementType::Int16 => encode_output::<i16>(value),
-        TensorElementType::Int32 => encode_output::<i32>(value),
-        TensorElementType::Int64 => encode_output::<i64>(value),
-        TensorElementType::Float16 => encode_output::<f16>(value),
-        TensorElementType::Float32 => encode_output::<f32>(value),
-        TensorElementType::Float64 => encode_output::<f64>(value),
+        TensorElementType::Bool => encode_output::<bool>(&value),
+        TensorElementType::Uint8 => lend_output::<u8>(value),
+        TensorElementType::Uint16 => lend_output::<u16>(value),
+        TensorElementType::Uint32 => lend_output::<u32>(value),
+        TensorElementType::Uint64 => lend_output::<u64>(value),
+        TensorElementType::Int8 => lend_output::<i8>(value),
+        TensorElementType::Int16 => lend_output::<i16>(value),
+        TensorElementType::Int32 => lend_output::<i32>(value),
+        TensorElementType::Int64 => lend_output::<i64>(value),
+        TensorElementType::Float16 => lend_output::<f16>(value),
+        TensorElementType::Float32 => lend_output::<f32>(value),
+        TensorElementType::Float64 => lend_output::<f64>(value),
         TensorElementType::String => {
             let (shape, strings) = value.try_extract_strings().map_err(ort_error)?;
             let items = strings.into_iter().map(Bytes::from).collect();
@@ -131,6 +136,8 @@ pub(crate) fn from_output(value: &DynValue) -> Result<Tensor, EngineError> {
     }
 }
 
+/// BOOL: ONNX Runtime's `bool` is one byte, but only 0 and 1 are valid `bool`s, so it is read
+/// element by element into the reply's bytes.
 fn encode_output<T: Element + PrimitiveTensorElementType + Debug>(
     value: &DynValue,
 ) -> Result<Tensor, EngineError> {
@@ -138,6 +145,30 @@ fn encode_output<T: Element + PrimitiveTensorElementType + Debug>(
     let bytes = T::encode(values);
     Tensor::new(T::DATATYPE, dims(shape)?, TensorData::Raw(bytes.into()))
         .map_err(|e| EngineError::new(format!("onnxruntime returned a bad tensor: {e}")))
+}
+
+/// A number output lent as it is: its elements in host order are the wire's little-endian bytes.
+fn lend_output<T: Element + PrimitiveTensorElementType + Pod + Debug>(
+    value: DynValue,
+) -> Result<Tensor, EngineError> {
+    let shape = dims(value.try_extract_tensor::<T>().map_err(ort_error)?.0)?;
+    let bytes = Bytes::from_owner(Lent::<T> { value, element: PhantomData });
+    Tensor::new(T::DATATYPE, shape, TensorData::Raw(bytes))
+        .map_err(|e| EngineError::new(format!("onnxruntime returned a bad tensor: {e}")))
+}
+
+/// An ONNX Runtime output of `T` elements (checked by [`lend_output`]) whose bytes a `Bytes`
+/// lends out while it keeps the value alive.
+struct Lent<T> {
+    value: DynValue,
+    element: PhantomData<fn() -> T>,
+}
+
+impl<T: PrimitiveTensorElementType + Pod + Debug> AsRef<[u8]> for Lent<T> {
+    fn as_ref(&self) -> &[u8] {
+        // The element type was checked when the value was lent, so this extraction succeeds.
+        self.value.try_extract_tensor::<T>().map_or(&[][..], |(_, data)| bytemuck::cast_slice(data))
+    }
 }
 
 /// The dimensions of a concrete value (never negative; an error if they are).

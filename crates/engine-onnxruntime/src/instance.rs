@@ -67,24 +67,28 @@ impl ModelInstance for OrtInstance {
             }
         }
 
-        let results: SessionOutputs<'_> = if subset.len() == self.output_names.len() {
+        let mut results: SessionOutputs<'_> = if subset.len() == self.output_names.len() {
             self.session.run(values).map_err(ort_error)?
         } else {
             let options = selecting(&mut self.selection, subset)?;
             self.session.run_with_options(values, options).map_err(ort_error)?
         };
 
-        wanted
-            .into_iter()
-            .map(|name| {
-                let value = results
-                    .get(&name)
-                    .ok_or_else(|| EngineError::new(format!("onnxruntime returned no output '{name}'")))?;
-                let tensor =
-                    from_output(value).map_err(|e| EngineError::new(format!("output '{name}': {e}")))?;
-                Ok(NamedTensor { name, tensor })
-            })
-            .collect()
+        let mut lent: Vec<NamedTensor> = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            // Asked for again: share the first one.
+            if let Some(first) = lent.iter().find(|t| t.name == name) {
+                let tensor = first.tensor.clone();
+                lent.push(NamedTensor { name, tensor });
+                continue;
+            }
+            let value = results
+                .remove(&name)
+                .ok_or_else(|| EngineError::new(format!("onnxruntime returned no output '{name}'")))?;
+            let tensor = from_output(value).map_err(|e| EngineError::new(format!("output '{name}': {e}")))?;
+            lent.push(NamedTensor { name, tensor });
+        }
+        Ok(lent)
     }
 }
 
