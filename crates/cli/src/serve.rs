@@ -7,6 +7,9 @@ use anyhow::Context;
 use clap::Args;
 use rtserve_server::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use rtserve_server::{CacheOptions, EngineChoice, RedisOptions, ServerConfig};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::SignalStream;
+use tokio_stream::{Stream, StreamExt};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -50,7 +53,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RTSERVE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
     max_request_bytes: usize,
 
-    /// Seconds to let requests in flight finish after SIGTERM/SIGINT.
+    /// Seconds to keep serving after SIGTERM/SIGINT with readiness withdrawn (`/v2/health/ready`
+    /// 503, gRPC ServerReady and ModelReady false), so that load balancers and Kubernetes take
+    /// this server out before it stops accepting. A second signal cuts the drain short.
+    #[arg(long, env = "RTSERVE_DRAIN_SECONDS", default_value_t = 5.0)]
+    drain_seconds: f64,
+
+    /// Seconds to let requests in flight finish once the drain is over and the listeners are
+    /// closed; what is still running then is dropped. At least --drain-seconds.
     #[arg(long, env = "RTSERVE_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     shutdown_timeout: f64,
 
@@ -90,8 +100,18 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     fn into_config(self) -> anyhow::Result<ServerConfig> {
+        let drain = Duration::try_from_secs_f64(self.drain_seconds)
+            .context("--drain-seconds must be a non-negative number of seconds")?;
         let shutdown_timeout = Duration::try_from_secs_f64(self.shutdown_timeout)
             .context("--shutdown-timeout must be a non-negative number of seconds")?;
+        anyhow::ensure!(
+            drain <= shutdown_timeout,
+            "--drain-seconds ({}) is longer than --shutdown-timeout ({}): requests that arrive late in \
+             the drain could not finish; raise the timeout or shorten the drain (and keep a \
+             Kubernetes terminationGracePeriodSeconds above their sum)",
+            self.drain_seconds,
+            self.shutdown_timeout
+        );
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.queue_capacity > 0, "--queue-capacity must be positive");
         anyhow::ensure!(self.max_image_pixels > 0, "--max-image-pixels must be positive");
@@ -113,6 +133,7 @@ impl ServeArgs {
             engine: self.engine,
             ort_library: self.ort_library,
             max_request_bytes: self.max_request_bytes,
+            drain,
             shutdown_timeout,
             queue_capacity: self.queue_capacity,
             warm_up_rounds: self.warm_up_rounds,
@@ -126,32 +147,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.into_config()?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(rtserve_server::serve(config, shutdown_signal()))?;
+    let signals = {
+        let _in_runtime = runtime.enter();
+        shutdown_signals()?
+    };
+    runtime.block_on(rtserve_server::serve(config, signals))?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!("cannot listen for Ctrl-C: {e}");
-            std::future::pending::<()>().await;
-        }
+/// SIGTERM and SIGINT (Ctrl-C), each time one arrives: the first starts the drain, the next
+/// ends it.
+fn shutdown_signals() -> anyhow::Result<impl Stream<Item = ()>> {
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map(SignalStream::new).with_context(|| format!("cannot listen for {name}"))
     };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!("cannot listen for SIGTERM: {e}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    let terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+    let interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    Ok(terminate.merge(interrupt))
 }

@@ -1,13 +1,12 @@
 //! Start-up, the two listeners, and graceful shutdown.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -32,7 +31,10 @@ pub struct ServerConfig {
     pub engine: EngineChoice,
     pub ort_library: Option<PathBuf>,
     pub max_request_bytes: usize,
-    /// How long in-flight requests may take to finish after a shutdown signal.
+    /// How long the server stays up, not ready but serving, after a shutdown signal, so that
+    /// balancers see it go and send no more.
+    pub drain: Duration,
+    /// How long in-flight requests may take to finish once the listeners close.
     pub shutdown_timeout: Duration,
     /// The queue bound of a model version whose config sets no `max_queue_size`.
     pub queue_capacity: usize,
@@ -56,8 +58,8 @@ pub enum StartError {
     Cache(#[from] rtserve_core::CacheError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    #[error("cannot listen on {addr} ({flag}): {source}")]
+    Bind { addr: String, flag: &'static str, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(String),
 }
@@ -69,17 +71,23 @@ fn no_delay(stream: &tokio::net::TcpStream) {
     }
 }
 
-async fn bind(host: &str, port: u16) -> Result<(TcpListener, SocketAddr), StartError> {
+/// Binds `host:port`; `flag` names the option that chose the port, for the error.
+async fn bind(host: &str, port: u16, flag: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
     let addr = format!("{host}:{port}");
-    let listener =
-        TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr: addr.clone(), source })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind {
+        addr: addr.clone(),
+        flag,
+        source,
+    })?;
+    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, flag, source })?;
     Ok((listener, local))
 }
 
-/// Runs the server until `shutdown` completes, then stops accepting, lets requests in flight
-/// finish (bounded by `shutdown_timeout`) and returns.
-pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+/// Runs the server until the first of `signals`, then drains: readiness is withdrawn at once
+/// and requests are still served for `config.drain` (or until the next signal), so that
+/// balancers stop sending. Then it stops accepting, lets requests in flight finish (bounded by
+/// `shutdown_timeout`) and returns.
+pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Result<(), StartError> {
     if let Some(missing) = config.model_repositories.iter().find(|p| !p.is_dir()) {
         return Err(StartError::Repository(missing.clone()));
     }
@@ -100,13 +108,13 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
     let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));
 
-    let (http_listener, http_addr) = bind(&config.host, config.http_port).await?;
-    let (grpc_listener, grpc_addr) = bind(&config.host, config.grpc_port).await?;
+    let (http_listener, http_addr) = bind(&config.host, config.http_port, "--http-port").await?;
+    let (grpc_listener, grpc_addr) = bind(&config.host, config.grpc_port, "--grpc-port").await?;
     tracing::info!("HTTP listening on {http_addr}");
     tracing::info!("gRPC listening on {grpc_addr}");
     let metrics_listener = match config.metrics_port {
         Some(port) => {
-            let (listener, addr) = bind(&config.host, port).await?;
+            let (listener, addr) = bind(&config.host, port, "--metrics-port").await?;
             tracing::info!("metrics listening on {addr}");
             Some(listener)
         }
@@ -143,9 +151,25 @@ pub async fn serve(config: ServerConfig, shutdown: impl Future<Output = ()>) -> 
     state.set_ready();
     tracing::info!("ready");
 
-    shutdown.await;
-    tracing::info!("shutting down: finishing requests in flight (at most {:?})", config.shutdown_timeout);
-    state.begin_shutdown();
+    let mut signals = std::pin::pin!(signals);
+    signals.next().await;
+    state.begin_drain();
+    if !config.drain.is_zero() {
+        tracing::info!(
+            "draining: not ready, still serving for {:?} so that balancers take this server out \
+             (signal again to stop now)",
+            config.drain
+        );
+        tokio::select! {
+            () = tokio::time::sleep(config.drain) => {}
+            _ = signals.next() => tracing::info!("second signal: drain cut short"),
+        }
+    }
+    tracing::info!(
+        "shutting down: no new connections; finishing requests in flight (at most {:?})",
+        config.shutdown_timeout
+    );
+    state.begin_stop();
     let _ = stop_tx.send(true);
     let finished = async {
         let (http, grpc) = tokio::join!(http, grpc);

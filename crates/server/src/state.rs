@@ -1,10 +1,25 @@
 //! What both front ends share: the repository, limits and the server's life cycle.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
+use crate::model::LoadedModel;
 use crate::repository::ModelRepository;
+use crate::ServerError;
+
+/// Where the server is in its life: each phase only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Phase {
+    /// Listening, start-up loading not done: not ready.
+    Starting,
+    Ready,
+    /// A shutdown signal came: not ready, so that balancers take the server out, but serving.
+    Draining,
+    /// The listeners are closed: requests in flight finish, new ones are refused.
+    Stopping,
+}
 
 /// Shared server state.
 pub struct ServerState {
@@ -12,32 +27,65 @@ pub struct ServerState {
     /// Largest request body or message accepted, in bytes.
     pub max_request_bytes: usize,
     pub metrics: Arc<Metrics>,
-    ready: AtomicBool,
-    shutting_down: AtomicBool,
+    phase: AtomicU8,
 }
 
 impl ServerState {
     pub fn new(repository: Arc<ModelRepository>, max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
-        ServerState {
-            repository,
-            max_request_bytes,
-            metrics,
-            ready: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-        }
+        ServerState { repository, max_request_bytes, metrics, phase: AtomicU8::new(Phase::Starting as u8) }
     }
 
-    /// Ready once start-up loading is done, until shutdown begins.
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::Acquire)
+    }
+
+    fn advance(&self, to: Phase) {
+        self.phase.fetch_max(to as u8, Ordering::AcqRel);
+    }
+
+    /// Ready once start-up loading is done, until a shutdown signal.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+        self.phase() == Phase::Ready as u8
+    }
+
+    /// From the shutdown signal on: readiness is withdrawn and HTTP/1 replies close their
+    /// connection, so that clients and balancers move to other replicas.
+    pub fn is_draining(&self) -> bool {
+        self.phase() >= Phase::Draining as u8
     }
 
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        self.advance(Phase::Ready);
     }
 
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::Release);
+    pub fn begin_drain(&self) {
+        self.advance(Phase::Draining);
+    }
+
+    pub fn begin_stop(&self) {
+        self.advance(Phase::Stopping);
+    }
+
+    /// The model version an inference request names; once the listeners are closed, a new
+    /// request (one more message on an open gRPC stream) is refused so that shutdown ends.
+    pub fn model_for_inference(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<LoadedModel>, ServerError> {
+        if self.phase() >= Phase::Stopping as u8 {
+            return Err(ServerError::ShuttingDown);
+        }
+        self.repository.get(model, version)
+    }
+
+    /// Whether a model version serves, as ModelReady reports it: not while the server drains.
+    pub fn model_ready(&self, model: &str, version: Option<&str>) -> Result<bool, ServerError> {
+        match self.repository.get(model, version) {
+            Ok(_) => Ok(!self.is_draining()),
+            Err(ServerError::ModelNotReady { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 

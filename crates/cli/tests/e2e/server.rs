@@ -69,6 +69,8 @@ impl Server {
             .arg(repository)
             .args(["--http-port", "0", "--grpc-port", "0", "--host", "127.0.0.1", "--engine", engine.flag()])
             .args(extra)
+            // Tests that stop a server wait for its exit; only the drain test drains.
+            .args(if extra.contains(&"--drain-seconds") { &[][..] } else { &["--drain-seconds", "0"][..] })
             // The ports are read from info lines, whatever the environment asks for.
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

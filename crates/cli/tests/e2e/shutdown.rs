@@ -1,16 +1,17 @@
-//! Graceful shutdown: after SIGTERM the server stops accepting, finishes the requests in flight
-//! over both protocols, and exits 0.
+//! Graceful shutdown: after SIGTERM the server drains (not ready, still serving), then stops
+//! accepting, finishes the requests in flight over both protocols, and exits 0. Bad shutdown
+//! and listener settings are start-up errors.
 
 use std::time::{Duration, Instant};
 
-use rtserve_server::proto::ModelInferRequest;
+use rtserve_server::proto::{ModelInferRequest, ModelReadyRequest, ServerReadyRequest};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::{grpc, grpc_outputs, grpc_request, json_body, Contents};
-use crate::server::{Engine, Server};
+use crate::client::{grpc, grpc_infer, grpc_outputs, grpc_request, http_infer_json, json_body, Contents};
+use crate::server::{Engine, Server, StartError};
 use crate::tensors::{assert_matches_reference, case, Case, Tensor};
 use crate::{start_server, temp_repository};
 
@@ -19,8 +20,14 @@ crate::engine_tests!(sigterm_finishes_requests_in_flight);
 /// How long the server may take to answer `Expect: 100-continue`.
 const INTERIM_WITHIN: Duration = Duration::from_secs(10);
 
-/// How long the listener may stay open after SIGTERM.
+/// How long the listener may stay open after SIGTERM (and after the drain).
 const STOP_ACCEPTING_WITHIN: Duration = Duration::from_secs(10);
+
+/// The drain of the drain test: long enough for its checks on a busy machine.
+const DRAIN: Duration = Duration::from_secs(4);
+
+/// How soon after SIGTERM readiness must be withdrawn.
+const NOT_READY_WITHIN: Duration = Duration::from_secs(2);
 
 fn stream_request(case: &Case, id: &str) -> ModelInferRequest {
     ModelInferRequest { id: id.to_string(), ..grpc_request(&case.model, &case.inputs, Contents::Raw) }
@@ -83,16 +90,7 @@ async fn sigterm_finishes_requests_in_flight(engine: Engine) {
     assert_eq!(first.infer_response.as_ref().map(|r| r.id.as_str()), Some("before"));
 
     server.terminate();
-
-    // New connections are refused once the listener closes, while the requests above go on.
-    let deadline = Instant::now() + STOP_ACCEPTING_WITHIN;
-    while TcpStream::connect(server.http_addr()).await.is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the HTTP listener still accepts {STOP_ACCEPTING_WITHIN:?} after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_refused(&server, Instant::now() + STOP_ACCEPTING_WITHIN).await;
 
     let (status, answer) = finish_http_request(http_request, &body).await;
     assert_eq!(status, 200, "the in-flight HTTP request completes: {answer}");
@@ -100,14 +98,112 @@ async fn sigterm_finishes_requests_in_flight(engine: Engine) {
         answer["outputs"].as_array().expect("outputs").iter().map(Tensor::from_json).collect();
     assert_matches_reference(&case, &outputs, "HTTP request in flight at SIGTERM");
 
+    // The stream is still open; one more request on it is refused, so that shutdown ends.
     requests.send(stream_request(&case, "after")).await.expect("queue request");
     let second = responses.message().await.expect("stream message").expect("an answer after SIGTERM");
-    assert_eq!(second.error_message, "");
-    let response = second.infer_response.expect("infer_response");
-    assert_eq!(response.id, "after");
-    assert_matches_reference(&case, &grpc_outputs(&response), "gRPC stream open at SIGTERM");
+    assert!(second.error_message.contains("shutting down"), "{second:?}");
     drop(requests);
     assert!(responses.message().await.expect("clean end of stream").is_none());
 
     server.wait_for_clean_exit().await;
+}
+
+/// Waits until a new HTTP connection is refused (the listener closed) and returns when.
+async fn wait_until_refused(server: &Server, deadline: Instant) -> Instant {
+    while TcpStream::connect(server.http_addr()).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the HTTP listener still accepts connections; its log:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Instant::now()
+}
+
+/// Status of `GET path` on a fresh connection.
+async fn status_of(http: &reqwest::Client, server: &Server, path: &str) -> u16 {
+    http.get(server.url(path)).send().await.expect("GET").status().as_u16()
+}
+
+/// SIGTERM with `--drain-seconds`: readiness is withdrawn at once over both protocols while
+/// inference (new connections, unary and streaming) is still answered, HTTP/1 replies close
+/// their connections; after the drain the listener closes, the request in flight completes and
+/// the process exits 0.
+#[tokio::test]
+async fn drain_withdraws_readiness_and_keeps_serving() {
+    let repository = temp_repository(&["mlp"]);
+    let drain = DRAIN.as_secs().to_string();
+    let flags = ["--drain-seconds", drain.as_str(), "--shutdown-timeout", "20"];
+    let Some(server) = start_server(repository.path(), Engine::Tract, &flags) else { return };
+    let case = case("mlp");
+    let body = serde_json::to_vec(&json_body(&case.inputs)).expect("serializable");
+    let in_flight = start_http_request(&server, body.len()).await;
+    let mut grpc = grpc(&server).await;
+    let (requests, receiver) = tokio::sync::mpsc::channel(4);
+    let mut responses =
+        grpc.model_stream_infer(ReceiverStream::new(receiver)).await.expect("stream").into_inner();
+    let http = reqwest::Client::new();
+    assert_eq!(status_of(&http, &server, "/v2/health/ready").await, 200);
+
+    server.terminate();
+    let signalled = Instant::now();
+    while status_of(&http, &server, "/v2/health/ready").await != 503 {
+        assert!(signalled.elapsed() < NOT_READY_WITHIN, "still ready {NOT_READY_WITHIN:?} after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(status_of(&http, &server, "/v2/models/mlp/ready").await, 503);
+    assert!(!grpc.server_ready(ServerReadyRequest {}).await.expect("ServerReady").into_inner().ready);
+    let model_ready = ModelReadyRequest { name: "mlp".into(), version: String::new() };
+    assert!(!grpc.model_ready(model_ready).await.expect("ModelReady").into_inner().ready);
+
+    // Still serving, on every path.
+    let reply = http.post(server.url("/v2/models/mlp/infer")).json(&json_body(&case.inputs)).send().await;
+    let reply = reply.expect("HTTP infer while draining");
+    assert_eq!(reply.status().as_u16(), 200);
+    assert_eq!(
+        reply.headers().get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "HTTP/1 replies close their connection while draining"
+    );
+    let outputs = http_infer_json(&http, &server, "mlp", &case.inputs).await;
+    assert_matches_reference(&case, &outputs, "HTTP while draining");
+    let outputs = grpc_infer(&mut grpc, "mlp", &case.inputs, Contents::Raw).await;
+    assert_matches_reference(&case, &outputs, "gRPC while draining");
+    requests.send(stream_request(&case, "draining")).await.expect("queue request");
+    let answer = responses.message().await.expect("stream message").expect("an answer while draining");
+    assert_eq!(answer.error_message, "");
+    assert_matches_reference(&case, &grpc_outputs(&answer.infer_response.expect("response")), "stream");
+
+    let refused = wait_until_refused(&server, signalled + DRAIN + STOP_ACCEPTING_WITHIN).await;
+    assert!(refused - signalled >= DRAIN, "the listener closed {:?} after SIGTERM", refused - signalled);
+    let (status, answer) = finish_http_request(in_flight, &body).await;
+    assert_eq!(status, 200, "the request in flight completes: {answer}");
+    drop(requests);
+    assert!(responses.message().await.expect("clean end of stream").is_none());
+    server.wait_for_clean_exit().await;
+}
+
+/// The start-up error of a server started with `flags`.
+fn start_error(flags: &[&str]) -> String {
+    let repository = temp_repository(&["mlp"]);
+    match Server::start(repository.path(), Engine::Tract, flags) {
+        Ok(_) => panic!("rtserve started with {flags:?}"),
+        Err(StartError::Failed(log) | StartError::OnnxRuntimeMissing(log)) => log,
+    }
+}
+
+#[test]
+fn drain_longer_than_the_shutdown_timeout_is_refused_at_start() {
+    let log = start_error(&["--drain-seconds", "40", "--shutdown-timeout", "30"]);
+    assert!(log.contains("--drain-seconds (40) is longer than --shutdown-timeout (30)"), "{log}");
+}
+
+#[test]
+fn a_port_in_use_is_named_at_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let port = taken.local_addr().expect("local address").port().to_string();
+    let log = start_error(&["--metrics-port", port.as_str()]);
+    assert!(log.contains(&format!("cannot listen on 127.0.0.1:{port} (--metrics-port)")), "{log}");
+    assert!(log.to_lowercase().contains("in use"), "{log}");
 }

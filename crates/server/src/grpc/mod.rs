@@ -44,7 +44,7 @@ impl InferenceService {
     ) -> Result<proto::ModelInferResponse, ServerError> {
         let mut timer = self.state.metrics.request(Protocol::Grpc);
         let result = async {
-            let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
+            let model = self.state.model_for_inference(&request.model_name, Some(&request.model_version))?;
             timer.model(&model.config.name, model.version);
             let classification = codec::decode_classification(&request)?;
             let request = InferRequest { received: Some(timer.started()), ..codec::decode_request(request)? };
@@ -93,11 +93,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<proto::ModelReadyRequest>,
     ) -> Result<Response<proto::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = match self.state.repository.get(&r.name, Some(&r.version)) {
-            Ok(_) => true,
-            Err(ServerError::ModelNotReady { .. }) => false,
-            Err(e) => return Err(e.into()),
-        };
+        let ready = self.state.model_ready(&r.name, Some(&r.version))?;
         Ok(Response::new(proto::ModelReadyResponse { ready }))
     }
 

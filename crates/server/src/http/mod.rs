@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Version};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -55,7 +56,20 @@ pub fn app(state: Arc<ServerState>) -> Router {
         .route("/v2/repository/models/{model}/unload", post(unload_model))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), close_when_draining))
         .with_state(state)
+}
+
+/// While the server drains, HTTP/1 replies say `Connection: close`: keep-alive clients and
+/// balancers (nginx's upstream pool) reconnect, and so reach the other replicas, before the
+/// listener closes instead of racing its close on an idle connection.
+async fn close_when_draining(State(state): Shared, request: axum::extract::Request, next: Next) -> Response {
+    let http1 = request.version() <= Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if http1 && state.is_draining() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 impl IntoResponse for ServerError {
@@ -110,11 +124,8 @@ async fn model_metadata(
 }
 
 async fn model_ready(State(state): Shared, Path(path): Path<ModelPath>) -> Result<StatusCode, ServerError> {
-    match state.repository.get(&path.model, path.version.as_deref()) {
-        Ok(_) => Ok(StatusCode::OK),
-        Err(ServerError::ModelNotReady { .. }) => Ok(StatusCode::SERVICE_UNAVAILABLE),
-        Err(e) => Err(e),
-    }
+    let ready = state.model_ready(&path.model, path.version.as_deref())?;
+    Ok(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE })
 }
 
 async fn model_config(State(state): Shared, Path(path): Path<ModelPath>) -> Result<Json<Value>, ServerError> {
@@ -162,7 +173,7 @@ async fn infer_timed(
     body: Body,
     timer: &mut RequestTimer,
 ) -> Result<Response, ServerError> {
-    let model = state.repository.get(&path.model, path.version.as_deref())?;
+    let model = state.model_for_inference(&path.model, path.version.as_deref())?;
     timer.model(&model.config.name, model.version);
     let limit = state.max_request_bytes;
     if let Some(size) = content_length(&headers).filter(|&size| size > limit) {

@@ -131,7 +131,7 @@ async fn readiness_and_metrics_answer_through_the_router() {
     let text = String::from_utf8(text.to_vec()).expect("utf-8");
     // A family from the scrape-time collector registered beside the request histograms.
     assert!(text.contains("rtserve_model_loaded{model=\"two_io\",version=\"1\"} 1"), "{text}");
-    state.begin_shutdown();
+    state.begin_drain();
     assert_eq!(send(&state, get("/v2/health/ready")).await.0, StatusCode::SERVICE_UNAVAILABLE);
 }
 
