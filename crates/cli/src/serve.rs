@@ -39,6 +39,14 @@ pub struct ServeArgs {
     #[arg(long, env = "RTSERVE_METRICS_PORT")]
     metrics_port: Option<u16>,
 
+    /// Open the HTTP and gRPC ports only once start-up loading is done (they are reserved at
+    /// once, so a port in use still fails at start; connections are refused until then), as
+    /// Triton does. For balancers without active health checks (nginx), which would otherwise
+    /// send requests to a restarted replica that is still loading. Default: open at once, with
+    /// readiness 503 until loaded (Kubernetes probes).
+    #[arg(long, env = "RTSERVE_LISTEN_WHEN_READY")]
+    listen_when_ready: bool,
+
     /// Engine: auto (ONNX Runtime when its library is found, else tract), onnxruntime or tract.
     /// An explicit engine applies to every model; auto honours each model's `backend`.
     #[arg(long, env = "RTSERVE_ENGINE", default_value = "auto")]
@@ -130,6 +138,7 @@ impl ServeArgs {
             http_port: self.http_port,
             grpc_port: self.grpc_port,
             metrics_port: self.metrics_port,
+            listen_when_ready: self.listen_when_ready,
             engine: self.engine,
             ort_library: self.ort_library,
             max_request_bytes: self.max_request_bytes,

@@ -7,6 +7,7 @@ mod engines;
 mod error;
 pub mod grpc;
 pub mod http;
+mod listeners;
 mod metrics;
 mod model;
 pub mod preprocess;

@@ -1,17 +1,14 @@
-//! Start-up, the two listeners, and graceful shutdown.
+//! Start-up, readiness, the drain and graceful shutdown.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use futures::{Stream, StreamExt};
 use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::engines::{EngineChoice, Engines};
+use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
 use crate::repository::{ModelRepository, Serving};
@@ -28,6 +25,10 @@ pub struct ServerConfig {
     pub grpc_port: u16,
     /// A port of its own for `GET /metrics` (it is on the HTTP port as well).
     pub metrics_port: Option<u16>,
+    /// Open the HTTP and gRPC ports only once start-up loading is done (they are reserved at
+    /// once, and refuse connections until then); otherwise they open at once and readiness
+    /// says when the models are loaded.
+    pub listen_when_ready: bool,
     pub engine: EngineChoice,
     pub ort_library: Option<PathBuf>,
     pub max_request_bytes: usize,
@@ -64,25 +65,6 @@ pub enum StartError {
     Serve(String),
 }
 
-/// Small replies must not wait for the peer's delayed ACK (Nagle's algorithm adds up to 40 ms).
-fn no_delay(stream: &tokio::net::TcpStream) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!("cannot set TCP_NODELAY: {e}");
-    }
-}
-
-/// Binds `host:port`; `flag` names the option that chose the port, for the error.
-async fn bind(host: &str, port: u16, flag: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
-    let addr = format!("{host}:{port}");
-    let listener = TcpListener::bind(&addr).await.map_err(|source| StartError::Bind {
-        addr: addr.clone(),
-        flag,
-        source,
-    })?;
-    let local = listener.local_addr().map_err(|source| StartError::Bind { addr, flag, source })?;
-    Ok((listener, local))
-}
-
 /// Runs the server until the first of `signals`, then drains: readiness is withdrawn at once
 /// and requests are still served for `config.drain` (or until the next signal), so that
 /// balancers stop sending. Then it stops accepting, lets requests in flight finish (bounded by
@@ -108,46 +90,24 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
     let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));
 
-    let (http_listener, http_addr) = bind(&config.host, config.http_port, "--http-port").await?;
-    let (grpc_listener, grpc_addr) = bind(&config.host, config.grpc_port, "--grpc-port").await?;
-    tracing::info!("HTTP listening on {http_addr}");
-    tracing::info!("gRPC listening on {grpc_addr}");
-    let metrics_listener = match config.metrics_port {
-        Some(port) => {
-            let (listener, addr) = bind(&config.host, port, "--metrics-port").await?;
-            tracing::info!("metrics listening on {addr}");
-            Some(listener)
-        }
-        None => None,
-    };
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let http = axum::serve(http_listener.tap_io(|stream| no_delay(stream)), crate::http::app(state.clone()))
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let grpc = tonic::transport::Server::builder()
-        .add_service(crate::grpc::service(state.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener)
-                .map(|accepted| accepted.inspect(no_delay)),
-            stopped(stop_rx.clone()),
-        );
-    if let Some(listener) = metrics_listener {
-        let metrics =
-            axum::serve(listener.tap_io(|stream| no_delay(stream)), crate::http::metrics_app(state.clone()))
-                .with_graceful_shutdown(stopped(stop_rx.clone()));
-        tokio::spawn(async move {
-            if let Err(e) = metrics.await {
-                tracing::error!("metrics listener failed: {e}");
-            }
-        });
+    let http = Port::reserve(&config.host, config.http_port, "--http-port").await?;
+    let grpc = Port::reserve(&config.host, config.grpc_port, "--grpc-port").await?;
+    let mut listeners = Listeners::new();
+    if let Some(port) = config.metrics_port {
+        let port = Port::reserve(&config.host, port, "--metrics-port").await?;
+        listeners.open_http(port, "metrics", crate::http::metrics_app(state.clone()))?;
     }
-    let http = tokio::spawn(async move { http.await.map_err(|e| e.to_string()) });
-    let grpc = tokio::spawn(async move { grpc.await.map_err(|e| e.to_string()) });
-
-    repository.load_all().await;
+    let open = |listeners: &mut Listeners, http, grpc| {
+        listeners.open_http(http, "HTTP", crate::http::app(state.clone()))?;
+        listeners.open_grpc(grpc, crate::grpc::service(state.clone()))
+    };
+    if config.listen_when_ready {
+        repository.load_all().await;
+        open(&mut listeners, http, grpc)?;
+    } else {
+        open(&mut listeners, http, grpc)?;
+        repository.load_all().await;
+    }
     state.set_ready();
     tracing::info!("ready");
 
@@ -170,23 +130,5 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
         config.shutdown_timeout
     );
     state.begin_stop();
-    let _ = stop_tx.send(true);
-    let finished = async {
-        let (http, grpc) = tokio::join!(http, grpc);
-        for result in [http, grpc] {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(StartError::Serve(e)),
-                Err(e) => return Err(StartError::Serve(e.to_string())),
-            }
-        }
-        Ok(())
-    };
-    match tokio::time::timeout(config.shutdown_timeout, finished).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::warn!("shutdown timeout reached; dropping requests still in flight");
-            Ok(())
-        }
-    }
+    listeners.close(config.shutdown_timeout).await
 }

@@ -1,6 +1,6 @@
 //! Graceful shutdown: after SIGTERM the server drains (not ready, still serving), then stops
 //! accepting, finishes the requests in flight over both protocols, and exits 0. Bad shutdown
-//! and listener settings are start-up errors.
+//! and listener settings are start-up errors; `--listen-when-ready` opens the ports after loading.
 
 use std::time::{Duration, Instant};
 
@@ -182,6 +182,36 @@ async fn drain_withdraws_readiness_and_keeps_serving() {
     drop(requests);
     assert!(responses.message().await.expect("clean end of stream").is_none());
     server.wait_for_clean_exit().await;
+}
+
+/// A second signal ends the drain: a server told to drain for longer than the harness waits
+/// for its exit still exits 0 in time.
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    let repository = temp_repository(&["mlp"]);
+    let flags = ["--drain-seconds", "600", "--shutdown-timeout", "600"];
+    let Some(server) = start_server(repository.path(), Engine::Tract, &flags) else { return };
+    let http = reqwest::Client::new();
+    server.terminate();
+    while status_of(&http, &server, "/v2/health/ready").await != 503 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.stop().await;
+}
+
+/// With `--listen-when-ready` the ports open only after every model of the repository loaded:
+/// a balancer never reaches a replica that would answer "not loaded".
+#[tokio::test]
+async fn listen_when_ready_opens_the_ports_after_loading() {
+    let repository = temp_repository(&["mlp", "two_io"]);
+    let Some(server) = start_server(repository.path(), Engine::Tract, &["--listen-when-ready"]) else { return };
+    let log = server.log();
+    let listening = log.find("HTTP listening on").expect("the HTTP port is logged");
+    for model in ["mlp", "two_io"] {
+        let loaded = log.find(&format!("model={model} version=1 engine")).expect("the model's load is logged");
+        assert!(loaded < listening, "{model} loaded after the port opened:\n{log}");
+    }
+    server.stop().await;
 }
 
 /// The start-up error of a server started with `flags`.

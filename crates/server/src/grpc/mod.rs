@@ -26,8 +26,11 @@ pub struct InferenceService {
     state: Arc<ServerState>,
 }
 
+/// The gRPC service as the server mounts it.
+pub type Service = GrpcInferenceServiceServer<InferenceService>;
+
 /// The tonic service, with message limits set from `--max-request-bytes`.
-pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<InferenceService> {
+pub fn service(state: Arc<ServerState>) -> Service {
     let limit = state.max_request_bytes;
     GrpcInferenceServiceServer::new(InferenceService { state })
         .max_decoding_message_size(limit)
