@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_text import samples
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
@@ -32,8 +33,6 @@ METRIC_RE = re.compile(r"(?<![\w:])rtserve_\w+(?![\w:])")
 RECORDED_RE = re.compile(r"(?<![\w:])[a-zA-Z_]\w*:[\w:]+")  # level:metric:operations
 QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 TYPE_RE = re.compile(r"^# TYPE (\S+) (\S+)\s*$", re.MULTILINE)
-SAMPLE_RE = re.compile(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)", re.MULTILINE)
-LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 # Series names each metric type exposes (Prometheus text format and OpenMetrics, where a
 # counter's TYPE line may omit `_total`).
@@ -91,14 +90,6 @@ def exported_series(exposition: str) -> set[str]:
         else:
             names.update(name + s for s in SERIES_SUFFIXES.get(kind, ("",)))
     return names
-
-
-def samples(exposition: str, name: str) -> list[tuple[dict[str, str], float]]:
-    return [
-        (dict(LABEL_RE.findall(labels or "")), float(value))
-        for n, labels, value in SAMPLE_RE.findall(exposition)
-        if n == name
-    ]
 
 
 @pytest.fixture(scope="module")

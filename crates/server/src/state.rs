@@ -4,7 +4,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use crate::metrics::Metrics;
-use crate::model::LoadedModel;
 use crate::repository::ModelRepository;
 use crate::ServerError;
 
@@ -66,17 +65,10 @@ impl ServerState {
         self.advance(Phase::Stopping);
     }
 
-    /// The model version an inference request names; once the listeners are closed, a new
-    /// request (one more message on an open gRPC stream) is refused so that shutdown ends.
-    pub fn model_for_inference(
-        &self,
-        model: &str,
-        version: Option<&str>,
-    ) -> Result<Arc<LoadedModel>, ServerError> {
-        if self.phase() >= Phase::Stopping as u8 {
-            return Err(ServerError::ShuttingDown);
-        }
-        self.repository.get(model, version)
+    /// Once the listeners are closed: requests in flight finish; a new message on a gRPC
+    /// stream that is still open is refused, so that the stream (and the shutdown) ends.
+    pub fn is_stopping(&self) -> bool {
+        self.phase() >= Phase::Stopping as u8
     }
 
     /// Whether a model version serves, as ModelReady reports it: not while the server drains.

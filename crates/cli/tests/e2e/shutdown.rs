@@ -204,11 +204,14 @@ async fn a_second_signal_cuts_the_drain_short() {
 #[tokio::test]
 async fn listen_when_ready_opens_the_ports_after_loading() {
     let repository = temp_repository(&["mlp", "two_io"]);
-    let Some(server) = start_server(repository.path(), Engine::Tract, &["--listen-when-ready"]) else { return };
+    let Some(server) = start_server(repository.path(), Engine::Tract, &["--listen-when-ready"]) else {
+        return;
+    };
     let log = server.log();
     let listening = log.find("HTTP listening on").expect("the HTTP port is logged");
     for model in ["mlp", "two_io"] {
-        let loaded = log.find(&format!("model={model} version=1 engine")).expect("the model's load is logged");
+        let loaded =
+            log.find(&format!("model={model} version=1 engine")).expect("the model's load is logged");
         assert!(loaded < listening, "{model} loaded after the port opened:\n{log}");
     }
     server.stop().await;

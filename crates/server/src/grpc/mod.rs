@@ -37,17 +37,30 @@ pub fn service(state: Arc<ServerState>) -> Service {
         .max_encoding_message_size(usize::MAX)
 }
 
+/// How an inference request came.
+enum Call {
+    /// ModelInfer, with the call's deadline.
+    Unary(Option<Instant>),
+    /// A message of ModelStreamInfer (a stream's deadline bounds the whole stream, not each
+    /// request).
+    Stream,
+}
+
 impl InferenceService {
-    /// One inference; `deadline` is the call's (unary calls only: a stream's deadline bounds
-    /// the whole stream, not each request).
+    /// One inference.
     async fn infer(
         &self,
         request: proto::ModelInferRequest,
-        deadline: Option<Instant>,
+        call: Call,
     ) -> Result<proto::ModelInferResponse, ServerError> {
         let mut timer = self.state.metrics.request(Protocol::Grpc);
         let result = async {
-            let model = self.state.model_for_inference(&request.model_name, Some(&request.model_version))?;
+            let deadline = match call {
+                Call::Unary(deadline) => deadline,
+                Call::Stream if self.state.is_stopping() => return Err(ServerError::ShuttingDown),
+                Call::Stream => None,
+            };
+            let model = self.state.repository.get(&request.model_name, Some(&request.model_version))?;
             timer.model(&model.config.name, model.version);
             let classification = codec::decode_classification(&request)?;
             let request = InferRequest { received: Some(timer.started()), ..codec::decode_request(request)? };
@@ -125,7 +138,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
         let deadline = deadline::call_deadline(request.metadata(), Instant::now());
-        Ok(Response::new(self.infer(request.into_inner(), deadline).await?))
+        Ok(Response::new(self.infer(request.into_inner(), Call::Unary(deadline)).await?))
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -144,7 +157,7 @@ impl GrpcInferenceService for InferenceService {
                 async move {
                     let message = message?;
                     let id = message.id.clone();
-                    Ok(match service.infer(message, None).await {
+                    Ok(match service.infer(message, Call::Stream).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),

@@ -79,7 +79,7 @@ async fn classify_timed(
     request: Request,
     timer: &mut RequestTimer,
 ) -> Result<Response, ServerError> {
-    let model = state.model_for_inference(&path.model, path.version.as_deref())?;
+    let model = state.repository.get(&path.model, path.version.as_deref())?;
     timer.model(&model.config.name, model.version);
     let query = parse_query(query.as_deref())?;
     let Some(preprocessor) = model.preprocessor() else {

@@ -173,7 +173,7 @@ async fn infer_timed(
     body: Body,
     timer: &mut RequestTimer,
 ) -> Result<Response, ServerError> {
-    let model = state.model_for_inference(&path.model, path.version.as_deref())?;
+    let model = state.repository.get(&path.model, path.version.as_deref())?;
     timer.model(&model.config.name, model.version);
     let limit = state.max_request_bytes;
     if let Some(size) = content_length(&headers).filter(|&size| size > limit) {
