@@ -57,14 +57,19 @@ class RtserveServer:
         return "".join(self._log_lines)
 
 
-def _server_command() -> list[str]:
+def rtserve_binary() -> Path:
+    """The rtserve binary under test (RTSERVE_BIN, default target/debug/rtserve)."""
     binary = Path(os.environ.get("RTSERVE_BIN", "target/debug/rtserve"))
     if not binary.is_absolute():
         binary = REPO_ROOT / binary
     if not binary.exists():
         pytest.fail(f"rtserve binary not found at {binary} (build it or set RTSERVE_BIN)")
+    return binary
+
+
+def _server_command() -> list[str]:
     cmd = [
-        str(binary),
+        str(rtserve_binary()),
         "serve",
         "--model-repository",
         "examples/model_repository",

@@ -21,15 +21,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from conftest import MODEL_REPOSITORY, REPO_ROOT, load_expected
+from conftest import MODEL_REPOSITORY, REPO_ROOT, load_expected, rtserve_binary
 from prometheus_text import total
 
 NGINX_CONF = REPO_ROOT / "deploy" / "nginx" / "rtserve.conf"
@@ -104,20 +104,34 @@ class Replica:
         return f"127.0.0.1:{self.http_port}"
 
     def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"replica{self.index}-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.log_dir.glob(f"replica{self.index}-*.log"))
+        )
 
     def start(self) -> None:
-        binary = Path(os.environ.get("RTSERVE_BIN", "target/debug/rtserve"))
-        binary = binary if binary.is_absolute() else REPO_ROOT / binary
         self.starts += 1
-        log = open(self.log_dir / f"replica{self.index}-{self.starts}.log", "w")
-        cmd = [str(binary), "serve", "--model-repository", str(self.repository), "--host", "127.0.0.1",
-               "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-               "--cache-redis", self.redis_url, "--listen-when-ready", "--drain-seconds", DRAIN_SECONDS]
+        cmd = [
+            str(rtserve_binary()),
+            "serve",
+            "--model-repository",
+            str(self.repository),
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--cache-redis",
+            self.redis_url,
+            "--listen-when-ready",
+            "--drain-seconds",
+            DRAIN_SECONDS,
+        ]
         env = {**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"}
-        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_dir / f"replica{self.index}-{self.starts}.log", "w") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
             wait_for_port(self.http_port, deadline, self.proc, f"replica {self.index}")
@@ -149,12 +163,26 @@ class Replica:
         return total(text, name, **labels)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Cluster:
     replicas: list[Replica]
     nginx_http: str
     nginx_grpc: str
     nginx_log: Path
+    nginx_pid: int
+
+    def nginx_cpu_seconds(self) -> float:
+        """CPU time of nginx's workers (the master only supervises)."""
+        workers = subprocess.run(
+            ["pgrep", "-P", str(self.nginx_pid)], capture_output=True, text=True, check=False
+        ).stdout
+        return sum(cpu_seconds(int(pid)) for pid in workers.split())
 
     def nginx_errors(self) -> str:
         """The end of nginx's error log, for failure messages."""
@@ -176,8 +204,11 @@ def render_nginx_conf(http_port: int, grpc_port: int, replicas: list[Replica]) -
     sub(r"listen 8000;", f"listen 127.0.0.1:{http_port};", 1)
     sub(r"listen 8001 http2;", f"listen 127.0.0.1:{grpc_port} http2;", 1)
     sub(r"server 10\.0\.0\.1(\d):8000", lambda m: f"server {replicas[int(m[1]) - 1].http_url}", REPLICAS)
-    sub(r"server 10\.0\.0\.1(\d):8001",
-        lambda m: f"server 127.0.0.1:{replicas[int(m[1]) - 1].grpc_port}", REPLICAS)
+    sub(
+        r"server 10\.0\.0\.1(\d):8001",
+        lambda m: f"server 127.0.0.1:{replicas[int(m[1]) - 1].grpc_port}",
+        REPLICAS,
+    )
     return text
 
 
@@ -193,8 +224,11 @@ def cluster() -> Iterator[Cluster]:
     shutil.copy(MODEL_REPOSITORY / "mlp" / "1" / "model.onnx", repository / "cached" / "1" / "model.onnx")
     (repository / "cached" / "config.pbtxt").write_text(CACHED_CONFIG)
     redis_port = free_port()
-    redis_proc = subprocess.Popen([redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                                   "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    redis_proc = subprocess.Popen(
+        [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     replicas: list[Replica] = []
     nginx_proc = None
     try:
@@ -220,15 +254,20 @@ http {{
     include {work}/rtserve.conf;
 }}
 """)
-        nginx_proc = subprocess.Popen([nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-e",
-                                       str(work / "error.log")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        nginx_proc = subprocess.Popen(
+            [nginx, "-p", str(work), "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_for_port(http_port, time.monotonic() + 20, nginx_proc, "nginx")
             wait_for_port(grpc_port, time.monotonic() + 20, nginx_proc, "nginx")
         except AssertionError as e:
             stderr = nginx_proc.stderr.read().decode() if nginx_proc.poll() is not None else ""
             pytest.fail(f"{e}: {stderr}", pytrace=False)
-        yield Cluster(replicas, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", work / "error.log")
+        yield Cluster(
+            replicas, f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", work / "error.log", nginx_proc.pid
+        )
         for replica in replicas:
             if replica.proc is not None and replica.proc.poll() is None:
                 assert replica.stop() == 0, replica.log()
@@ -254,14 +293,14 @@ def check_outputs(result, mlp) -> None:
 
 
 def infer_http(client: httpclient.InferenceServerClient, mlp, model: str = "mlp"):
-    (name, (datatype, array)), = mlp.inputs.items()
+    ((name, (datatype, array)),) = mlp.inputs.items()
     tensor = httpclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=True)
     return client.infer(model, [tensor])
 
 
 def infer_grpc(client: grpcclient.InferenceServerClient, mlp, model: str = "mlp"):
-    (name, (datatype, array)), = mlp.inputs.items()
+    ((name, (datatype, array)),) = mlp.inputs.items()
     tensor = grpcclient.InferInput(name, list(array.shape), datatype)
     tensor.set_data_from_numpy(array)
     return client.infer(model, [tensor], client_timeout=30)
@@ -291,7 +330,7 @@ class Load:
             try:
                 check_outputs(infer(client, mlp), mlp)
                 self.ok[protocol] += 1
-            except Exception as e:  # every failure is counted and reported
+            except Exception as e:  # noqa: BLE001 (every failure is counted and reported)
                 self.failures.append(f"{protocol}: {type(e).__name__}: {e}")
         client.close()
 
@@ -311,9 +350,7 @@ class Load:
 
 
 def bench(url: str, out: Path, *args: str) -> subprocess.Popen:
-    binary = Path(os.environ.get("RTSERVE_BIN", "target/debug/rtserve"))
-    binary = binary if binary.is_absolute() else REPO_ROOT / binary
-    cmd = [str(binary), "bench", "--url", url, "--model", "mlp", "-q", "--json", str(out), *args]
+    cmd = [str(rtserve_binary()), "bench", "--url", url, "--model", "mlp", "-q", "--json", str(out), *args]
     return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -359,10 +396,32 @@ def test_rolling_restart_under_load_fails_no_request(cluster, mlp, tmp_path):
     sending through nginx the whole time."""
     duration = 40
     benches = [
-        (bench(f"http://{cluster.nginx_http}", tmp_path / "http.json", "--rate", "100",
-               "--warmup", "0s", "--duration", f"{duration}s"), tmp_path / "http.json"),
-        (bench(f"grpc://{cluster.nginx_grpc}", tmp_path / "grpc.json", "--rate", "100",
-               "--warmup", "0s", "--duration", f"{duration}s"), tmp_path / "grpc.json"),
+        (
+            bench(
+                f"http://{cluster.nginx_http}",
+                tmp_path / "http.json",
+                "--rate",
+                "100",
+                "--warmup",
+                "0s",
+                "--duration",
+                f"{duration}s",
+            ),
+            tmp_path / "http.json",
+        ),
+        (
+            bench(
+                f"grpc://{cluster.nginx_grpc}",
+                tmp_path / "grpc.json",
+                "--rate",
+                "100",
+                "--warmup",
+                "0s",
+                "--duration",
+                f"{duration}s",
+            ),
+            tmp_path / "grpc.json",
+        ),
     ]
     started = time.monotonic()
     with Load(cluster, mlp) as load:
@@ -377,9 +436,11 @@ def test_rolling_restart_under_load_fails_no_request(cluster, mlp, tmp_path):
         steps = [bench_steps(proc, out)[0] for proc, out in benches]
     sent = load.sent + sum(s["requests"] for s in steps)
     bench_failed = sum(failed(s) for s in steps)
-    print(f"\nrolling restart of {REPLICAS} replicas in {restarted:.1f} s: {sent} requests sent through "
-          f"nginx (tritonclient HTTP {load.ok['http']}, gRPC {load.ok['grpc']}; bench HTTP "
-          f"{steps[0]['requests']}, gRPC {steps[1]['requests']}), failed: {len(load.failures) + bench_failed}")
+    print(
+        f"\nrolling restart of {REPLICAS} replicas in {restarted:.1f} s: {sent} requests sent through "
+        f"nginx (tritonclient HTTP {load.ok['http']}, gRPC {load.ok['grpc']}; bench HTTP "
+        f"{steps[0]['requests']}, gRPC {steps[1]['requests']}), failed: {len(load.failures) + bench_failed}"
+    )
     assert load.failures == [], (load.failures[:5], cluster.nginx_errors())
     assert bench_failed == 0, ([s["error_sample"] for s in steps], cluster.nginx_errors())
     assert load.ok["http"] > 0 and load.ok["grpc"] > 0
@@ -390,7 +451,9 @@ def test_a_replica_killed_under_load_costs_few_requests(cluster, mlp, tmp_path):
     what was in flight), and the other two keep serving."""
     victim, *survivors = cluster.replicas
     out = tmp_path / "http.json"
-    proc = bench(f"http://{cluster.nginx_http}", out, "--concurrency", "4", "--warmup", "0s", "--duration", "8s")
+    proc = bench(
+        f"http://{cluster.nginx_http}", out, "--concurrency", "4", "--warmup", "0s", "--duration", "8s"
+    )
     before = [r.metric("rtserve_requests_total", model="mlp", outcome="success") for r in survivors]
     with Load(cluster, mlp) as load:
         time.sleep(2)
@@ -402,8 +465,10 @@ def test_a_replica_killed_under_load_costs_few_requests(cluster, mlp, tmp_path):
         (step,) = bench_steps(proc, out)
     after = [r.metric("rtserve_requests_total", model="mlp", outcome="success") for r in survivors]
     lost = len(load.failures) + failed(step)
-    print(f"\nSIGKILL of one of {REPLICAS} replicas under load: {load.sent + step['requests']} requests sent, "
-          f"{lost} failed ({load.failures[:3]}, bench errors {step['errors']})")
+    print(
+        f"\nSIGKILL of one of {REPLICAS} replicas under load: {load.sent + step['requests']} requests sent, "
+        f"{lost} failed ({load.failures[:3]}, bench errors {step['errors']})"
+    )
     # At most what was in flight on the killed replica: bench's 4 and the two client threads.
     assert lost <= 6, (load.failures, step["errors"])
     assert all(n > 0 for n in served_after.values()), served_after
@@ -413,17 +478,29 @@ def test_a_replica_killed_under_load_costs_few_requests(cluster, mlp, tmp_path):
 
 def test_throughput_through_nginx_against_one_replica_direct(cluster, tmp_path):
     """The balancer's cost on one machine: closed loop through nginx (3 replicas) against one
-    replica direct. Printed, not asserted (timing); docs/deploy.md has a release-build run."""
-    rows = {}
-    for name, url in [("direct, 1 replica", f"http://{cluster.replicas[1].http_url}"),
-                      ("nginx, 3 replicas", f"http://{cluster.nginx_http}"),
-                      ("direct gRPC, 1 replica", f"grpc://127.0.0.1:{cluster.replicas[1].grpc_port}"),
-                      ("nginx gRPC, 3 replicas", f"grpc://{cluster.nginx_grpc}")]:
+    replica direct, with nginx's CPU time per request. Printed, not asserted (timing);
+    docs/deploy.md has a release-build run."""
+    replica = cluster.replicas[1]
+    rows = []
+    for name, url in [
+        ("HTTP direct, 1 replica", f"http://{replica.http_url}"),
+        ("HTTP through nginx, 3 replicas", f"http://{cluster.nginx_http}"),
+        ("gRPC direct, 1 replica", f"grpc://127.0.0.1:{replica.grpc_port}"),
+        ("gRPC through nginx, 3 replicas", f"grpc://{cluster.nginx_grpc}"),
+    ]:
         out = tmp_path / f"{len(rows)}.json"
-        (step,) = bench_steps(bench(url, out, "--concurrency", "8", "--duration", "3s", "--warmup", "1s"), out)
+        nginx_before = cluster.nginx_cpu_seconds()
+        (step,) = bench_steps(
+            bench(url, out, "--concurrency", "8", "--duration", "4s", "--warmup", "0s"), out
+        )
+        nginx_cpu = cluster.nginx_cpu_seconds() - nginx_before
         assert failed(step) == 0, step["error_sample"]
-        rows[name] = step
-    print("\n| path | req/s | p50 | p99 |\n| --- | --- | --- | --- |")
-    for name, step in rows.items():
+        rows.append((name, step, nginx_cpu))
+    print("\n| path | req/s | p50 | p99 | nginx CPU per request |\n| --- | --- | --- | --- | --- |")
+    for name, step, nginx_cpu in rows:
         lat = step["latency_us"]
-        print(f"| {name} | {step['throughput_rps']:.0f} | {lat['p50_us'] / 1000:.2f} ms | {lat['p99_us'] / 1000:.2f} ms |")
+        per_request = nginx_cpu / step["requests"] * 1e6
+        print(
+            f"| {name} | {step['throughput_rps']:.0f} | {lat['p50_us'] / 1000:.2f} ms | "
+            f"{lat['p99_us'] / 1000:.2f} ms | {per_request:.0f} µs |"
+        )
