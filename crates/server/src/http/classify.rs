@@ -84,7 +84,7 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, ServerError> {
 
 /// The top-k classes of each image; see the module's documentation.
 #[utoipa::path(post, path = "/v2/models/{model}/classify", tag = "inference",
-    params(ModelPath, ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
+    params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
         ("softmax" = Option<bool>, Query, description = "Softmax over the scores first (default true)"),
         ("output" = Option<String>, Query, description = "The output to rank (default the model's first output)")),
     request_body(description = "One image, or a multipart/form-data upload with one image per part (a batch)",
@@ -112,7 +112,7 @@ pub async fn classify(
 
 /// [`classify`] on one version.
 #[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/classify", tag = "inference",
-    params(ModelPath, ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
+    params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model"), ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
         ("softmax" = Option<bool>, Query, description = "Softmax over the scores first (default true)"),
         ("output" = Option<String>, Query, description = "The output to rank (default the model's first output)")),
     request_body(description = "One image, or a multipart/form-data upload with one image per part (a batch)",

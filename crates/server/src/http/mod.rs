@@ -63,7 +63,7 @@ fn described_routes(max_request_bytes: usize) -> OpenApiRouter<Arc<ServerState>>
         .routes(routes!(version_stats))
         .routes(routes!(infer))
         .routes(routes!(version_infer))
-        .routes(routes!(classify::classify).layer(upload_limit.clone()))
+        .routes(routes!(classify::classify).layer(upload_limit))
         .routes(routes!(classify::version_classify).layer(upload_limit))
         .routes(routes!(repository_index))
         .routes(routes!(load_model))
@@ -103,13 +103,10 @@ impl IntoResponse for ServerError {
     }
 }
 
-/// Path parameters: the model and, on versioned routes, the version.
-#[derive(serde::Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
+/// Path parameters: the model and, on versioned routes, the version (described on each route).
+#[derive(serde::Deserialize)]
 struct ModelPath {
-    /// The model's name (its folder in the repository).
     model: String,
-    /// A loaded version; absent for the highest loaded one.
     version: Option<String>,
 }
 
@@ -143,7 +140,7 @@ async fn ready(State(state): Shared) -> StatusCode {
 }
 
 /// The model's inputs and outputs (`-1` for a dynamic dimension).
-#[utoipa::path(get, path = "/v2/models/{model}", tag = "metadata", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "metadata", params(("model" = String, Path, description = "The model's name (its folder in the repository)")),
     responses(
         (status = 200, body = ModelMetadata),
         (status = 404, description = "Unknown model", body = ErrorBody),
@@ -158,7 +155,7 @@ async fn model_metadata(
 }
 
 /// One version's inputs and outputs.
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "metadata", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "metadata", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model")),
     responses(
         (status = 200, body = ModelMetadata),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
@@ -168,7 +165,7 @@ async fn version_metadata(state: Shared, path: Path<ModelPath>) -> Result<Json<M
 }
 
 /// 200 when the model serves, 503 when it is not loaded.
-#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "health", params(("model" = String, Path, description = "The model's name (its folder in the repository)")),
     responses(
         (status = 200, description = "The model serves"),
         (status = 404, description = "Unknown model", body = ErrorBody),
@@ -182,7 +179,7 @@ async fn model_ready(State(state): Shared, Path(path): Path<ModelPath>) -> Resul
 }
 
 /// 200 when this version serves, 503 when the model is not loaded.
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/ready", tag = "health", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model")),
     responses(
         (status = 200, description = "The version serves"),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
@@ -192,7 +189,7 @@ async fn version_ready(state: Shared, path: Path<ModelPath>) -> Result<StatusCod
 }
 
 /// Triton's model configuration, in its JSON form.
-#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/config", tag = "metadata", params(("model" = String, Path, description = "The model's name (its folder in the repository)")),
     responses(
         (status = 200, description = "Triton's ModelConfig in JSON", body = Object),
         (status = 404, description = "Unknown model", body = ErrorBody),
@@ -203,7 +200,7 @@ async fn model_config(State(state): Shared, Path(path): Path<ModelPath>) -> Resu
 }
 
 /// One version's configuration.
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "metadata", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/config", tag = "metadata", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model")),
     responses(
         (status = 200, description = "Triton's ModelConfig in JSON", body = Object),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
@@ -220,7 +217,7 @@ async fn all_model_stats(State(state): Shared) -> Json<Value> {
 }
 
 /// Triton's statistics of a model's loaded versions.
-#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "statistics", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "statistics", params(("model" = String, Path, description = "The model's name (its folder in the repository)")),
     responses(
         (status = 200, description = "Triton's statistics: `{\"model_stats\": [...]}`", body = Object),
         (status = 404, description = "Unknown model", body = ErrorBody),
@@ -231,7 +228,7 @@ async fn model_stats(State(state): Shared, Path(path): Path<ModelPath>) -> Resul
 }
 
 /// Triton's statistics of one version.
-#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "statistics", params(ModelPath),
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/stats", tag = "statistics", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model")),
     responses(
         (status = 200, description = "Triton's statistics: `{\"model_stats\": [...]}`", body = Object),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
@@ -263,7 +260,7 @@ pub fn metrics_app(state: Arc<ServerState>) -> Router {
 /// little-endian data from what follows, in input order. Outputs come back as binary data
 /// (`application/octet-stream`, the JSON part's length in `Inference-Header-Content-Length`)
 /// when the request asks for it (`binary_data_output`, or `binary_data` per output).
-#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference", params(ModelPath, ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON part of the body")),
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "inference", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON part of the body")),
     request_body(content(
         (json::JsonRequest = "application/json", example = json!({"inputs": [
             {"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]},
@@ -293,7 +290,7 @@ async fn infer(
 }
 
 /// Inference on one version; see `POST /v2/models/{model}/infer`.
-#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference", params(ModelPath, ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON part of the body")),
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "inference", params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model"), ("Inference-Header-Content-Length" = Option<u64>, Header, description = "Binary tensor data extension: the length of the JSON part of the body")),
     request_body(content((json::JsonRequest = "application/json"), (Vec<u8> = "application/octet-stream"))),
     responses(
         (status = 200, description = "The outputs",

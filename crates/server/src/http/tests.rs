@@ -189,6 +189,23 @@ async fn every_route_is_described_and_every_description_is_routed() {
             let (status, _, body) = send(&state, request).await;
             match operation {
                 Some(operation) => {
+                    let mut declared: Vec<&str> = operation["parameters"]
+                        .as_array()
+                        .map(|ps| {
+                            ps.iter()
+                                .filter(|p| p["in"] == "path")
+                                .filter_map(|p| p["name"].as_str())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    declared.sort_unstable();
+                    let mut templated: Vec<&str> = path
+                        .split('{')
+                        .skip(1)
+                        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+                        .collect();
+                    templated.sort_unstable();
+                    assert_eq!(declared, templated, "{method} {path}: path parameters against the path");
                     assert_ne!(
                         status,
                         StatusCode::METHOD_NOT_ALLOWED,
