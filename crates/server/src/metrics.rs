@@ -3,6 +3,7 @@
 //! schedulers, the cache and the process at scrape time). A leaf: it knows requests, batches and
 //! errors, not the repository. Every name starts with `rtserve_`; docs/monitoring.md lists them all.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +221,75 @@ impl Metrics {
             .encode(&families, &mut text)
             .map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))?;
         String::from_utf8(text).map_err(|e| ServerError::Internal(format!("encoding metrics: {e}")))
+    }
+}
+
+/// One model version's request figures as the metrics hold them now (cumulative since start):
+/// what the status feed (`GET /v2/status`) reports, read only when it is asked for.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ModelFigures {
+    /// Requests by outcome label, over both protocols.
+    pub outcomes: BTreeMap<String, u64>,
+    /// End-to-end latency of the successful requests, over both protocols.
+    pub latency: HistogramFigures,
+    /// Rows per engine execution.
+    pub batch_size: HistogramFigures,
+}
+
+/// A histogram: sample count, sum and cumulative counts at its upper bounds.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct HistogramFigures {
+    pub count: u64,
+    pub sum: f64,
+    pub bounds: Vec<f64>,
+    pub cumulative: Vec<u64>,
+}
+
+impl HistogramFigures {
+    fn add(&mut self, histogram: &prometheus::proto::Histogram) {
+        let buckets = histogram.get_bucket();
+        if self.bounds.is_empty() {
+            self.bounds = buckets.iter().map(|b| b.upper_bound()).collect();
+            self.cumulative = vec![0; buckets.len()];
+        }
+        for (total, bucket) in self.cumulative.iter_mut().zip(buckets) {
+            *total += bucket.cumulative_count();
+        }
+        self.count += histogram.get_sample_count();
+        self.sum += histogram.get_sample_sum();
+    }
+}
+
+/// The value of label `name` of a collected sample.
+fn label<'a>(metric: &'a prometheus::proto::Metric, name: &str) -> &'a str {
+    metric.get_label().iter().find(|l| l.name() == name).map_or("", |l| l.value())
+}
+
+impl Metrics {
+    /// The request figures of every model version that has any, by (model, version). Requests
+    /// that named no loaded model (empty labels) are left out.
+    pub fn model_figures(&self) -> BTreeMap<(String, String), ModelFigures> {
+        let mut figures: BTreeMap<(String, String), ModelFigures> = BTreeMap::new();
+        let key =
+            |m: &prometheus::proto::Metric| (label(m, "model").to_string(), label(m, "version").to_string());
+        let samples = |families: Vec<prometheus::proto::MetricFamily>| {
+            families.into_iter().flat_map(|mut f| f.take_metric()).filter(|m| !label(m, "model").is_empty())
+        };
+        for metric in samples(self.requests.collect()) {
+            let entry = figures.entry(key(&metric)).or_default();
+            // Counters hold whole numbers of requests.
+            *entry.outcomes.entry(label(&metric, "outcome").to_string()).or_default() +=
+                metric.get_counter().get_value() as u64;
+        }
+        for metric in samples(self.request_duration.collect()) {
+            if label(&metric, "outcome") == "success" {
+                figures.entry(key(&metric)).or_default().latency.add(metric.get_histogram());
+            }
+        }
+        for metric in samples(self.stages.batch_size.collect()) {
+            figures.entry(key(&metric)).or_default().batch_size.add(metric.get_histogram());
+        }
+        figures
     }
 }
 

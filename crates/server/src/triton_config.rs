@@ -7,43 +7,68 @@ use serde_json::{json, Value};
 use crate::model::LoadedModel;
 use crate::proto;
 
-/// `GET /v2/models/{m}` body.
-pub fn metadata_json(model: &LoadedModel, versions: &[String]) -> Value {
-    let config = &model.config;
-    let tensors = |specs: &[TensorSpec]| -> Vec<Value> {
-        specs
-            .iter()
-            .map(|s| json!({"name": s.name, "datatype": s.data_type.as_str(), "shape": config.full_dims(s)}))
-            .collect()
-    };
-    json!({
-        "name": config.name,
-        "versions": versions,
-        "platform": config.platform,
-        "inputs": tensors(&config.inputs),
-        "outputs": tensors(&config.outputs),
-    })
+/// `GET /v2/models/{m}[/versions/{v}]` body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    /// The loaded versions, highest first.
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
 }
 
-/// ModelMetadata reply.
-pub fn metadata_proto(model: &LoadedModel, versions: &[String]) -> proto::ModelMetadataResponse {
+/// One input or output of [`ModelMetadata`].
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    /// `FP32`, `INT64`, `BYTES`, ...
+    pub datatype: &'static str,
+    /// With the batch dimension when the model batches; `-1` for a dynamic dimension.
+    pub shape: Vec<i64>,
+}
+
+/// The metadata of `model`, reporting `versions` as loaded.
+pub fn metadata(model: &LoadedModel, versions: &[String]) -> ModelMetadata {
     let config = &model.config;
-    let tensors = |specs: &[TensorSpec]| {
+    let tensors = |specs: &[TensorSpec]| -> Vec<TensorMetadata> {
         specs
             .iter()
-            .map(|s| proto::model_metadata_response::TensorMetadata {
+            .map(|s| TensorMetadata {
                 name: s.name.clone(),
-                datatype: s.data_type.as_str().to_string(),
+                datatype: s.data_type.as_str(),
                 shape: config.full_dims(s),
             })
             .collect()
     };
-    proto::ModelMetadataResponse {
+    ModelMetadata {
         name: config.name.clone(),
         versions: versions.to_vec(),
         platform: config.platform.clone(),
         inputs: tensors(&config.inputs),
         outputs: tensors(&config.outputs),
+    }
+}
+
+/// ModelMetadata reply: the same metadata as protobuf.
+pub fn metadata_proto(model: &LoadedModel, versions: &[String]) -> proto::ModelMetadataResponse {
+    let metadata = metadata(model, versions);
+    let tensors = |tensors: Vec<TensorMetadata>| {
+        tensors
+            .into_iter()
+            .map(|t| proto::model_metadata_response::TensorMetadata {
+                name: t.name,
+                datatype: t.datatype.to_string(),
+                shape: t.shape,
+            })
+            .collect()
+    };
+    proto::ModelMetadataResponse {
+        name: metadata.name,
+        versions: metadata.versions,
+        platform: metadata.platform,
+        inputs: tensors(metadata.inputs),
+        outputs: tensors(metadata.outputs),
     }
 }
 

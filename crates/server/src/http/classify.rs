@@ -12,14 +12,36 @@ use axum::extract::{FromRequest, Multipart, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use rtserve_core::{DataType, InferRequest, NamedTensor, Tensor, TensorData};
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::api::ErrorBody;
 use super::{insert_served, ModelPath, Shared};
 use crate::classification::{score_rows, top_k};
 use crate::metrics::{Protocol, RequestTimer};
 use crate::model::Served;
 use crate::state::ServerState;
 use crate::ServerError;
+
+/// The classify reply: the top-k classes of each image, in upload order.
+#[derive(Serialize, ToSchema)]
+pub struct ClassifyReply {
+    model_name: String,
+    model_version: String,
+    /// The output ranked.
+    output: String,
+    predictions: Vec<Vec<ClassScore>>,
+}
+
+/// One class of one image.
+#[derive(Serialize, ToSchema)]
+pub struct ClassScore {
+    /// From the model's `labels.txt`; null without one.
+    label: Option<String>,
+    index: usize,
+    /// A probability with softmax, else the raw score.
+    score: f32,
+}
 
 /// The classes returned per image when the query does not say.
 const DEFAULT_TOP_K: usize = 5;
@@ -60,6 +82,22 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, ServerError> {
     Ok(parsed)
 }
 
+/// The top-k classes of each image; see the module's documentation.
+#[utoipa::path(post, path = "/v2/models/{model}/classify", tag = "inference",
+    params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
+        ("softmax" = Option<bool>, Query, description = "Softmax over the scores first (default true)"),
+        ("output" = Option<String>, Query, description = "The output to rank (default the model's first output)")),
+    request_body(description = "One image, or a multipart/form-data upload with one image per part (a batch)",
+        content(("image/jpeg"), ("image/png"), ("image/webp"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, body = ClassifyReply),
+        (status = 400, description = "Not an image, a bad query, or a model without preprocessing", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Body over --max-request-bytes", body = ErrorBody),
+        (status = 429, description = "Queue full, or predicted to miss its SLO", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
+        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
 pub async fn classify(
     State(state): Shared,
     Path(path): Path<ModelPath>,
@@ -70,6 +108,31 @@ pub async fn classify(
     let result = classify_timed(&state, path, query, request, &mut timer).await;
     timer.finish(&result);
     result
+}
+
+/// [`classify`] on one version.
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/classify", tag = "inference",
+    params(("model" = String, Path, description = "The model's name (its folder in the repository)"), ("version" = String, Path, description = "A loaded version of the model"), ("top_k" = Option<u64>, Query, minimum = 1, description = "Classes per image (default 5)"),
+        ("softmax" = Option<bool>, Query, description = "Softmax over the scores first (default true)"),
+        ("output" = Option<String>, Query, description = "The output to rank (default the model's first output)")),
+    request_body(description = "One image, or a multipart/form-data upload with one image per part (a batch)",
+        content(("image/jpeg"), ("image/png"), ("image/webp"), ("application/octet-stream"), ("multipart/form-data"))),
+    responses(
+        (status = 200, body = ClassifyReply),
+        (status = 400, description = "Not an image, a bad query, or a model without preprocessing", body = ErrorBody),
+        (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 413, description = "Body over --max-request-bytes", body = ErrorBody),
+        (status = 429, description = "Queue full, or predicted to miss its SLO", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
+        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
+pub async fn version_classify(
+    state: Shared,
+    path: Path<ModelPath>,
+    query: RawQuery,
+    request: Request,
+) -> Result<Response, ServerError> {
+    classify(state, path, query, request).await
 }
 
 async fn classify_timed(
@@ -117,29 +180,30 @@ async fn classify_timed(
         .ok_or_else(|| ServerError::Internal(format!("output '{output}' missing from the reply")))?;
     let rows = score_rows(scores, model.config.max_batch_size > 0)?;
     let labels = model.labels();
-    let predictions: Vec<Value> = rows
+    let predictions: Vec<Vec<ClassScore>> = rows
         .iter()
         .map(|row| {
-            let top = top_k(row, query.top_k, query.softmax);
-            Value::Array(
-                top.into_iter()
-                    .map(|s| {
-                        let label = labels.and_then(|l| l.get(s.index));
-                        json!({ "label": label, "index": s.index, "score": s.score })
-                    })
-                    .collect(),
-            )
+            top_k(row, query.top_k, query.softmax)
+                .into_iter()
+                .map(|s| ClassScore {
+                    label: labels.and_then(|l| l.get(s.index)).cloned(),
+                    index: s.index,
+                    score: s.score,
+                })
+                .collect()
         })
         .collect();
     let postprocess = start.elapsed();
     model.observe_postprocess(postprocess);
-    let body = json!({
-        "model_name": inferred.response.model_name,
-        "model_version": inferred.response.model_version,
-        "output": output,
-        "predictions": predictions,
-    });
-    let mut reply = Response::new(Body::from(body.to_string()));
+    let body = ClassifyReply {
+        model_name: inferred.response.model_name.clone(),
+        model_version: inferred.response.model_version.clone(),
+        output,
+        predictions,
+    };
+    let body =
+        serde_json::to_vec(&body).map_err(|e| ServerError::Internal(format!("encoding the reply: {e}")))?;
+    let mut reply = Response::new(Body::from(body));
     let headers = reply.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let mut served = inferred.served();

@@ -8,40 +8,91 @@ use bytes::Bytes;
 use half::f16;
 use rtserve_core::wire::Element;
 use rtserve_core::{DataType, InferRequest, InferResponse, NamedTensor, Parameter, Tensor, TensorData};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
+use super::api::{elements_schema, input_data_schema};
 use crate::classification::{requested, Classification};
 use crate::codec::{shape_from_client, tensor_from_raw, tensor_to_raw};
 use crate::ServerError;
 
-#[derive(Deserialize)]
-struct JsonRequest {
+/// An inference request (the JSON body, or the JSON header of a binary-extension body).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InferRequest)]
+pub struct JsonRequest {
+    /// Echoed in the reply.
     #[serde(default)]
     id: Option<String>,
+    /// `binary_data_output` (true: every output as binary data), `priority`, `timeout` (µs).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     inputs: Vec<JsonInput>,
+    /// The outputs wanted (all when absent), each with its encoding.
     #[serde(default)]
     outputs: Vec<JsonRequestedOutput>,
 }
 
-#[derive(Deserialize)]
-struct JsonInput {
+/// One input tensor: its data inline (`data`) or in the binary part (`binary_data_size`).
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InferInput)]
+pub struct JsonInput {
     name: String,
+    /// With the batch dimension when the model batches.
     shape: Vec<i64>,
+    /// `BOOL`, `UINT8`..`UINT64`, `INT8`..`INT64`, `FP16`, `FP32`, `FP64`, `BYTES`.
     datatype: String,
+    /// `binary_data_size`: the bytes of this input in the binary part.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     #[serde(default)]
+    #[schema(schema_with = input_data_schema)]
     data: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct JsonRequestedOutput {
+/// An output the client asks for.
+#[derive(Deserialize, ToSchema)]
+#[schema(as = InferRequestedOutput)]
+pub struct JsonRequestedOutput {
     name: String,
+    /// `binary_data` (true: this output as binary data), `classification` (top-k labels).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+}
+
+/// An inference reply (the JSON body, or the JSON header of a binary-extension body).
+#[derive(Serialize, ToSchema)]
+#[schema(as = InferResponse)]
+pub struct JsonResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    /// The request's id, when it had one.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    id: &'a str,
+    outputs: Vec<JsonOutput<'a>>,
+}
+
+/// One output tensor: its data inline, or its size in the binary part.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InferOutput)]
+pub struct JsonOutput<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = elements_schema)]
+    data: Option<Value>,
+}
+
+/// Where a binary output's data is: this many bytes of the binary part, in output order.
+#[derive(Serialize, ToSchema)]
+pub struct BinaryDataSize {
+    binary_data_size: usize,
 }
 
 /// How the client wants each output: which ones as binary, which ones classified.
@@ -294,29 +345,31 @@ pub fn encode_response(
     let mut chunks = vec![Bytes::new()];
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for output in &response.outputs {
-        let mut object = json!({
-            "name": output.name,
-            "datatype": output.tensor.datatype().as_str(),
-            "shape": output.tensor.shape(),
-        });
-        if encoding.is_binary(&output.name) {
+        let (parameters, data) = if encoding.is_binary(&output.name) {
             let raw = tensor_to_raw(&output.name, &output.tensor)?;
-            object["parameters"] = json!({ "binary_data_size": raw.len() });
+            let size = raw.len();
             chunks.push(raw);
+            (Some(BinaryDataSize { binary_data_size: size }), None)
         } else {
-            object["data"] = tensor_to_json(&output.tensor);
-        }
-        outputs.push(object);
+            (None, Some(tensor_to_json(&output.tensor)))
+        };
+        outputs.push(JsonOutput {
+            name: &output.name,
+            datatype: output.tensor.datatype().as_str(),
+            shape: output.tensor.shape(),
+            parameters,
+            data,
+        });
     }
-    let mut header = json!({
-        "model_name": response.model_name,
-        "model_version": response.model_version,
-        "outputs": outputs,
-    });
-    if !response.id.is_empty() {
-        header["id"] = json!(response.id);
-    }
-    let header = Bytes::from(header.to_string());
+    let header = JsonResponse {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: &response.id,
+        outputs,
+    };
+    let header = Bytes::from(
+        serde_json::to_vec(&header).map_err(|e| ServerError::Internal(format!("encoding the reply: {e}")))?,
+    );
     let length = (chunks.len() > 1).then_some(header.len());
     chunks[0] = header;
     Ok((chunks, length))

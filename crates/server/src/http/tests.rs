@@ -1,12 +1,13 @@
 //! Handler-level tests: the application from [`app`] driven with `oneshot`, no socket. The
 //! repository is `examples/model_repository` on tract, with `two_io` loaded (`a + b`, `a * b`).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, Method, Request, StatusCode};
 use rtserve_core::{CacheOptions, InferError, PredictionCache, RejectReason, SchedulerOptions};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -150,5 +151,139 @@ fn overload_answers_429_with_retry_after_in_whole_seconds_rounded_up() {
         let response = axum::response::IntoResponse::into_response(rejected(wait));
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], seconds, "{wait:?}");
+    }
+}
+
+/// The paths the router matches, read from its `Debug` form (axum prints each path router's
+/// `paths`; the fallback router after it is left out).
+fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+    let debug = format!("{router:?}");
+    let routes = debug.split("fallback_router").next().unwrap_or_default();
+    routes
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|entry| {
+            entry.split_once("): \"").and_then(|(_, rest)| rest.split_once('"')).map(|(p, _)| p.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_is_described_and_every_description_is_routed() {
+    let state = state(1 << 16).await;
+    let (status, _, description) =
+        send(&state, Request::get("/openapi.json").body(Body::empty()).expect("request")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(description["openapi"], json!("3.1.0"));
+    let paths = description["paths"].as_object().expect("paths");
+    let described: BTreeSet<String> = paths.keys().cloned().collect();
+    assert_eq!(routed_paths(&app(state.clone())), described, "the router's paths against the description's");
+
+    let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::PATCH];
+    for (path, item) in paths {
+        // A model that does not exist: every handler answers for itself, none changes anything.
+        let uri = path.replace("{model}", "nope").replace("{version}", "1");
+        for method in &methods {
+            let operation = item.get(method.as_str().to_ascii_lowercase());
+            let request = Request::builder().method(method).uri(&uri).body(Body::empty()).expect("request");
+            let (status, _, body) = send(&state, request).await;
+            match operation {
+                Some(operation) => {
+                    let mut declared: Vec<&str> = operation["parameters"]
+                        .as_array()
+                        .map(|ps| {
+                            ps.iter()
+                                .filter(|p| p["in"] == "path")
+                                .filter_map(|p| p["name"].as_str())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    declared.sort_unstable();
+                    let mut templated: Vec<&str> = path
+                        .split('{')
+                        .skip(1)
+                        .filter_map(|part| part.split_once('}').map(|(name, _)| name))
+                        .collect();
+                    templated.sort_unstable();
+                    assert_eq!(declared, templated, "{method} {path}: path parameters against the path");
+                    assert_ne!(
+                        status,
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "{method} {uri} is described but not routed"
+                    );
+                    let error = body["error"].as_str().unwrap_or_default();
+                    assert!(
+                        !error.starts_with("no such endpoint"),
+                        "{method} {uri} fell through to the fallback"
+                    );
+                    let documented = &operation["responses"][status.as_str()];
+                    assert!(
+                        documented.is_object(),
+                        "{method} {uri} answered {status}, which its description lacks"
+                    );
+                }
+                None => assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {uri} is routed but not described"
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_feed_reads_what_the_metrics_keep() {
+    let state = state(1 << 16).await;
+    for _ in 0..3 {
+        let (status, _, _) =
+            send(&state, post("/v2/models/two_io/infer", two_io_request([1.; 4], [2.; 4]))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, _, _) = send(&state, post("/v2/models/two_io/infer", b"{".to_vec())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, feed) =
+        send(&state, Request::get("/v2/status").body(Body::empty()).expect("request")).await;
+    assert_eq!(status, StatusCode::OK);
+    let models = feed["models"].as_array().expect("models");
+    let two_io = models.iter().find(|m| m["name"] == "two_io").expect("two_io");
+    assert_eq!(
+        (&two_io["state"], &two_io["engine"], &two_io["version"]),
+        (&json!("READY"), &json!("tract"), &json!("1"))
+    );
+    assert_eq!(two_io["requests"], json!({"success": 3, "invalid": 1}));
+    assert_eq!(two_io["latency"]["count"], json!(3), "successful requests only");
+    let cumulative = two_io["latency"]["cumulative"].as_array().expect("buckets");
+    assert_eq!(cumulative.len(), two_io["latency"]["bounds"].as_array().expect("bounds").len());
+    assert_eq!(cumulative.last(), Some(&json!(3)), "every request under the last bound (10 s)");
+    assert_eq!(two_io["batch_size"]["count"], json!(3));
+    // Models on disk that are not loaded are listed with their state.
+    let mlp = models.iter().find(|m| m["name"] == "mlp").expect("mlp");
+    assert_eq!((&mlp["state"], &mlp["engine"]), (&json!("UNAVAILABLE"), &json!("")));
+}
+
+#[tokio::test]
+async fn the_pages_come_from_the_binary_and_forbid_other_origins() {
+    let state = state(1 << 16).await;
+    for (uri, content_type) in [
+        ("/", "text/html"),
+        ("/docs", "text/html"),
+        ("/docs/swagger-ui-bundle.js", "text/javascript"),
+        ("/docs/swagger-ui.css", "text/css"),
+    ] {
+        let response = app(state.clone())
+            .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "{uri}");
+        let headers = response.headers();
+        assert!(headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with(content_type), "{uri}");
+        assert!(
+            headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .expect("ascii")
+                .starts_with("default-src 'self'"),
+            "{uri}"
+        );
     }
 }
