@@ -3,13 +3,15 @@
 them to the server: probe paths and ports, flags, the shutdown grace period, metric names.
 
 Kubernetes objects are checked with kubernetes-validate against Kubernetes KUBERNETES_VERSION;
-custom resources with jsonschema against the openAPIV3Schema of the CRDs in deploy/*/crds/. Both
-reject unknown fields, as `kubectl apply --validate=strict` does.
+custom resources with jsonschema against the openAPIV3Schema of the CRDs in deploy/*/crds/, and
+the Kubernetes objects they embed (the ServingRuntime's containers) against Kubernetes' own
+schema of that type. All of them reject unknown fields, as `kubectl apply --validate=strict` does.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
@@ -19,6 +21,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from referencing import Registry, Resource
 
 from conftest import REPO_ROOT, rtserve_binary
 from test_deploy import METRIC_RE, get, promtool
@@ -37,6 +40,11 @@ NOT_OBJECTS = {KUSTOMIZATION, ADAPTER_RULES}
 
 DOC_METRIC_ROW_RE = re.compile(r"^\| (`rtserve_[^|]*)\|")
 HISTOGRAM_SERIES_RE = re.compile(r"_(bucket|sum|count)$")
+# Kubernetes types inside custom resources that their vendored CRDs leave unchecked (KServe's
+# minimal CRDs, deploy/kserve/crds/README.md): (apiVersion, kind) -> {list field of spec: type}.
+EMBEDDED_TYPES = {
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): {"containers": "container-v1"},
+}
 HELP_ENV_RE = re.compile(r"\[env: (RTSERVE_\w+)=")
 HELP_FLAG_RE = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
@@ -107,15 +115,37 @@ def strict(schema: dict) -> dict:
     return schema
 
 
+def kubernetes_type_validator(type_file: str) -> jsonschema.Validator:
+    """A validator for one Kubernetes type (e.g. `container-v1`) from kubernetes-validate's strict
+    schemas, wired to their shared definitions as kubernetes_validate.validate does."""
+    folder = (
+        Path(kubernetes_validate.__file__).parent
+        / "kubernetes-json-schema"
+        / f"v{KUBERNETES_VERSION}.0-local-strict"
+    )
+    schema = json.loads((folder / f"{type_file}.json").read_text())
+    definitions = json.loads((folder / "_definitions.json").read_text())
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def schema_errors(validator: jsonschema.Validator, value, prefix: str = "") -> list[str]:
+    return [
+        f"{'.'.join([prefix, *map(str, e.absolute_path)]).strip('.') or '(root)'}: {e.message}"
+        for e in validator.iter_errors(value)
+    ]
+
+
 def validation_errors(obj: dict) -> list[str]:
     """Why `obj` is not a valid object (empty when it is)."""
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key in CRD_SCHEMAS:
-        validator = jsonschema.Draft7Validator(strict(CRD_SCHEMAS[key]))
-        return [
-            f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
-            for e in validator.iter_errors(obj)
-        ]
+        errors = schema_errors(jsonschema.Draft7Validator(strict(CRD_SCHEMAS[key])), obj)
+        for field, type_file in EMBEDDED_TYPES.get(key, {}).items():
+            validator = kubernetes_type_validator(type_file)
+            for i, item in enumerate(obj.get("spec", {}).get(field, [])):
+                errors += schema_errors(validator, item, f"spec.{field}.{i}")
+        return errors
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.SchemaNotFoundError:
@@ -176,6 +206,18 @@ BROKEN = {
     "ServiceMonitor: misspelt field": (
         "ServiceMonitor",
         lambda o: o["spec"]["endpoints"][0].update(scrapeIntervall="15s"),
+    ),
+    "ServingRuntime: probe port as a list": (
+        "ClusterServingRuntime",
+        lambda o: o["spec"]["containers"][0]["readinessProbe"]["httpGet"].update(port=[8080]),
+    ),
+    "ServingRuntime: misspelt container field": (
+        "ClusterServingRuntime",
+        lambda o: o["spec"]["containers"][0].update(arg=["--http-port=8080"]),
+    ),
+    "InferenceService: misspelt top-level field": (
+        "InferenceService",
+        lambda o: o.update(specs=o.pop("spec")),
     ),
 }
 
