@@ -51,14 +51,15 @@ class RtserveServer:
     http_url: str
     grpc_url: str
     process: subprocess.Popen
-    _log_lines: list[str] = field(default_factory=list, repr=False)
+    _log_lines: list[str] = field(repr=False)
+    _reader: threading.Thread = field(repr=False)  # drains the log pipe
 
     def log(self) -> str:
         return "".join(self._log_lines)
 
 
 def rtserve_binary() -> Path:
-    """The rtserve binary under test (RTSERVE_BIN, default target/debug/rtserve)."""
+    """The binary under test: RTSERVE_BIN, relative to the repository root unless absolute."""
     binary = Path(os.environ.get("RTSERVE_BIN", "target/debug/rtserve"))
     if not binary.is_absolute():
         binary = REPO_ROOT / binary
@@ -101,9 +102,10 @@ def _wait_http_ready(http_url: str, deadline: float, proc: subprocess.Popen) -> 
     return False
 
 
-@pytest.fixture(scope="session")
-def rtserve() -> Iterator[RtserveServer]:
-    cmd = _server_command()
+def start_server(cmd: list[str]) -> RtserveServer:
+    """Runs `cmd` (an `rtserve serve` command line with ports 0) from the repository root and
+    returns once it has logged both listen addresses and GET /v2/health/ready answers 200.
+    Fails the test, with the server's log, when it does not get there."""
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("NO_COLOR", "1")
@@ -166,11 +168,12 @@ def rtserve() -> Iterator[RtserveServer]:
         fail_startup(f"rtserve did not report both listen addresses within {STARTUP_TIMEOUT_S:.0f} s")
     if not _wait_http_ready(addrs["http"], deadline, proc):
         fail_startup("rtserve did not become ready (GET /v2/health/ready != 200) in time")
+    return RtserveServer(addrs["http"], addrs["grpc"], proc, lines, thread)
 
-    server = RtserveServer(addrs["http"], addrs["grpc"], proc, lines)
-    yield server
 
-    # Graceful shutdown must succeed with exit code 0.
+def stop_server(server: RtserveServer) -> None:
+    """SIGTERM, then asserts a graceful exit: code 0 within SHUTDOWN_TIMEOUT_S."""
+    proc = server.process
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -178,16 +181,24 @@ def rtserve() -> Iterator[RtserveServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-            thread.join(timeout=5)
+            server._reader.join(timeout=5)
             pytest.fail(
                 f"rtserve did not exit within {SHUTDOWN_TIMEOUT_S:.0f} s of SIGTERM\n"
                 f"--- server log ---\n{server.log()}",
                 pytrace=False,
             )
-    thread.join(timeout=5)
+    server._reader.join(timeout=5)
     assert proc.returncode == 0, (
         f"rtserve exited with {proc.returncode} after SIGTERM\n--- server log ---\n{server.log()}"
     )
+
+
+@pytest.fixture(scope="session")
+def rtserve() -> Iterator[RtserveServer]:
+    server = start_server(_server_command())
+    yield server
+    # Graceful shutdown must succeed with exit code 0.
+    stop_server(server)
 
 
 @pytest.fixture(scope="session")
