@@ -97,7 +97,7 @@ fn parse_query(query: Option<&str>) -> Result<ClassifyQuery, ServerError> {
         (status = 429, description = "Queue full, or predicted to miss its SLO", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
-        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
+        (status = 503, description = "The model is not loaded", body = ErrorBody)))]
 pub async fn classify(
     State(state): Shared,
     Path(path): Path<ModelPath>,
@@ -125,7 +125,7 @@ pub async fn classify(
         (status = 429, description = "Queue full, or predicted to miss its SLO", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
-        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
+        (status = 503, description = "The model is not loaded", body = ErrorBody)))]
 pub async fn version_classify(
     state: Shared,
     path: Path<ModelPath>,

@@ -290,7 +290,7 @@ pub fn metrics_app(state: Arc<ServerState>) -> Router {
         (status = 429, description = "Queue full, or predicted to miss its SLO or deadline", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
-        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
+        (status = 503, description = "The model is not loaded", body = ErrorBody)))]
 async fn infer(
     State(state): Shared,
     Path(path): Path<ModelPath>,
@@ -316,7 +316,7 @@ async fn infer(
         (status = 429, description = "Queue full, or predicted to miss its SLO or deadline", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
-        (status = 503, description = "The model is not loaded, or the server is shutting down", body = ErrorBody)))]
+        (status = 503, description = "The model is not loaded", body = ErrorBody)))]
 async fn version_infer(
     state: Shared,
     path: Path<ModelPath>,
