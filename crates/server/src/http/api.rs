@@ -22,7 +22,8 @@ use crate::auth::Access;
             (binary tensor data, model repository, statistics, classification), rtserve's \
             image classification endpoint, Prometheus metrics and a live status page.\n\n\
             Every error reply is `{\"error\": \"...\"}` with the status: 400 bad input (the text \
-            names the field), 404 unknown model or version, 413 body over --max-request-bytes, \
+            names the field), 401 no valid bearer token and 403 a token without the access needed \
+            (when the server checks tokens), 404 unknown model or version, 413 body over --max-request-bytes, \
             429 overload or predicted SLO miss (with Retry-After), 503 model not loaded or \
             server shutting down, 500 engine failure (generic text; details in the log).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
