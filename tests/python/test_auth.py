@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -215,3 +216,24 @@ def test_schemathesis_without_a_token_gets_the_described_401(server, tmp_path):
     # Past the check: generated bodies reach the decoders and the model (schemathesis also
     # sends some requests without the header on purpose: those get the described 401).
     assert 200 in admitted["statuses"] and 400 in admitted["statuses"], admitted
+
+
+def test_status_page_in_a_browser_asks_for_the_token_and_uses_it(server):
+    """tests/browser/token.mjs in headless Chromium; skipped as test_browser.py is when Chromium,
+    Node.js or playwright-core is missing (a failure with RTSERVE_CI_REQUIRE_BROWSER)."""
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    browser_dir = REPO_ROOT / "tests" / "browser"
+    for what, present in [
+        (f"Chromium ({chromium})", os.path.exists(chromium)),
+        ("Node.js", shutil.which("node") is not None),
+        ("playwright-core (tests/browser/node_modules)", (browser_dir / "node_modules" / "playwright-core").is_dir()),
+    ]:
+        if not present:
+            if os.environ.get("RTSERVE_CI_REQUIRE_BROWSER"):
+                pytest.fail(f"{what} is missing and RTSERVE_CI_REQUIRE_BROWSER is set")
+            pytest.skip(f"{what} is missing (apt-get install chromium nodejs npm; npm ci --prefix tests/browser)")
+    done = subprocess.run(
+        ["node", str(browser_dir / "token.mjs"), f"http://{server.http_url}", CLIENT_TOKEN, "two_io"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "CHROMIUM": chromium},
+    )
+    assert done.returncode == 0, f"browser checks failed:\n{done.stdout}\n{done.stderr}"
