@@ -211,10 +211,25 @@ fn read_token_file(path: &Path, flag: &'static str) -> Result<Vec<Token>, TokenF
         flag,
         source,
     })?;
+    warn_if_others_can_read(path, flag);
     parse_tokens(&text, &path.display().to_string()).map_err(|e| match e {
         None => TokenFileError::Empty { path: path.to_path_buf(), flag },
         Some((line, problem)) => TokenFileError::Line { path: path.to_path_buf(), flag, line, problem },
     })
+}
+
+/// Tokens are secrets: a file that the group or others may read is worth a warning.
+fn warn_if_others_can_read(path: &Path, flag: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "token file {} ({flag}) may be read by other users (mode {:o}): chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
 }
 
 /// Parses a token file's text; `file` names tokens without a name. The error is `None` for a
