@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use rtserve_server::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
-use rtserve_server::{CacheOptions, EngineChoice, RedisOptions, ServerConfig};
+use rtserve_server::{AuthConfig, CacheOptions, EngineChoice, RedisOptions, ServerConfig};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::SignalStream;
 use tokio_stream::{Stream, StreamExt};
@@ -104,6 +104,23 @@ pub struct ServeArgs {
     /// larger one gets 400, refused from its header before it is decoded.
     #[arg(long, env = "RTSERVE_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     max_image_pixels: u64,
+
+    /// Bearer tokens for inference, metadata, statistics and the status feed: one a line,
+    /// `TOKEN [NAME]` (the name is for the logs; `#` comments). Reread on SIGHUP. Health
+    /// probes and the static pages stay open. See docs/security.md.
+    #[arg(long, env = "RTSERVE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+
+    /// Bearer tokens for the model repository API (index, load, unload), same format; they
+    /// also grant everything --auth-token-file does. Without it, and with --auth-token-file,
+    /// the repository API is refused (403).
+    #[arg(long, env = "RTSERVE_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+
+    /// `/metrics` (on the HTTP port and --metrics-port) needs a token too. Default: open, for
+    /// Prometheus.
+    #[arg(long, env = "RTSERVE_METRICS_AUTH")]
+    metrics_auth: bool,
 }
 
 impl ServeArgs {
@@ -119,6 +136,10 @@ impl ServeArgs {
              Kubernetes terminationGracePeriodSeconds above their sum)",
             self.drain_seconds,
             self.shutdown_timeout
+        );
+        anyhow::ensure!(
+            !self.metrics_auth || self.auth_token_file.is_some() || self.admin_token_file.is_some(),
+            "--metrics-auth needs --auth-token-file or --admin-token-file"
         );
         anyhow::ensure!(self.max_request_bytes > 0, "--max-request-bytes must be positive");
         anyhow::ensure!(self.queue_capacity > 0, "--queue-capacity must be positive");
@@ -148,6 +169,11 @@ impl ServeArgs {
             warm_up_rounds: self.warm_up_rounds,
             cache: CacheOptions { max_bytes: self.cache_bytes, ttl, redis },
             max_image_pixels: self.max_image_pixels,
+            auth: AuthConfig {
+                token_file: self.auth_token_file,
+                admin_token_file: self.admin_token_file,
+                metrics_auth: self.metrics_auth,
+            },
         })
     }
 }

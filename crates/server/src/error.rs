@@ -18,6 +18,12 @@ pub enum ServerError {
     BadRequest(String),
     #[error("request body of {size} bytes exceeds the limit of {limit} bytes (--max-request-bytes)")]
     TooLarge { size: usize, limit: usize },
+    /// No valid bearer token (401 with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid token without the access the endpoint needs.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error(transparent)]
@@ -33,6 +39,8 @@ impl ServerError {
         match self {
             ServerError::ModelNotFound(_) | ServerError::VersionNotFound { .. } => 404,
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => 400,
+            ServerError::Unauthenticated(_) => 401,
+            ServerError::PermissionDenied(_) => 403,
             ServerError::TooLarge { .. } => 413,
             ServerError::Infer(InferError::Rejected { .. } | InferError::DeadlineExceeded { .. }) => 429,
             ServerError::ModelNotReady { .. }
@@ -49,6 +57,8 @@ impl ServerError {
             ServerError::BadRequest(_) | ServerError::Infer(InferError::InvalidInput(_)) => {
                 tonic::Code::InvalidArgument
             }
+            ServerError::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            ServerError::PermissionDenied(_) => tonic::Code::PermissionDenied,
             ServerError::TooLarge { .. } | ServerError::Infer(InferError::Rejected { .. }) => {
                 tonic::Code::ResourceExhausted
             }

@@ -1,6 +1,7 @@
 //! rtserve server: KServe v2 over HTTP (axum) and gRPC (tonic) on a Triton-style model
 //! repository. Engines are reached only through `rtserve_core::Engine`.
 
+pub mod auth;
 mod classification;
 mod codec;
 mod engines;
@@ -19,6 +20,7 @@ mod state;
 mod triton_config;
 mod triton_stats;
 
+pub use auth::{AuthConfig, TokenFileError};
 pub use engines::EngineChoice;
 pub use error::ServerError;
 pub use rtserve_core::{CacheOptions, RedisOptions};

@@ -68,6 +68,7 @@ pub struct Metrics {
     request_duration: HistogramVec,
     requests: IntCounterVec,
     inflight: IntGaugeVec,
+    auth_failures: IntCounterVec,
     stages: StageMetrics,
 }
 
@@ -185,7 +186,15 @@ impl Metrics {
             &["protocol"],
         )?;
         registry.register(Box::new(inflight.clone()))?;
-        Ok(Metrics { registry, request_duration, requests, inflight, stages })
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "rtserve_auth_failures_total",
+                "Requests refused for their bearer token: missing, invalid (401) or forbidden (403)",
+            ),
+            &["protocol", "reason"],
+        )?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        Ok(Metrics { registry, request_duration, requests, inflight, auth_failures, stages })
     }
 
     /// What each model's scheduler reports to.
@@ -196,6 +205,11 @@ impl Metrics {
     /// Adds families read at scrape time (the models, the cache and the process).
     pub fn register(&self, collector: Box<dyn Collector>) -> Result<(), prometheus::Error> {
         self.registry.register(collector)
+    }
+
+    /// Counts a request refused for its token (`reason`: missing, invalid, forbidden).
+    pub fn auth_failure(&self, protocol: Protocol, reason: &str) {
+        self.auth_failures.with_label_values(&[protocol.as_str(), reason]).inc();
     }
 
     /// Starts timing one inference request; see [`RequestTimer`].

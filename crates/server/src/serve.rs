@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 
+use crate::auth::{Auth, AuthConfig, TokenFileError};
 use crate::engines::{EngineChoice, Engines};
 use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub struct ServerConfig {
     /// Images with more pixels than this are refused from their header (models with
     /// preprocessing).
     pub max_image_pixels: u64,
+    /// Bearer tokens (none: every endpoint is open).
+    pub auth: AuthConfig,
 }
 
 /// Why the server could not start.
@@ -55,6 +58,8 @@ pub enum StartError {
     Repository(PathBuf),
     #[error("{0}")]
     Engine(String),
+    #[error(transparent)]
+    Auth(#[from] TokenFileError),
     #[error(transparent)]
     Cache(#[from] rtserve_core::CacheError),
     #[error("metrics: {0}")]
@@ -73,6 +78,10 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     if let Some(missing) = config.model_repositories.iter().find(|p| !p.is_dir()) {
         return Err(StartError::Repository(missing.clone()));
     }
+    let auth = Arc::new(Auth::load(config.auth.clone())?);
+    if auth.enabled() {
+        reload_on_hangup(auth.clone())?;
+    }
     let engines = Engines::new(config.engine, config.ort_library.clone()).map_err(StartError::Engine)?;
     let scheduling = SchedulerOptions {
         default_max_queue_size: config.queue_capacity,
@@ -88,7 +97,8 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
         Serving { scheduling, stages: metrics.stages(), cache: cache.clone(), images },
     ));
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
-    let state = Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics));
+    let state =
+        Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics).with_auth(auth));
 
     let http = Port::reserve(&config.host, config.http_port, "--http-port").await?;
     let grpc = Port::reserve(&config.host, config.grpc_port, "--grpc-port").await?;
@@ -131,4 +141,23 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     );
     state.begin_stop();
     listeners.close(config.shutdown_timeout).await
+}
+
+/// Rereads the token files on each SIGHUP; a file that fails then is logged and the tokens in
+/// force stay. Only when authentication is on (SIGHUP otherwise keeps its default: exit).
+fn reload_on_hangup(auth: Arc<Auth>) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| StartError::Serve(format!("cannot listen for SIGHUP (token reload): {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match auth.reload() {
+                Ok((inference, admin)) => {
+                    tracing::info!("SIGHUP: token files reread ({inference} inference, {admin} admin tokens)")
+                }
+                Err(e) => tracing::error!("SIGHUP: {e}; the tokens in force are kept"),
+            }
+        }
+    });
+    Ok(())
 }

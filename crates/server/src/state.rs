@@ -3,7 +3,8 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::metrics::Metrics;
+use crate::auth::{Access, Auth};
+use crate::metrics::{Metrics, Protocol};
 use crate::repository::ModelRepository;
 use crate::ServerError;
 
@@ -26,12 +27,26 @@ pub struct ServerState {
     /// Largest request body or message accepted, in bytes.
     pub max_request_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// The bearer tokens (disabled unless a token file is given).
+    pub auth: Arc<Auth>,
     phase: AtomicU8,
 }
 
 impl ServerState {
     pub fn new(repository: Arc<ModelRepository>, max_request_bytes: usize, metrics: Arc<Metrics>) -> Self {
-        ServerState { repository, max_request_bytes, metrics, phase: AtomicU8::new(Phase::Starting as u8) }
+        let auth = Arc::new(Auth::disabled());
+        ServerState {
+            repository,
+            max_request_bytes,
+            metrics,
+            auth,
+            phase: AtomicU8::new(Phase::Starting as u8),
+        }
+    }
+
+    /// The same state, checking bearer tokens with `auth`.
+    pub fn with_auth(self, auth: Arc<Auth>) -> Self {
+        ServerState { auth, ..self }
     }
 
     fn phase(&self) -> u8 {
@@ -69,6 +84,30 @@ impl ServerState {
     /// stream that is still open is refused, so that the stream (and the shutdown) ends.
     pub fn is_stopping(&self) -> bool {
         self.phase() >= Phase::Stopping as u8
+    }
+
+    /// Checks a request's `Authorization` value for `need`: a refusal is counted and logged
+    /// (with the token's name, never the token) and returned as 401 / 403.
+    pub fn authorize(
+        &self,
+        protocol: Protocol,
+        what: &str,
+        need: Access,
+        authorization: Option<&[u8]>,
+    ) -> Result<(), ServerError> {
+        match self.auth.check(need, authorization) {
+            Ok(_) => Ok(()),
+            Err(refusal) => {
+                self.metrics.auth_failure(protocol, refusal.reason());
+                match &refusal {
+                    crate::auth::Refusal::Forbidden { name, .. } => {
+                        tracing::warn!("refused {what}: token '{name}' is not an admin token")
+                    }
+                    other => tracing::info!("refused {what}: {} token", other.reason()),
+                }
+                Err(refusal.into())
+            }
+        }
     }
 
     /// Whether a model version serves, as ModelReady reports it: not while the server drains.

@@ -6,6 +6,7 @@
 //! ONNX Runtime, its cases are skipped with a note, unless `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is
 //! set. `RTSERVE_E2E_LOG=1` echoes the servers' logs.
 
+mod auth;
 mod batching;
 mod cache;
 mod client;

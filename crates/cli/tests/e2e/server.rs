@@ -141,10 +141,15 @@ impl Server {
 
     /// Sends SIGTERM and returns at once.
     pub fn terminate(&self) {
+        self.signal(Signal::SIGTERM);
+    }
+
+    /// Sends `signal` and returns at once.
+    pub fn signal(&self, signal: Signal) {
         if let Some(child) = self.child.lock().expect("child lock").as_ref() {
             let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
-            // The process may already be gone; then there is nothing to stop.
-            let _ = kill(pid, Signal::SIGTERM);
+            // The process may already be gone; then there is nothing to signal.
+            let _ = kill(pid, signal);
         }
     }
 

@@ -11,6 +11,7 @@ use futures::{Stream, StreamExt};
 use rtserve_core::InferRequest;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Access;
 use crate::metrics::Protocol;
 use crate::model::Served;
 use crate::proto;
@@ -47,6 +48,12 @@ enum Call {
 }
 
 impl InferenceService {
+    /// Checks the call's `authorization` metadata (`Bearer TOKEN`) for `need`.
+    fn authorize<T>(&self, request: &Request<T>, method: &str, need: Access) -> Result<(), Status> {
+        let authorization = request.metadata().get("authorization").map(|value| value.as_bytes());
+        Ok(self.state.authorize(Protocol::Grpc, method, need, authorization)?)
+    }
+
     /// One inference.
     async fn infer(
         &self,
@@ -108,6 +115,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelReadyRequest>,
     ) -> Result<Response<proto::ModelReadyResponse>, Status> {
+        self.authorize(&request, "ModelReady", Access::Inference)?;
         let r = request.into_inner();
         let ready = self.state.model_ready(&r.name, Some(&r.version))?;
         Ok(Response::new(proto::ModelReadyResponse { ready }))
@@ -115,8 +123,9 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_metadata(
         &self,
-        _: Request<proto::ServerMetadataRequest>,
+        request: Request<proto::ServerMetadataRequest>,
     ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        self.authorize(&request, "ServerMetadata", Access::Inference)?;
         Ok(Response::new(proto::ServerMetadataResponse {
             name: SERVER_NAME.to_string(),
             version: SERVER_VERSION.to_string(),
@@ -128,6 +137,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelMetadataRequest>,
     ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        self.authorize(&request, "ModelMetadata", Access::Inference)?;
         let r = request.into_inner();
         let model = self.state.repository.get(&r.name, Some(&r.version))?;
         Ok(Response::new(metadata_proto(&model, &self.state.repository.versions(&r.name))))
@@ -137,6 +147,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
+        self.authorize(&request, "ModelInfer", Access::Inference)?;
         let deadline = deadline::call_deadline(request.metadata(), Instant::now());
         Ok(Response::new(self.infer(request.into_inner(), Call::Unary(deadline)).await?))
     }
@@ -149,6 +160,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<Streaming<proto::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        self.authorize(&request, "ModelStreamInfer", Access::Inference)?;
         let state = self.state.clone();
         let responses = request
             .into_inner()
@@ -177,6 +189,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelConfigRequest>,
     ) -> Result<Response<proto::ModelConfigResponse>, Status> {
+        self.authorize(&request, "ModelConfig", Access::Inference)?;
         let r = request.into_inner();
         let model = self.state.repository.get(&r.name, Some(&r.version))?;
         Ok(Response::new(proto::ModelConfigResponse { config: Some(config_proto(&model.config)) }))
@@ -186,6 +199,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::ModelStatisticsRequest>,
     ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
+        self.authorize(&request, "ModelStatistics", Access::Inference)?;
         let r = request.into_inner();
         let models = self.state.repository.select(&r.name, &r.version)?;
         Ok(Response::new(stats_proto(&models)))
@@ -195,6 +209,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::RepositoryIndexRequest>,
     ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        self.authorize(&request, "RepositoryIndex", Access::Admin)?;
         let models = self
             .state
             .repository
@@ -214,6 +229,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::RepositoryModelLoadRequest>,
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
+        self.authorize(&request, "RepositoryModelLoad", Access::Admin)?;
         self.state.repository.load(&request.into_inner().model_name).await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
@@ -222,6 +238,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<proto::RepositoryModelUnloadRequest>,
     ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
+        self.authorize(&request, "RepositoryModelUnload", Access::Admin)?;
         self.state.repository.unload(&request.into_inner().model_name).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }

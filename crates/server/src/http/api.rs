@@ -4,9 +4,14 @@
 //! so a route cannot be served without being described.
 
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::ResponseBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::Access;
 
 /// The document's header; the paths come from the router.
 #[derive(OpenApi)]
@@ -17,9 +22,10 @@ use utoipa::{OpenApi, ToSchema};
             (binary tensor data, model repository, statistics, classification), rtserve's \
             image classification endpoint, Prometheus metrics and a live status page.\n\n\
             Every error reply is `{\"error\": \"...\"}` with the status: 400 bad input (the text \
-            names the field), 404 unknown model or version, 413 body over --max-request-bytes, \
-            429 overload or predicted SLO miss (with Retry-After), 503 model not loaded, 500 \
-            engine failure (generic text; details in the log).",
+            names the field), 401 no valid bearer token and 403 a token without the access needed \
+            (when the server checks tokens), 404 unknown model or version, 413 body over \
+            --max-request-bytes, 429 overload or predicted SLO miss (with Retry-After), 503 model \
+            not loaded, 500 engine failure (generic text; details in the log).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags(
@@ -73,4 +79,37 @@ pub(super) fn input_data_schema() -> RefOr<Schema> {
              (BOOL) or strings (BYTES)",
         ))
         .into()
+}
+
+/// When the server checks tokens: the bearer scheme, and on each operation that needs a token
+/// its requirement and the 401 (and 403 on the repository API) replies.
+pub(super) fn describe_bearer_auth(doc: &mut utoipa::openapi::OpenApi, access: impl Fn(&str) -> Access) {
+    let scheme = HttpBuilder::new()
+        .scheme(HttpAuthScheme::Bearer)
+        .description(Some(
+            "A token from --auth-token-file, or from --admin-token-file for the repository API",
+        ))
+        .build();
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    let reply = |description: &str| {
+        let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+        ResponseBuilder::new().description(description).content("application/json", content).build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let need = access(path);
+        if need == Access::Open {
+            continue;
+        }
+        let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete];
+        for operation in operations.into_iter().flatten() {
+            operation.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+            let responses = &mut operation.responses.responses;
+            responses.insert("401".into(), reply("No bearer token, or one that is not valid").into());
+            if need == Access::Admin {
+                responses.insert("403".into(), reply("A valid token that is not an admin token").into());
+            }
+        }
+    }
 }

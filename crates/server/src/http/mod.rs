@@ -40,11 +40,15 @@ type Shared = State<Arc<ServerState>>;
 
 /// The HTTP application. Tests call it with `oneshot`; `serve` binds it to a socket.
 pub fn app(state: Arc<ServerState>) -> Router {
-    let (router, description) = described_routes(state.max_request_bytes).split_for_parts();
+    let (router, mut description) = described_routes(state.max_request_bytes).split_for_parts();
+    if state.auth.enabled() {
+        api::describe_bearer_auth(&mut description, |path| state.auth.http_access(path));
+    }
     let description = OpenApiJson(Arc::new(description.to_pretty_json().unwrap_or_default()));
     router
         .fallback(not_found)
         .layer(Extension(description))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(state.clone(), close_when_draining))
         .with_state(state)
 }
@@ -106,6 +110,18 @@ async fn close_when_draining(State(state): Shared, request: axum::extract::Reque
     response
 }
 
+/// Checks the bearer token for what the path needs (`crate::auth`): 401 with
+/// `WWW-Authenticate: Bearer` or 403 before any handler runs.
+async fn require_token(State(state): Shared, request: axum::extract::Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let need = state.auth.http_access(path);
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match state.authorize(Protocol::Http, path, need, authorization) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused.into_response(),
+    }
+}
+
 impl IntoResponse for ServerError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -115,6 +131,10 @@ impl IntoResponse for ServerError {
             // too early.
             let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = HeaderValue::from_static("Bearer realm=\"rtserve\"");
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -264,7 +284,11 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ServerError> {
 
 /// The metrics alone, for `--metrics-port`.
 pub fn metrics_app(state: Arc<ServerState>) -> Router {
-    Router::new().route("/metrics", get(metrics)).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
 }
 
 /// Inference with JSON tensors or the binary tensor data extension.

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::{app, HEADER_LENGTH};
+use crate::auth::{Auth, AuthConfig};
 use crate::engines::{EngineChoice, Engines};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
@@ -24,6 +25,11 @@ use crate::ServerError;
 /// A ready server state set up as `serve` does (the scrape-time collector registered), with
 /// `two_io` loaded and requests limited to `max_request_bytes`.
 async fn state(max_request_bytes: usize) -> Arc<ServerState> {
+    state_with_auth(max_request_bytes, Auth::disabled()).await
+}
+
+/// [`state`] checking bearer tokens with `auth`.
+async fn state_with_auth(max_request_bytes: usize, auth: Auth) -> Arc<ServerState> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/model_repository");
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let cache = PredictionCache::new(CacheOptions::default()).expect("cache");
@@ -37,7 +43,7 @@ async fn state(max_request_bytes: usize) -> Arc<ServerState> {
     let repository = Arc::new(ModelRepository::new(vec![root], engines, serving));
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache))).expect("collector");
     repository.load("two_io").await.expect("two_io loads");
-    let state = Arc::new(ServerState::new(repository, max_request_bytes, metrics));
+    let state = Arc::new(ServerState::new(repository, max_request_bytes, metrics).with_auth(Arc::new(auth)));
     state.set_ready();
     state
 }
@@ -170,9 +176,68 @@ fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_is_described_and_every_description_is_routed() {
-    let state = state(1 << 16).await;
+    assert_routes_match_descriptions(&state(1 << 16).await, None).await;
+}
+
+/// An inference and an admin token file in a temporary folder, and `/metrics` behind them.
+fn auth_for_tests() -> Auth {
+    let dir = std::env::temp_dir().join(format!("rtserve-http-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary folder");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("token file");
+        Some(path)
+    };
+    let config = AuthConfig {
+        token_file: write("tokens", "client-token client\n"),
+        admin_token_file: write("admins", "admin-token ops\n"),
+        metrics_auth: true,
+    };
+    Auth::load(config).expect("token files")
+}
+
+/// With tokens: the description declares the bearer scheme, and every operation that needs a
+/// token says so and answers 401 without one (documented); with the admin token everything
+/// is routed and described as without authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tokens_protected_routes_answer_401_as_described() {
+    let state = state_with_auth(1 << 16, auth_for_tests()).await;
+    let description = assert_routes_match_descriptions(&state, Some("admin-token")).await;
+    assert_eq!(description["components"]["securitySchemes"]["bearer"]["scheme"], json!("bearer"));
+    for (path, item) in description["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().expect("path item") {
+            let uri = path.replace("{model}", "nope").replace("{version}", "1");
+            let request = Request::builder().method(method.to_uppercase().as_str()).uri(&uri);
+            let (status, _, body) = send(&state, request.body(Body::empty()).expect("request")).await;
+            let open = path.starts_with("/v2/health/") || !path.starts_with("/v2") && path != "/metrics";
+            if open {
+                assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path} should be open");
+                assert!(operation.get("security").is_none(), "{method} {path} declares security");
+            } else {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+                assert_eq!(operation["security"], json!([{"bearer": []}]), "{method} {path}");
+                assert!(operation["responses"]["401"].is_object(), "{method} {path} lacks 401");
+                let admin = path.starts_with("/v2/repository/");
+                assert_eq!(operation["responses"]["403"].is_object(), admin, "{method} {path}: 403");
+            }
+        }
+    }
+    let request = Request::post("/v2/repository/index").header(header::AUTHORIZATION, "Bearer client-token");
+    let (status, _, body) = send(&state, request.body(Body::empty()).expect("request")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("'client'")), "{body}");
+}
+
+/// Checks the description against the router (sending `token` when given); returns the
+/// description.
+async fn assert_routes_match_descriptions(state: &Arc<ServerState>, token: Option<&str>) -> Value {
+    let with_token = |builder: axum::http::request::Builder| match token {
+        Some(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        None => builder,
+    };
+    let state = state.clone();
     let (status, _, description) =
-        send(&state, Request::get("/openapi.json").body(Body::empty()).expect("request")).await;
+        send(&state, with_token(Request::get("/openapi.json")).body(Body::empty()).expect("request")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(description["openapi"], json!("3.1.0"));
     let paths = description["paths"].as_object().expect("paths");
@@ -185,8 +250,8 @@ async fn every_route_is_described_and_every_description_is_routed() {
         let uri = path.replace("{model}", "nope").replace("{version}", "1");
         for method in &methods {
             let operation = item.get(method.as_str().to_ascii_lowercase());
-            let request = Request::builder().method(method).uri(&uri).body(Body::empty()).expect("request");
-            let (status, _, body) = send(&state, request).await;
+            let request = with_token(Request::builder().method(method).uri(&uri));
+            let (status, _, body) = send(&state, request.body(Body::empty()).expect("request")).await;
             match operation {
                 Some(operation) => {
                     let mut declared: Vec<&str> = operation["parameters"]
@@ -230,6 +295,7 @@ async fn every_route_is_described_and_every_description_is_routed() {
             }
         }
     }
+    description
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
