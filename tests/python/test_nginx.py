@@ -395,34 +395,9 @@ def test_rolling_restart_under_load_fails_no_request(cluster, mlp, tmp_path):
     ready; tritonclient (HTTP and gRPC) and `rtserve bench` (HTTP and gRPC, open loop) keep
     sending through nginx the whole time."""
     duration = 40
-    benches = [
-        (
-            bench(
-                f"http://{cluster.nginx_http}",
-                tmp_path / "http.json",
-                "--rate",
-                "100",
-                "--warmup",
-                "0s",
-                "--duration",
-                f"{duration}s",
-            ),
-            tmp_path / "http.json",
-        ),
-        (
-            bench(
-                f"grpc://{cluster.nginx_grpc}",
-                tmp_path / "grpc.json",
-                "--rate",
-                "100",
-                "--warmup",
-                "0s",
-                "--duration",
-                f"{duration}s",
-            ),
-            tmp_path / "grpc.json",
-        ),
-    ]
+    urls = {"http": f"http://{cluster.nginx_http}", "grpc": f"grpc://{cluster.nginx_grpc}"}
+    args = ("--rate", "100", "--warmup", "0s", "--duration", f"{duration}s")
+    benches = [(bench(url, tmp_path / f"{p}.json", *args), tmp_path / f"{p}.json") for p, url in urls.items()]
     started = time.monotonic()
     with Load(cluster, mlp) as load:
         time.sleep(2)
