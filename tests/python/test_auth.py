@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import signal
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -26,7 +22,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import MODEL_REPOSITORY, REPO_ROOT, _wait_http_ready, load_expected, rtserve_binary
+from conftest import (
+    MODEL_REPOSITORY,
+    REPO_ROOT,
+    RtserveServer,
+    load_expected,
+    rtserve_binary,
+    start_server,
+    stop_server,
+)
 from test_openapi import _run as schemathesis_run
 
 CLIENT_TOKEN = "py-client-token-3b5e"
@@ -42,22 +46,8 @@ def grpc_bearer(token: str) -> dict[str, str]:
     """gRPC metadata keys are lower case: grpcio refuses 'Authorization' ("Illegal header key")."""
     return {"authorization": f"Bearer {token}"}
 
-_LISTEN = re.compile(r"(HTTP|gRPC) listening on (\S+)")
-
-
-@dataclass
-class AuthServer:
-    http_url: str
-    grpc_url: str
-    process: subprocess.Popen
-    lines: list[str]
-
-    def log(self) -> str:
-        return "".join(self.lines)
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[AuthServer]:
+def server(tmp_path_factory) -> Iterator[RtserveServer]:
     folder = tmp_path_factory.mktemp("tokens")
     tokens = folder / "tokens"
     tokens.write_text(f"# clients\n{CLIENT_TOKEN} python-client\n")
@@ -81,34 +71,9 @@ def server(tmp_path_factory) -> Iterator[AuthServer]:
         "--admin-token-file",
         str(admins),
     ]
-    env = {**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"}
-    proc = subprocess.Popen(
-        cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-    )
-    lines: list[str] = []
-    addrs: dict[str, str] = {}
-    listening = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if m := _LISTEN.search(line):
-                addrs.setdefault(m.group(1), m.group(2))
-            if len(addrs) == 2:
-                listening.set()
-        listening.set()
-
-    threading.Thread(target=reader, daemon=True).start()
-    deadline = time.monotonic() + 60
-    listening.wait(timeout=60)
-    if len(addrs) != 2 or not _wait_http_ready(addrs["HTTP"], deadline, proc):
-        proc.kill()
-        pytest.fail("rtserve with tokens did not start:\n" + "".join(lines), pytrace=False)
-    yield AuthServer(addrs["HTTP"], addrs["gRPC"], proc, lines)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, "".join(lines)
+    server = start_server(cmd)
+    yield server
+    stop_server(server)
 
 
 def _inputs(module, expected) -> list:
