@@ -6,17 +6,12 @@
 // 2. `/docs`: runs one inference of MODEL from Swagger UI's "Try it out".
 // Every request must go to BASE_URL (the pages work offline), and no page may throw.
 // Prints a JSON summary on its last line; exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
+import { check, runChecks } from "./harness.mjs";
 
 const [base, shots, model] = process.argv.slice(2);
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 // Rates and percentiles: the page's window and the test's /metrics window differ by the
 // moments at which each was read (well under a second of a window of about ten).
 const TOLERANCE = 0.25;
-
-function check(ok, what) {
-  if (!ok) throw new Error("check failed: " + what);
-}
 
 async function metrics() {
   const text = await (await fetch(base + "/metrics")).text();
@@ -53,9 +48,8 @@ function near(page, test, what) {
   check(ok, `${what}: page ${page} against /metrics ${test}`);
 }
 
-const browser = await chromium.launch({ executablePath, headless: true, args: ["--no-sandbox"] });
 const summary = { external: [], errors: [] };
-try {
+await runChecks(summary, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   // Anything not from the server is refused and recorded: the pages must work offline.
   await context.route("**/*", (route) => {
@@ -126,11 +120,4 @@ try {
 
   check(summary.external.length === 0, "no request left the server: " + summary.external.join(", "));
   check(summary.errors.length === 0, "no page error: " + summary.errors.join(" | "));
-  console.log(JSON.stringify(summary));
-} catch (e) {
-  console.log(JSON.stringify(summary));
-  console.error(e.stack || String(e));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

@@ -3,18 +3,12 @@
 // The page loads without a token; its feed answers 401, so it shows the token form and draws no
 // model; once the token is given, its refreshes carry `Authorization: Bearer TOKEN` and the
 // model's card appears. Prints a JSON summary on its last line; exits non-zero on a failed check.
-import { chromium } from "playwright-core";
+import { check, runChecks } from "./harness.mjs";
 
 const [base, token, model] = process.argv.slice(2);
-const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
 
-function check(ok, what) {
-  if (!ok) throw new Error("check failed: " + what);
-}
-
-const browser = await chromium.launch({ executablePath, headless: true, args: ["--no-sandbox"] });
 const summary = { feed: [], errors: [] };
-try {
+await runChecks(summary, async (browser) => {
   const page = await browser.newPage();
   page.on("pageerror", (e) => summary.errors.push(String(e)));
   page.on("response", (r) => {
@@ -33,11 +27,4 @@ try {
   const served = summary.feed.filter((f) => f.status === 200);
   check(served.length >= 1 && served.every((f) => f.bearer), "the feed answered 200 to requests with the token");
   check(summary.errors.length === 0, "no page error: " + summary.errors.join(" | "));
-  console.log(JSON.stringify(summary));
-} catch (e) {
-  console.log(JSON.stringify(summary));
-  console.error(e.stack || String(e));
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-}
+});

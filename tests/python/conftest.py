@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import threading
 import time
@@ -68,29 +69,46 @@ def rtserve_binary() -> Path:
     return binary
 
 
-def _server_command() -> list[str]:
-    cmd = [
-        str(rtserve_binary()),
+def serve_command(
+    *flags: str,
+    repository: Path = MODEL_REPOSITORY,
+    binary: Path | None = None,
+    global_flags: tuple[str, ...] = (),
+) -> list[str]:
+    """`rtserve serve` on 127.0.0.1, ports chosen by the OS, no drain at stop, then `flags`."""
+    return [
+        str(binary or rtserve_binary()),
+        *global_flags,
         "serve",
         "--model-repository",
-        "examples/model_repository",
+        str(repository),
         "--http-port",
         "0",
         "--grpc-port",
         "0",
         "--host",
         "127.0.0.1",
+        "--drain-seconds",
+        "0",
+        *flags,
     ]
+
+
+def _server_command() -> list[str]:
     engine = os.environ.get("RTSERVE_ENGINE")
-    if engine:
-        cmd += ["--engine", engine]
-    return cmd
+    return serve_command(*(["--engine", engine] if engine else []))
 
 
-def _wait_http_ready(http_url: str, deadline: float, proc: subprocess.Popen) -> bool:
-    """Poll GET /v2/health/ready until 200 (models loaded) or the deadline passes."""
-    url = f"http://{http_url}/v2/health/ready"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+def _wait_http_ready(
+    http_url: str, deadline: float, proc: subprocess.Popen, tls: ssl.SSLContext | None = None
+) -> bool:
+    """Poll GET /v2/health/ready until 200 (models loaded) or the deadline passes; over HTTPS
+    with the `tls` context when given."""
+    url = f"{'https' if tls else 'http'}://{http_url}/v2/health/ready"
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # never via a proxy
+    if tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=tls))
+    opener = urllib.request.build_opener(*handlers)
     while time.monotonic() < deadline and proc.poll() is None:
         try:
             with opener.open(url, timeout=2) as resp:
@@ -102,10 +120,11 @@ def _wait_http_ready(http_url: str, deadline: float, proc: subprocess.Popen) -> 
     return False
 
 
-def start_server(cmd: list[str]) -> RtserveServer:
+def start_server(cmd: list[str], tls: ssl.SSLContext | None = None) -> RtserveServer:
     """Runs `cmd` (an `rtserve serve` command line with ports 0) from the repository root and
-    returns once it has logged both listen addresses and GET /v2/health/ready answers 200.
-    Fails the test, with the server's log, when it does not get there."""
+    returns once it has logged both listen addresses and GET /v2/health/ready answers 200 (over
+    HTTPS with the client context `tls`, for a server started with --tls-cert). Fails the test,
+    with the server's log, when it does not get there."""
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info")
     env.setdefault("NO_COLOR", "1")
@@ -166,7 +185,7 @@ def start_server(cmd: list[str]) -> RtserveServer:
         if proc.poll() is not None:
             fail_startup("rtserve exited before it was listening")
         fail_startup(f"rtserve did not report both listen addresses within {STARTUP_TIMEOUT_S:.0f} s")
-    if not _wait_http_ready(addrs["http"], deadline, proc):
+    if not _wait_http_ready(addrs["http"], deadline, proc, tls):
         fail_startup("rtserve did not become ready (GET /v2/health/ready != 200) in time")
     return RtserveServer(addrs["http"], addrs["grpc"], proc, lines, thread)
 

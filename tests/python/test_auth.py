@@ -23,11 +23,10 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import (
-    MODEL_REPOSITORY,
     REPO_ROOT,
     RtserveServer,
     load_expected,
-    rtserve_binary,
+    serve_command,
     start_server,
     stop_server,
 )
@@ -53,25 +52,7 @@ def server(tmp_path_factory) -> Iterator[RtserveServer]:
     tokens.write_text(f"# clients\n{CLIENT_TOKEN} python-client\n")
     admins = folder / "admins"
     admins.write_text(f"{ADMIN_TOKEN} python-admin\n")
-    cmd = [
-        str(rtserve_binary()),
-        "serve",
-        "--model-repository",
-        str(MODEL_REPOSITORY),
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--drain-seconds",
-        "0",
-        "--auth-token-file",
-        str(tokens),
-        "--admin-token-file",
-        str(admins),
-    ]
-    server = start_server(cmd)
+    server = start_server(serve_command("--auth-token-file", str(tokens), "--admin-token-file", str(admins)))
     yield server
     stop_server(server)
 

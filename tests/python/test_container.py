@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, RtserveServer, start_server, stop_server
+from conftest import REPO_ROOT, RtserveServer, serve_command, start_server, stop_server
 
 RTOL = 1e-4
 ATOL = 1e-5
@@ -44,22 +44,14 @@ def staged_prefix() -> Path:
 def staged() -> Iterator[tuple[Path, RtserveServer]]:
     prefix = staged_prefix()
     # The image points RTSERVE_ORT_LIBRARY at the lib folder; the same lookup, as a flag.
-    cmd = [
-        str(prefix / "bin" / "rtserve"),
-        "serve",
-        "--model-repository",
-        str(prefix / "models"),
+    cmd = serve_command(
         "--engine",
         "onnxruntime",
         "--ort-library",
         str(prefix / "lib"),
-        "--http-port",
-        "0",
-        "--grpc-port",
-        "0",
-        "--host",
-        "127.0.0.1",
-    ]
+        repository=prefix / "models",
+        binary=prefix / "bin" / "rtserve",
+    )
     server = start_server(cmd)
     yield prefix, server
     stop_server(server)

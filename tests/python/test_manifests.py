@@ -315,6 +315,37 @@ def test_config_map_keys_are_server_flags(serve_help):
     assert not unknown, f"ConfigMap keys that `rtserve serve` does not read: {unknown}"
 
 
+COMMENTED_SETTING_RE = re.compile(r"^\s*#\s*(RTSERVE_\w+):\s*(\S+)\s*$", re.MULTILINE)
+CONFIG_MAP_FILE = K8S_DIR / "configmap.yaml"
+
+
+def test_optional_secrets_back_the_commented_token_and_tls_settings(serve_help):
+    """The token files and the TLS certificate come from Secrets that may be absent (the pod
+    starts without them), mounted read-only; each commented setting in the ConfigMap that names
+    a file is a server flag whose file lies under one of those mounts."""
+    spec = find("Deployment")["spec"]["template"]["spec"]
+    secrets = {v["name"]: v["secret"] for v in spec["volumes"] if "secret" in v}
+    assert set(secrets) == {"tokens", "tls"}, f"Secret volumes {sorted(secrets)}"
+    for name, secret in secrets.items():
+        assert secret.get("optional") is True, f"Secret volume {name} must be optional"
+    mounts = {m["name"]: m for m in rtserve_container(find("Deployment"))["volumeMounts"]}
+    for name in secrets:
+        assert mounts[name].get("readOnly") is True, f"mount of {name} must be read-only"
+    commented = dict(COMMENTED_SETTING_RE.findall(CONFIG_MAP_FILE.read_text()))
+    wanted = {
+        "RTSERVE_AUTH_TOKEN_FILE", "RTSERVE_ADMIN_TOKEN_FILE", "RTSERVE_TLS_CERT", "RTSERVE_TLS_KEY",
+        "RTSERVE_TLS_CLIENT_CA",
+    }
+    assert wanted <= set(commented), f"commented settings {sorted(commented)} lack {sorted(wanted - set(commented))}"
+    known = set(HELP_ENV_RE.findall(serve_help))
+    assert set(commented) <= known, f"not server flags: {sorted(set(commented) - known)}"
+    for key in wanted:
+        path = commented[key]
+        assert any(path.startswith(mounts[name]["mountPath"] + "/") for name in secrets), (
+            f"{key}={path} is under no Secret mount"
+        )
+
+
 def test_grace_period_outlasts_drain_and_shutdown():
     config = config_map()
     for key in ("RTSERVE_DRAIN_SECONDS", "RTSERVE_SHUTDOWN_TIMEOUT"):

@@ -5,17 +5,21 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::credentials::{CredentialFiles, Credentials};
 use crate::BenchError;
 
 /// The most requests an open-loop step may keep in flight (`--max-inflight`).
 pub const MAX_INFLIGHT_LIMIT: usize = 1 << 20;
 
-/// Where the server is: `http://HOST:PORT` or `grpc://HOST:PORT`.
+/// Where the server is: `http://HOST:PORT` or `grpc://HOST:PORT`, or over TLS
+/// `https://HOST:PORT` or `grpcs://HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub scheme: Scheme,
     /// `HOST:PORT`.
     pub authority: String,
+    /// TLS (`https`, `grpcs`).
+    pub tls: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +29,10 @@ pub enum Scheme {
 }
 
 impl Endpoint {
-    /// `http://HOST:PORT`, the address both protocols are reached at underneath.
+    /// `http://HOST:PORT` (`https` with TLS), the address both protocols are reached at
+    /// underneath.
     pub fn http_base(&self) -> String {
-        format!("http://{}", self.authority)
+        format!("{}://{}", if self.tls { "https" } else { "http" }, self.authority)
     }
 }
 
@@ -38,32 +43,37 @@ impl FromStr for Endpoint {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("'{url}' has no scheme: give http://HOST:PORT or grpc://HOST:PORT"))?;
-        let scheme = match scheme {
-            "http" => Scheme::Http,
-            "grpc" => Scheme::Grpc,
-            "https" | "grpcs" => {
-                return Err(format!("'{url}': TLS is not supported; use http:// or grpc://"))
+        let (scheme, tls) = match scheme {
+            "http" => (Scheme::Http, false),
+            "https" => (Scheme::Http, true),
+            "grpc" => (Scheme::Grpc, false),
+            "grpcs" => (Scheme::Grpc, true),
+            other => {
+                return Err(format!(
+                    "'{url}': unknown scheme '{other}' (expected http, https, grpc or grpcs)"
+                ))
             }
-            other => return Err(format!("'{url}': unknown scheme '{other}' (expected http or grpc)")),
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
-            return Err(format!("'{url}': expected {}://HOST:PORT with no path", scheme_name(scheme)));
+            return Err(format!("'{url}': expected {}://HOST:PORT with no path", scheme_name(scheme, tls)));
         }
-        Ok(Endpoint { scheme, authority: authority.to_string() })
+        Ok(Endpoint { scheme, authority: authority.to_string(), tls })
     }
 }
 
-fn scheme_name(scheme: Scheme) -> &'static str {
-    match scheme {
-        Scheme::Http => "http",
-        Scheme::Grpc => "grpc",
+fn scheme_name(scheme: Scheme, tls: bool) -> &'static str {
+    match (scheme, tls) {
+        (Scheme::Http, false) => "http",
+        (Scheme::Http, true) => "https",
+        (Scheme::Grpc, false) => "grpc",
+        (Scheme::Grpc, true) => "grpcs",
     }
 }
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", scheme_name(self.scheme), self.authority)
+        write!(f, "{}://{}", scheme_name(self.scheme, self.tls), self.authority)
     }
 }
 
@@ -216,6 +226,7 @@ pub struct BenchOptions {
     pub metrics_url: Option<String>,
     pub server_pid: Option<u32>,
     pub progress: bool,
+    pub credentials: CredentialFiles,
 }
 
 /// A validated benchmark plan.
@@ -236,6 +247,8 @@ pub struct BenchConfig {
     pub server_pid: Option<u32>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The token and CA that the clients present and trust.
+    pub credentials: Credentials,
 }
 
 impl BenchConfig {
@@ -279,6 +292,10 @@ impl BenchConfig {
             (Scheme::Grpc, true, _) => return bad("--http-json needs an http:// --url".into()),
             (Scheme::Http, _, true) => return bad("--grpc-stream needs a grpc:// --url".into()),
         };
+        if o.credentials.tls_ca.is_some() && !o.url.tls {
+            return bad("--tls-ca needs an https:// or grpcs:// --url".into());
+        }
+        let credentials = Credentials::read(&o.credentials)?;
         let source = input_source(&o.input_data)?;
         let mut names: Vec<&str> = o.shapes.iter().map(|s| s.name.as_str()).collect();
         names.sort_unstable();
@@ -312,6 +329,7 @@ impl BenchConfig {
             metrics,
             server_pid: o.server_pid,
             progress: o.progress,
+            credentials,
         })
     }
 }
@@ -342,12 +360,13 @@ fn input_source(args: &[InputDataArg]) -> Result<InputSource, BenchError> {
 
 /// `http://HOST:PORT[/PATH]`; no path means `/metrics`.
 fn metrics_url(url: &str) -> Result<String, BenchError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        BenchError::Config(format!("--metrics-url '{url}': expected http://HOST:PORT[/PATH] (no TLS)"))
-    })?;
+    let (scheme, rest) =
+        url.split_once("://").filter(|(scheme, _)| ["http", "https"].contains(scheme)).ok_or_else(|| {
+            BenchError::Config(format!("--metrics-url '{url}': expected http[s]://HOST:PORT[/PATH]"))
+        })?;
     Ok(match rest.split_once('/') {
         Some((_, path)) if !path.is_empty() => url.to_string(),
-        _ => format!("http://{}/metrics", rest.trim_end_matches('/')),
+        _ => format!("{scheme}://{}/metrics", rest.trim_end_matches('/')),
     })
 }
 
@@ -395,6 +414,7 @@ mod tests {
             metrics_url: None,
             server_pid: None,
             progress: false,
+            credentials: CredentialFiles::default(),
         }
     }
 
@@ -417,7 +437,11 @@ mod tests {
         assert_eq!((e.scheme, e.authority.as_str()), (Scheme::Grpc, "127.0.0.1:8001"));
         assert_eq!(e.http_base(), "http://127.0.0.1:8001");
         assert!("localhost:8000".parse::<Endpoint>().is_err());
-        assert!("https://h:1".parse::<Endpoint>().is_err());
+        let e: Endpoint = "https://h:1".parse().expect("valid");
+        assert_eq!((e.scheme, e.tls, e.http_base()), (Scheme::Http, true, "https://h:1".to_string()));
+        let e: Endpoint = "grpcs://h:1".parse().expect("valid");
+        assert_eq!((e.scheme, e.tls, e.to_string()), (Scheme::Grpc, true, "grpcs://h:1".to_string()));
+        assert!("ftp://h:1".parse::<Endpoint>().is_err());
         assert!("http://h:1/v2".parse::<Endpoint>().is_err());
     }
 
@@ -466,6 +490,11 @@ mod tests {
         rejected(&|o| o.http_json = true, "grpc://h:1", "--http-json needs an http://");
         rejected(&|o| o.grpc_stream = true, "http://h:1", "--grpc-stream needs a grpc://");
         rejected(&|o| o.concurrency = vec![0], "http://h:1", "--concurrency");
+        rejected(
+            &|o| o.credentials.tls_ca = Some("ca.pem".into()),
+            "http://h:1",
+            "--tls-ca needs an https://",
+        );
         rejected(&|o| o.rate = vec![f64::NAN], "http://h:1", "--rate");
         rejected(&|o| o.duration = Duration::ZERO, "http://h:1", "--duration");
         rejected(&|o| o.max_inflight = 0, "http://h:1", "--max-inflight");

@@ -9,6 +9,7 @@
 //! | `config` | options and the validated plan |
 //! | `target` | the model's metadata and the shapes sent |
 //! | `values`, `samples`, `npy`, `inputs` | datatypes and values; data files; the request pool |
+//! | `credentials` | the bearer token and the TLS CA a client presents and trusts |
 //! | `transport` | HTTP (binary or JSON) and gRPC (unary or streaming) |
 //! | `schedule`, `load` | Poisson arrivals; closed and open loops |
 //! | `outcome`, `stats` | error kinds; latency histograms |
@@ -18,6 +19,7 @@
 //! | `matrix` | `--matrix`: rows of model, server settings and load, each against its own server |
 
 pub mod config;
+pub mod credentials;
 mod error;
 pub mod inputs;
 pub mod load;

@@ -251,6 +251,7 @@ mod tests {
             metrics_url: None,
             server_pid: None,
             progress: false,
+            credentials: Default::default(),
         };
         let config = BenchConfig::new(options).expect("config");
         Lane::Http(HttpClient::new(&config).expect("client"))

@@ -63,7 +63,12 @@ struct Run<'a> {
 /// `--metrics-url` was given, a note when it was only the default.
 async fn metrics_scraper(config: &BenchConfig) -> Result<Option<MetricsScraper>, BenchError> {
     let Some(source) = &config.metrics else { return Ok(None) };
-    let scraper = MetricsScraper::new(source.url.clone(), config.model.clone(), config.model_version.clone());
+    let scraper = MetricsScraper::new(
+        source.url.clone(),
+        config.model.clone(),
+        config.model_version.clone(),
+        &config.credentials,
+    )?;
     match scraper.scrape().await {
         Ok(_) => Ok(Some(scraper)),
         Err(reason) if source.explicit => Err(BenchError::Metrics { url: source.url.clone(), reason }),

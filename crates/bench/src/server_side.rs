@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::Credentials;
 use crate::outcome::error_chain;
+use crate::BenchError;
 
 /// What the server's metrics say about a step, for the model under test.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -143,9 +145,19 @@ pub struct MetricsScraper {
 }
 
 impl MetricsScraper {
-    pub fn new(url: String, model: String, version: Option<String>) -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
-        MetricsScraper { client, url, model, version }
+    /// A scraper that presents `credentials` (the token, for `--metrics-auth`; the TLS CA).
+    pub fn new(
+        url: String,
+        model: String,
+        version: Option<String>,
+        credentials: &Credentials,
+    ) -> Result<Self, BenchError> {
+        let client = credentials
+            .http_client()?
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| BenchError::Metrics { url: url.clone(), reason: error_chain(&e) })?;
+        Ok(MetricsScraper { client, url, model, version })
     }
 
     pub async fn scrape(&self) -> Result<MetricsSnapshot, String> {

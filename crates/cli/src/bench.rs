@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use rtserve_bench::credentials::CredentialFiles;
 use rtserve_bench::matrix::{self, spec::MatrixSpec, table};
 use rtserve_bench::{
     parse_duration, plot, report, BenchConfig, BenchOptions, Endpoint, InputDataArg, ShapeOverride,
@@ -14,7 +15,8 @@ use rtserve_bench::{
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Server to load: http://HOST:PORT (KServe v2 REST) or grpc://HOST:PORT.
+    /// Server to load: http://HOST:PORT (KServe v2 REST) or grpc://HOST:PORT; over TLS
+    /// https://HOST:PORT or grpcs://HOST:PORT (the system's roots are trusted, and --tls-ca).
     #[arg(long, env = "RTSERVE_BENCH_URL", required_unless_present = "matrix")]
     url: Option<Endpoint>,
 
@@ -25,7 +27,7 @@ pub struct BenchArgs {
     /// Run the rows of this TOML file instead, each against an `rtserve serve` started for it
     /// (model, server settings, load per row; see docs/bench.md), and print a Markdown table.
     /// --json, --plot and --quiet apply; the load flags come from the file.
-    #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["url", "model", "concurrency", "rate", "csv"])]
+    #[arg(long, value_name = "FILE.toml", conflicts_with_all = ["url", "model", "concurrency", "rate", "csv", "token_file", "tls_ca"])]
     matrix: Option<PathBuf>,
 
     /// Model version (default: the server's choice, normally the latest).
@@ -106,6 +108,18 @@ pub struct BenchArgs {
     #[arg(long, env = "RTSERVE_BENCH_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: u16,
 
+    /// A file whose first token is sent as `Authorization: Bearer TOKEN` (HTTP) and
+    /// `authorization` metadata (gRPC), for a server with --auth-token-file; the server's own
+    /// token file format (`TOKEN [NAME]` a line, `#` comments) works. Read from a file so that
+    /// the token never shows in `ps`.
+    #[arg(long, env = "RTSERVE_BENCH_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) to trust for an https:// or grpcs:// --url, besides the system's
+    /// roots: for a server whose certificate comes from a private CA.
+    #[arg(long, env = "RTSERVE_BENCH_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short, env = "RTSERVE_BENCH_QUIET")]
     quiet: bool,
@@ -150,6 +164,7 @@ impl BenchArgs {
             metrics_url: self.metrics_url,
             server_pid: self.server_pid,
             progress: !self.quiet,
+            credentials: CredentialFiles { token_file: self.token_file, tls_ca: self.tls_ca },
         })?)
     }
 }

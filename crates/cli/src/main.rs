@@ -24,13 +24,15 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Load a server with inference requests and report latency percentiles and throughput.
     Bench(Box<bench::BenchArgs>),
-    /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation against the original.
+    /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation, training, pruning,
+    /// distillation, quantization-aware training.
     Optimize(optimize::OptimizeArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    let access_log = matches!(&cli.command, Command::Serve(args) if args.access_log);
+    init_logging(&cli.log_format, access_log);
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(*args),
@@ -46,11 +48,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`). Colour only on a terminal.
-fn init_logging(format: &str) {
+/// Logs to stderr; `RUST_LOG` filters (default `info`), except that `--access-log` keeps the
+/// access lines whatever it says. Colour only on a terminal.
+fn init_logging(format: &str, access_log: bool) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if access_log {
+        if let Ok(directive) = "rtserve::access=info".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

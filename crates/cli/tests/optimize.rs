@@ -484,6 +484,20 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     assert!((zeros as f64 / values as f64 - 0.5).abs() < 0.01, "{report}");
 }
 
+/// A model with an operator the trainer does not have: node 'the_lrn' (LRN).
+fn save_lrn_model(path: &Path) {
+    save_graph(
+        path,
+        GraphProto {
+            node: vec![node("MatMul", "mm", &["x", "w"], &["t"]), node("LRN", "the_lrn", &["t"], &["y"])],
+            input: vec![tensor_value_info("x", DataType::Float)],
+            output: vec![tensor_value_info("y", DataType::Float)],
+            initializer: vec![float_tensor("w", &[1, 1], &[1.0])],
+            ..GraphProto::default()
+        },
+    );
+}
+
 #[test]
 fn training_and_pruning_refuse_bad_input_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -518,16 +532,7 @@ fn training_and_pruning_refuse_bad_input_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"), "{out:?}");
 
     let unsupported = dir.path().join("lrn.onnx");
-    save_graph(
-        &unsupported,
-        GraphProto {
-            node: vec![node("MatMul", "mm", &["x", "w"], &["t"]), node("LRN", "the_lrn", &["t"], &["y"])],
-            input: vec![tensor_value_info("x", DataType::Float)],
-            output: vec![tensor_value_info("y", DataType::Float)],
-            initializer: vec![float_tensor("w", &[1, 1], &[1.0])],
-            ..GraphProto::default()
-        },
-    );
+    save_lrn_model(&unsupported);
     let out = rtserve(&[
         "train",
         "--model",
@@ -544,4 +549,172 @@ fn training_and_pruning_refuse_bad_input_clearly() {
         !out.status.success() && stderr.contains("node 'the_lrn' (LRN)") && stderr.contains("not supported"),
         "{stderr}"
     );
+}
+
+/// `n` random `[1, 28, 28]` samples (`x.npy`) and their labels (`y.npy`) in `dir`.
+fn labelled_data(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let (data, labels) = (dir.join("x.npy"), dir.join("y.npy"));
+    write_npy(&data, n, &[1, 28, 28]);
+    write_labels(&labels, n);
+    (data, labels)
+}
+
+fn op_types(path: &Path) -> Vec<String> {
+    model::load(path).expect("load").graph.expect("graph").node.into_iter().map(|n| n.op_type).collect()
+}
+
+#[test]
+fn distills_and_trains_quantization_aware_with_the_real_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, labels) = labelled_data(dir.path(), 40);
+    let (d, l) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"));
+    let cnn = example("cnn");
+    let teacher = cnn.to_str().expect("utf-8");
+    let common = ["--epochs", "1", "--batch-size", "8", "--heldout", "0.25", "--engine", "tract", "--json"];
+    let path = |name: &str| dir.path().join(name);
+    let run = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.extend(common);
+        serde_json::from_str(&ok(&rtserve(&all))).expect("json")
+    };
+
+    // A student half as wide as the teacher, with labels.
+    let student = path("student.onnx");
+    let s = student.to_str().expect("utf-8");
+    let report = run(&[
+        "distill",
+        "--teacher",
+        teacher,
+        "--student-width",
+        "0.5",
+        "--out",
+        s,
+        "--data",
+        d,
+        "--labels",
+        l,
+    ]);
+    assert_eq!(report["alpha"].as_f64(), Some(0.7), "{report}");
+    assert_eq!(report["unlabelled"].as_bool(), Some(false), "{report}");
+    assert!(report["student_params"].as_u64() < report["teacher_params"].as_u64(), "{report}");
+    assert_eq!(report["fit"]["training"]["epochs"].as_array().map(Vec::len), Some(1), "{report}");
+    let conv = initializer_dims(&cnn, "conv1.weight");
+    assert_eq!(initializer_dims(&student, "conv1.weight")[0], conv[0] / 2);
+    evaluate(&cnn, &student, &data, "tract", &[]);
+
+    // The student file trained again, without labels: pure distillation.
+    let again = path("again.onnx");
+    let report = run(&[
+        "distill",
+        "--teacher",
+        teacher,
+        "--student",
+        s,
+        "--out",
+        again.to_str().expect("utf-8"),
+        "--data",
+        d,
+    ]);
+    assert_eq!(
+        (report["alpha"].as_f64(), report["unlabelled"].as_bool()),
+        (Some(1.0), Some(true)),
+        "{report}"
+    );
+    assert!(report["fit"]["heldout_accuracy"].as_f64().is_some(), "{report}");
+
+    // QAT: the same Q/DQ layout as `quantize` calibrated on the same samples.
+    let qat = path("qat.onnx");
+    let report = run(&[
+        "qat",
+        "--model",
+        teacher,
+        "--out",
+        qat.to_str().expect("utf-8"),
+        "--data",
+        d,
+        "--labels",
+        l,
+        "--lr",
+        "0.001",
+    ]);
+    assert!(report["quantize"]["nodes_quantized"].as_u64() > Some(0), "{report}");
+    let ptq = path("ptq.onnx");
+    quantize(&cnn, &ptq, &["--calibration", d, "--calibration-limit", "30"]);
+    assert_eq!(op_types(&qat), op_types(&ptq));
+    evaluate(&cnn, &qat, &data, "tract", &[]);
+
+    // QAT distilling from the float model, on data without labels.
+    let self_distilled = path("self.onnx");
+    let report = run(&[
+        "qat",
+        "--model",
+        teacher,
+        "--teacher",
+        teacher,
+        "--out",
+        self_distilled.to_str().expect("utf-8"),
+        "--data",
+        d,
+        "--lr",
+        "0.001",
+    ]);
+    assert_eq!(report["alpha"].as_f64(), Some(1.0), "{report}");
+    assert_eq!(op_types(&self_distilled), op_types(&ptq));
+}
+
+#[test]
+fn distillation_and_qat_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (data, labels) = labelled_data(dir.path(), 12);
+    let (d, l) = (data.to_str().expect("utf-8"), labels.to_str().expect("utf-8"));
+    let cnn = example("cnn");
+    let teacher = cnn.to_str().expect("utf-8");
+    let fails = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--out", "/dev/null", "--data", d, "--labels", l, "--epochs", "1", "--engine", "tract"]);
+        let out = rtserve(&all);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
+    };
+    let distill = ["distill", "--teacher", teacher, "--student-width", "0.5"];
+    let err = fails(&[&distill[..], &["--temperature", "0"]].concat());
+    assert!(err.contains("temperature must be a positive number"), "{err}");
+    let err = fails(&[&distill[..], &["--temperature=-2"]].concat());
+    assert!(err.contains("temperature"), "{err}");
+    let err = fails(&[&distill[..], &["--alpha", "1.5"]].concat());
+    assert!(err.contains("alpha must be between 0 and 1"), "{err}");
+    let err = fails(&["distill", "--teacher", teacher, "--student-width", "1.2"]);
+    assert!(err.contains("between 0 and 1"), "{err}");
+
+    // A student with 5 outputs for a teacher with 10.
+    let narrow = dir.path().join("narrow.onnx");
+    let w: Vec<f32> = (0..784 * 5).map(|i| (i % 7) as f32 * 0.01).collect();
+    save_graph(
+        &narrow,
+        GraphProto {
+            node: vec![
+                node("Flatten", "flat", &["input"], &["f"]),
+                node("MatMul", "mm", &["f", "w"], &["y"]),
+            ],
+            input: vec![float_input("input", &[-1, 1, 28, 28])],
+            output: vec![tensor_value_info("y", DataType::Float)],
+            initializer: vec![float_tensor("w", &[784, 5], &w)],
+            ..GraphProto::default()
+        },
+    );
+    let err = fails(&["distill", "--teacher", teacher, "--student", narrow.to_str().expect("utf-8")]);
+    assert!(err.contains(", 5]") && err.contains(", 10]") && err.contains("must be the same"), "{err}");
+
+    // A student with an operator the trainer does not have.
+    let lrn = dir.path().join("lrn.onnx");
+    save_lrn_model(&lrn);
+    let err = fails(&["distill", "--teacher", teacher, "--student", lrn.to_str().expect("utf-8")]);
+    assert!(err.contains("student") && err.contains("node 'the_lrn' (LRN)"), "{err}");
+    let err = fails(&["qat", "--model", lrn.to_str().expect("utf-8")]);
+    assert!(err.contains("node 'the_lrn' (LRN)"), "{err}");
+    // QAT needs labels unless it distils.
+    let out = rtserve(&["qat", "--model", teacher, "--out", "/dev/null", "--data", d, "--engine", "tract"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--labels is required"), "{out:?}");
 }

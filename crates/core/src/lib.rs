@@ -26,7 +26,7 @@ mod validate;
 pub use batch_input::{batch_inputs, concat_rows, BatchError, BatchInput};
 pub use cache::{
     cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
-    LatencySnapshot, PredictionCache, RedisOptions, CACHE_PARAMETER, LOOKUP_BUCKETS,
+    LatencySnapshot, PredictionCache, RedisOptions, RedisTls, CACHE_PARAMETER, LOOKUP_BUCKETS,
 };
 pub use engine::{
     intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, ONE_THREAD_BELOW,

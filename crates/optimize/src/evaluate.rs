@@ -80,7 +80,7 @@ fn top_k(values: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
-fn output_values(outputs: &[NamedTensor], name: &str, model: &Path) -> Result<Vec<f32>> {
+pub(crate) fn output_values(outputs: &[NamedTensor], name: &str, model: &Path) -> Result<Vec<f32>> {
     let t = outputs
         .iter()
         .find(|o| o.name == name)

@@ -9,6 +9,7 @@
 //! - `evaluate`: a candidate model against a reference: agreement, error, latency, size.
 //! - `train`: a trainable view of an ONNX graph (candle) and the training loop.
 //! - `prune`: magnitude (unstructured) and channel (structured) pruning on the trainer.
+//! - `qat`: quantization-aware training: the trainer fake-quantizes where `quantize` puts Q/DQ.
 //!
 //! Nothing here depends on the server: models run through the engine trait of rtserve-core.
 
@@ -21,6 +22,7 @@ pub mod fp16;
 pub mod graph;
 pub mod model;
 pub mod prune;
+pub mod qat;
 pub mod quantize;
 pub mod quantize_math;
 pub mod train;

@@ -11,7 +11,13 @@ use crate::onnx::{tensor_proto::DataType, type_proto, ModelProto, TensorProto, T
 pub fn load(path: &Path) -> Result<ModelProto> {
     let bytes =
         std::fs::read(path).map_err(|source| OptimizeError::Read { path: path.to_path_buf(), source })?;
-    let model = ModelProto::decode(bytes.as_slice())
+    from_bytes(&bytes, path)
+}
+
+/// Decodes the bytes of an ONNX file read from `path` (named in errors); checks that it has a
+/// graph. What [`load`] does once the file is read (the fuzz target `onnx_model` enters here).
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<ModelProto> {
+    let model = ModelProto::decode(bytes)
         .map_err(|source| OptimizeError::Decode { path: path.to_path_buf(), source })?;
     if model.graph.is_none() {
         return Err(OptimizeError::model(format!("{}: the model has no graph", path.display())));

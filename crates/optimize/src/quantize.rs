@@ -198,6 +198,44 @@ pub fn quantize_static(
     options: &QuantizeOptions,
     progress: &dyn Fn(),
 ) -> Result<(ModelProto, QuantizeReport)> {
+    let plan = plan_static(model, options)?;
+    let ranges = calibrate(model, plan.activations(), samples, engine, options.method, progress)?;
+    write_static(model, &plan, &ranges, options)
+}
+
+/// Where static quantization puts its Q/DQ pairs in a model: the nodes quantized and how, the
+/// Relu/Clip folded into them, the activations that get a pair and the weights stored as int8.
+/// Quantization-aware training fake-quantizes the same tensors.
+pub struct StaticPlan {
+    nodes: HashMap<usize, NodePlan>,
+    removed: HashSet<usize>,
+    renamed_output: HashMap<usize, String>,
+    activations: Vec<String>,
+    weights: Vec<(String, Option<usize>)>,
+    shared_ranges: Vec<(String, String)>,
+    report: QuantizeReport,
+}
+
+impl StaticPlan {
+    /// The activation tensors that get a Q/DQ pair, in graph order.
+    pub fn activations(&self) -> &[String] {
+        &self.activations
+    }
+
+    /// The weight initializers stored as int8, each with its per-channel axis (`None`: one
+    /// scale for the tensor).
+    pub fn weights(&self) -> &[(String, Option<usize>)] {
+        &self.weights
+    }
+
+    /// `(output, input)` pairs whose output takes the input's range (MaxPool).
+    pub fn shared_ranges(&self) -> &[(String, String)] {
+        &self.shared_ranges
+    }
+}
+
+/// Plans static quantization of `model` (nothing calibrated, nothing written yet).
+pub fn plan_static(model: &ModelProto, options: &QuantizeOptions) -> Result<StaticPlan> {
     let graph = check_quantizable(model)?;
     let inits = graph::initializers(graph);
     let consumers = graph::consumers(graph);
@@ -284,17 +322,51 @@ pub fn quantize_static(
             options.op_types
         )));
     }
-    let mut ranges = calibrate(model, &tensors, samples, engine, options.method, progress)?;
+    let mut weights: Vec<(String, Option<usize>)> = Vec::new();
+    let mut shared_ranges = Vec::new();
     for (&i, plan) in &by_index {
-        if plan.output_shares_input_range {
-            let n = &graph.node[i];
-            if let Some(&range) = ranges.get(&n.input[0]) {
-                ranges.insert(n.output[0].clone(), range);
+        let n = &graph.node[i];
+        for &(w, axis) in &plan.weights {
+            let key = (n.input[w].clone(), axis);
+            if !weights.contains(&key) {
+                weights.push(key);
             }
+        }
+        if plan.output_shares_input_range {
+            shared_ranges.push((n.output[0].clone(), n.input[0].clone()));
+        }
+    }
+    Ok(StaticPlan {
+        nodes: plans,
+        removed,
+        renamed_output,
+        activations: tensors,
+        weights,
+        shared_ranges,
+        report,
+    })
+}
+
+/// Writes the QDQ model of `plan` with the activation `ranges` (by tensor name; a missing
+/// range quantizes over [0, 0]), its weights quantized from their values in `model`.
+pub fn write_static(
+    model: &ModelProto,
+    plan: &StaticPlan,
+    ranges: &HashMap<String, Range>,
+    options: &QuantizeOptions,
+) -> Result<(ModelProto, QuantizeReport)> {
+    let graph = check_quantizable(model)?;
+    let inits = graph::initializers(graph);
+    let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let StaticPlan { nodes: plans, removed, renamed_output, activations: tensors, .. } = plan;
+    let mut report = plan.report.clone();
+    let mut ranges = ranges.clone();
+    for (output, input) in &plan.shared_ranges {
+        if let Some(&range) = ranges.get(input) {
+            ranges.insert(output.clone(), range);
         }
     }
 
-    // 3. Rewrite.
     let mut out_model = model.clone();
     let out_graph = out_model.graph.as_mut().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
     let mut names = NameGenerator::new(graph);
@@ -307,7 +379,7 @@ pub fn quantize_static(
     // would stop runtimes from fusing the producer, a Conv say, into an integer kernel).
     let mut float_output: HashMap<String, String> = HashMap::new();
     let graph_inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
-    for name in &tensors {
+    for name in tensors {
         let range = ranges.get(name).copied().unwrap_or(Range { min: 0.0, max: 0.0 });
         let (scale, zp) = activation_params(range.min, range.max, options.activation_type);
         let scale_name = names.fresh(&format!("{name}_scale"));

@@ -1,6 +1,8 @@
 //! The trainer and the pruners against independent references: each operator's forward pass
 //! against ONNX Runtime (and tract), gradients against finite differences, exported models
-//! reloaded in both engines, structured pruning against the masked model it must equal.
+//! reloaded in both engines, structured pruning against the masked model it must equal;
+//! distillation from a teacher run on the engine; quantization-aware training against the QDQ
+//! model it exports (run on ONNX Runtime) and against `quantize`'s layout.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -20,8 +22,11 @@ use rtserve_optimize::onnx::{
 };
 use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
 use rtserve_optimize::prune::magnitude::{MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
+use rtserve_optimize::qat::{self, QatOptions};
+use rtserve_optimize::quantize::{quantize_static, QuantizeOptions};
 use rtserve_optimize::train::data::Dataset;
-use rtserve_optimize::train::trainer::{self, CrossEntropy, Plugins, TrainOptions};
+use rtserve_optimize::train::distill::{self, DistillOptions, Distillation};
+use rtserve_optimize::train::trainer::{self, CrossEntropy, Objective, Plugins, TrainOptions};
 use rtserve_optimize::train::{Mode, ParamKind, TrainGraph};
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
@@ -151,23 +156,39 @@ fn trainer_output(model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Ve
     f.values[&out].flatten_all().expect("flat").to_vec1::<f32>().expect("values")
 }
 
-/// Runs `model` on an engine, its inputs given the shapes of `inputs` (tract needs them).
-fn engine_output(engine: &dyn Engine, model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("m.onnx");
-    let mut model = model.clone();
-    for info in &mut model.graph.as_mut().expect("graph").input {
-        let Some((_, _, dims)) = inputs.iter().find(|(n, _, _)| *n == info.name) else { continue };
+/// Declares the shape of the graph input `name` (`None`: a symbolic batch dimension).
+fn set_input_shape(model: &mut ModelProto, name: &str, dims: &[Option<usize>]) {
+    for info in model.graph.as_mut().expect("graph").input.iter_mut().filter(|i| i.name == name) {
         if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
-            let dim = |d: usize| Dimension {
-                value: Some(dimension::Value::DimValue(d as i64)),
+            let dim = |d: Option<usize>| Dimension {
+                value: Some(match d {
+                    Some(d) => dimension::Value::DimValue(d as i64),
+                    None => dimension::Value::DimParam("N".into()),
+                }),
                 ..Dimension::default()
             };
             t.shape = Some(TensorShapeProto { dim: dims.iter().copied().map(dim).collect() });
         }
     }
+}
+
+/// Runs `model` on an engine, its inputs given the shapes of `inputs` (tract needs them).
+fn engine_output(engine: &dyn Engine, model: &ModelProto, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("m.onnx");
+    let mut model = model.clone();
+    for (name, _, dims) in inputs {
+        set_input_shape(&mut model, name, &dims.iter().copied().map(Some).collect::<Vec<_>>());
+    }
     model::save(&model, &path).expect("save");
     run_file(engine, &path, inputs)
+}
+
+/// [`cnn`] with its input declared `[N, 3, 16, 16]`, for the engines to run on any batch.
+fn shaped_cnn(seed: u64) -> ModelProto {
+    let mut model = cnn(seed);
+    set_input_shape(&mut model, "x", &[None, Some(3), Some(16), Some(16)]);
+    model
 }
 
 fn run_file(engine: &dyn Engine, path: &Path, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
@@ -482,8 +503,18 @@ fn quiet_train(
     options: &TrainOptions,
     hooks: Vec<&mut dyn rtserve_optimize::train::trainer::Hook>,
 ) {
+    train_with(g, data, options, &mut CrossEntropy, hooks);
+}
+
+fn train_with(
+    g: &TrainGraph,
+    data: &Dataset,
+    options: &TrainOptions,
+    objective: &mut dyn Objective,
+    hooks: Vec<&mut dyn rtserve_optimize::train::trainer::Hook>,
+) {
     let stop = AtomicBool::new(false);
-    let plugins = Plugins { objective: &mut CrossEntropy, hooks, stop: &stop, on_event: &mut |_| {} };
+    let plugins = Plugins { objective, hooks, stop: &stop, on_event: &mut |_| {} };
     trainer::train(g, data, None, options, plugins).expect("train");
 }
 
@@ -674,4 +705,198 @@ fn zoo_models_forward_matches_onnx_runtime() {
         let ours = trainer_output(&model, &inputs);
         assert_close(&ours, &run_file(ort.as_ref(), &path, &inputs), 1e-4, name);
     }
+}
+
+/// The logits of every sample of `data` from the trainer (inference mode).
+fn all_logits(g: &TrainGraph, data: &Dataset) -> Tensor {
+    let (x, _) = data.batch(&(0..data.len()).collect::<Vec<_>>()).expect("batch");
+    trainer::logits(g, "x", "y", x, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("logits").0
+}
+
+#[test]
+fn distillation_brings_a_narrowed_student_towards_its_teacher_run_on_the_engine() {
+    let data = toy_data(96, 5);
+    let teacher = TrainGraph::new(&shaped_cnn(5)).expect("teacher");
+    quiet_train(&teacher, &data, &short_run(), Vec::new());
+    // A confident teacher: its head scaled up, so that its soft targets are far from uniform.
+    for name in ["fc.w", "fc.b"] {
+        let var = &teacher.param(name).expect("head").var;
+        var.set(&(var.as_tensor() * 10.0).expect("scale")).expect("set");
+    }
+    let teacher_model = teacher.to_model().expect("export");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("teacher.onnx");
+    model::save(&teacher_model, &path).expect("save");
+    let logits = distill::engine_logits(&path, tract().as_ref(), &data, &|_| {}).expect("teacher logits");
+    // The engine's logits are the trainer's: the teacher is only a file to the distiller.
+    let ours = all_logits(&teacher, &data).flatten_all().expect("flat").to_vec1::<f32>().expect("values");
+    assert_eq!(logits.classes, 5);
+    assert_close(&logits.values, &ours, 1e-4, "teacher on tract vs trainer");
+
+    let (narrowed, groups) = distill::student_from_teacher(&teacher_model, 0.5).expect("student");
+    assert!(groups.iter().any(|g| g.kept * 2 == g.channels), "{groups:#?}");
+    let narrowed = TrainGraph::new(&narrowed).expect("narrowed graph");
+    assert!(narrowed.weight_counts().expect("counts").0 < teacher.weight_counts().expect("counts").0);
+    // Narrowed, the trained teacher is already close to itself: the student to train is the
+    // same narrow architecture with untrained weights.
+    let (student_model, _) = distill::student_from_teacher(&shaped_cnn(50), 0.5).expect("student");
+    let student = TrainGraph::new(&student_model).expect("student graph");
+    let options = DistillOptions { temperature: 1.0, alpha: 1.0 };
+    let teacher_tensor = Tensor::from_vec(logits.values.clone(), (data.len(), 5), &Device::Cpu).expect("t");
+    let soft_loss = |g: &TrainGraph| {
+        let labels = Tensor::new(logits.argmax(), &Device::Cpu).expect("labels");
+        distill::distillation_loss(&all_logits(g, &data), &teacher_tensor, &labels, &options)
+            .expect("loss")
+            .to_scalar::<f32>()
+            .expect("scalar")
+    };
+    let before = soft_loss(&student);
+    let mut objective = Distillation::new(logits.clone(), options).expect("objective");
+    train_with(
+        &student,
+        &data,
+        &TrainOptions { epochs: 8, learning_rate: 0.05, ..short_run() },
+        &mut objective,
+        Vec::new(),
+    );
+    let after = soft_loss(&student);
+    assert!(after < before * 0.8, "distillation loss {before} -> {after}");
+}
+
+#[test]
+fn distillation_refuses_a_student_of_another_shape_and_bad_widths() {
+    let teacher = cnn(6);
+    let mut other = cnn(6);
+    let out = &mut other.graph.as_mut().expect("graph").output[0];
+    let dim = |d: Option<i64>| Dimension {
+        value: d.map(dimension::Value::DimValue).or(Some(dimension::Value::DimParam("N".into()))),
+        ..Dimension::default()
+    };
+    let shaped = |info: &mut rtserve_optimize::onnx::ValueInfoProto, classes: i64| {
+        if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.shape = Some(TensorShapeProto { dim: vec![dim(None), dim(Some(classes))] });
+        }
+    };
+    shaped(out, 7);
+    let mut teacher_shaped = teacher.clone();
+    shaped(&mut teacher_shaped.graph.as_mut().expect("graph").output[0], 5);
+    let err = distill::check_outputs(&teacher_shaped, &other).expect_err("shapes").to_string();
+    assert!(err.contains("[?, 5]") && err.contains("[?, 7]") && err.contains("must be the same"), "{err}");
+    distill::check_outputs(&teacher_shaped, &teacher).expect("undeclared shapes are not compared");
+    for width in [0.0, 1.0, -0.5, f64::NAN] {
+        let err = distill::student_from_teacher(&teacher, width).expect_err("width").to_string();
+        assert!(err.contains("between 0 and 1"), "{err}");
+    }
+}
+
+fn qat_options() -> QatOptions {
+    QatOptions { quantize: QuantizeOptions::default(), learn_ranges: true }
+}
+
+fn calibration_samples(data: &Dataset, n: usize) -> Vec<rtserve_optimize::data::Sample> {
+    (0..n).map(|i| data.engine_batch(&[i], "x").expect("sample")).collect()
+}
+
+/// A node's op type, inputs and outputs.
+type NodeLayout = (String, Vec<String>, Vec<String>);
+/// An initializer's name, element type and shape.
+type InitializerLayout = (String, i32, Vec<i64>);
+
+/// The graph's nodes and initializers, values left out.
+fn layout(m: &ModelProto) -> (Vec<NodeLayout>, Vec<InitializerLayout>) {
+    let g = m.graph.as_ref().expect("graph");
+    (
+        g.node.iter().map(|n| (n.op_type.clone(), n.input.clone(), n.output.clone())).collect(),
+        g.initializer.iter().map(|t| (t.name.clone(), t.data_type, t.dims.clone())).collect(),
+    )
+}
+
+#[test]
+fn qat_exports_the_layout_quantize_writes_and_its_model_before_training() {
+    let data = toy_data(32, 7);
+    let model = shaped_cnn(7);
+    let samples = calibration_samples(&data, 16);
+    for exclude in [vec![], vec!["b2".to_string(), "Add".to_string()]] {
+        let quantize = QuantizeOptions { exclude: exclude.clone(), ..QuantizeOptions::default() };
+        let (written, report) =
+            quantize_static(&model, &samples, tract().as_ref(), &quantize, &|| {}).expect("quantize");
+        let mut g = TrainGraph::new(&model).expect("graph");
+        let options = QatOptions { quantize, ..qat_options() };
+        let q = qat::prepare(&model, &mut g, &samples, tract().as_ref(), &options, &|| {}).expect("prepare");
+        // Untrained, the export is exactly what `quantize` writes.
+        let (exported, qat_report) = q.export(&g).expect("export");
+        assert_eq!(exported, written, "exclude {exclude:?}");
+        assert_eq!(qat_report.nodes_excluded, report.nodes_excluded);
+        // Trained, the values move and the layout stays.
+        quiet_train(&g, &data, &TrainOptions { epochs: 1, learning_rate: 0.01, ..short_run() }, Vec::new());
+        let (trained, _) = q.export(&g).expect("export");
+        assert_ne!(trained, written);
+        assert_eq!(layout(&trained), layout(&written), "exclude {exclude:?}");
+        let ops: Vec<&str> =
+            trained.graph.as_ref().expect("g").node.iter().map(|n| n.op_type.as_str()).collect();
+        assert!(ops.contains(&"QuantizeLinear") && ops.contains(&"DequantizeLinear"), "{ops:?}");
+    }
+}
+
+/// The largest |Δ| one quantization step of the last quantized activation (the head's input)
+/// can make at the head's output: its scale times the largest row sum of |head weights|.
+fn one_step_at_the_output(qdq: &ModelProto) -> f32 {
+    let g = qdq.graph.as_ref().expect("graph");
+    let scale_of = |name: &str| {
+        let t = g.initializer.iter().find(|t| t.name == name).expect("scale");
+        float_values(t).expect("scale")[0]
+    };
+    let q = g.node.iter().find(|n| n.op_type == "QuantizeLinear" && n.input[0] == "f").expect("Q of f");
+    let fc = g.initializer.iter().find(|t| t.name == "fc.w" && t.data_type == DataType::Float as i32);
+    // The head's weights are stored as int8 with a scale per row: dequantize them.
+    let (wq, ws) = (
+        g.initializer.iter().find(|t| t.name == "fc.w_quantized").expect("fc.w int8"),
+        float_values(g.initializer.iter().find(|t| t.name == "fc.w_scale").expect("fc.w scale")).expect("s"),
+    );
+    assert!(fc.is_none(), "the head's float weights should be gone");
+    let cols = wq.dims[1] as usize;
+    let row_sums = wq
+        .raw_data
+        .chunks(cols)
+        .zip(&ws)
+        .map(|(row, s)| row.iter().map(|b| (*b as i8).unsigned_abs() as f32 * s).sum::<f32>());
+    scale_of(&q.input[1]) * row_sums.fold(0f32, f32::max)
+}
+
+#[test]
+fn the_fake_quantized_forward_is_what_the_exported_qdq_model_computes() {
+    let data = toy_data(48, 8);
+    let model = shaped_cnn(8);
+    let samples = calibration_samples(&data, 24);
+    let mut g = TrainGraph::new(&model).expect("graph");
+    let q =
+        qat::prepare(&model, &mut g, &samples, tract().as_ref(), &qat_options(), &|| {}).expect("prepare");
+    let float_ranges = g.params().iter().filter(|p| p.kind == ParamKind::Range).count();
+    assert!(float_ranges > 0, "no learned ranges");
+    quiet_train(&g, &data, &TrainOptions { epochs: 1, learning_rate: 0.01, ..short_run() }, Vec::new());
+    let (exported, _) = q.export(&g).expect("export");
+    let (x, _) = data.batch(&(0..8).collect::<Vec<_>>()).expect("batch");
+    let values = x.flatten_all().expect("flat").to_vec1::<f32>().expect("x");
+    let inputs = [("x", values.as_slice(), &[8usize, 3, 16, 16][..])];
+    let feeds = vec![("x".to_string(), x)];
+    let ours = g.forward(&feeds, Mode::Eval, &mut StdRng::seed_from_u64(0)).expect("forward").values["y"]
+        .flatten_all()
+        .expect("flat")
+        .to_vec1::<f32>()
+        .expect("values");
+    let step = one_step_at_the_output(&exported);
+    let mut engines: Vec<(&str, Box<dyn Engine>)> = vec![("tract", tract())];
+    engines.extend(ort().map(|e| ("ONNX Runtime", e)));
+    for (name, engine) in engines {
+        let theirs = engine_output(engine.as_ref(), &exported, &inputs);
+        assert_eq!(theirs.len(), ours.len());
+        let worst = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(
+            worst <= step,
+            "{name}: the QDQ model is {worst} from the fake-quantized forward (one step: {step})"
+        );
+    }
+    // And the fake quantization is not a no-op: the float graph computes something else.
+    let float = trainer_output(&g.to_model().expect("float"), &inputs);
+    assert!(ours.iter().zip(&float).any(|(a, b)| (a - b).abs() > 1e-4));
 }

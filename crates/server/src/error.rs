@@ -26,6 +26,10 @@ pub enum ServerError {
     PermissionDenied(String),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A load or unload while the model control mode does not allow them (503 /
+    /// UNAVAILABLE, as Triton's).
+    #[error("{0}")]
+    ModelControlDisabled(String),
     #[error(transparent)]
     Infer(#[from] InferError),
     /// A server-side failure; details are logged, clients get a generic message.
@@ -45,6 +49,7 @@ impl ServerError {
             ServerError::Infer(InferError::Rejected { .. } | InferError::DeadlineExceeded { .. }) => 429,
             ServerError::ModelNotReady { .. }
             | ServerError::ShuttingDown
+            | ServerError::ModelControlDisabled(_)
             | ServerError::Infer(InferError::Unavailable(_)) => 503,
             ServerError::Infer(InferError::Engine(_)) | ServerError::Internal(_) => 500,
         }
@@ -65,6 +70,7 @@ impl ServerError {
             ServerError::Infer(InferError::DeadlineExceeded { .. }) => tonic::Code::DeadlineExceeded,
             ServerError::ModelNotReady { .. }
             | ServerError::ShuttingDown
+            | ServerError::ModelControlDisabled(_)
             | ServerError::Infer(InferError::Unavailable(_)) => tonic::Code::Unavailable,
             ServerError::Infer(InferError::Engine(_)) | ServerError::Internal(_) => tonic::Code::Internal,
         }

@@ -1,9 +1,11 @@
 //! rtserve server: KServe v2 over HTTP (axum) and gRPC (tonic) on a Triton-style model
 //! repository. Engines are reached only through `rtserve_core::Engine`.
 
+mod access_log;
 pub mod auth;
 mod classification;
 mod codec;
+mod connection;
 mod engines;
 mod error;
 pub mod grpc;
@@ -17,12 +19,16 @@ pub mod repository;
 mod scrape;
 mod serve;
 mod state;
+mod tls;
 mod triton_config;
 mod triton_stats;
 
 pub use auth::{AuthConfig, TokenFileError};
+pub use connection::ConnectionLimits;
 pub use engines::EngineChoice;
 pub use error::ServerError;
-pub use rtserve_core::{CacheOptions, RedisOptions};
+pub use repository::{ModelControl, ModelControlMode};
+pub use rtserve_core::{CacheOptions, RedisOptions, RedisTls};
 pub use serve::{serve, ServerConfig, StartError};
 pub use state::ServerState;
+pub use tls::{TlsConfig, TlsError};

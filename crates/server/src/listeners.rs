@@ -2,16 +2,19 @@
 //! server says (at once, or once start-up loading is done), and closed gracefully on shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use axum::Router;
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::connection::{ConnectionLimits, ConnectionMetrics};
+use crate::metrics::Protocol;
 use crate::serve::StartError;
+use crate::tls::Tls;
 
 /// Connections the kernel queues for a listener before `accept` (tokio's default too).
 const BACKLOG: u32 = 1024;
@@ -54,7 +57,7 @@ impl Port {
 }
 
 /// Small replies must not wait for the peer's delayed ACK (Nagle's algorithm adds up to 40 ms).
-fn no_delay(stream: &tokio::net::TcpStream) {
+pub(crate) fn no_delay(stream: &tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
@@ -64,11 +67,13 @@ fn no_delay(stream: &tokio::net::TcpStream) {
 pub struct Listeners {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<Result<(), String>>>,
+    limits: ConnectionLimits,
+    connections: ConnectionMetrics,
 }
 
 impl Listeners {
-    pub fn new() -> Listeners {
-        Listeners { stop: watch::channel(false).0, tasks: Vec::new() }
+    pub fn new(limits: ConnectionLimits, connections: ConnectionMetrics) -> Listeners {
+        Listeners { stop: watch::channel(false).0, tasks: Vec::new(), limits, connections }
     }
 
     /// Completes when [`Listeners::close`] is called.
@@ -79,26 +84,65 @@ impl Listeners {
         }
     }
 
-    /// Serves `app` over HTTP on `port`; `what` names it in the log.
-    pub fn open_http(&mut self, port: Port, what: &str, app: Router) -> Result<(), StartError> {
+    /// Serves `app` over HTTP on `port`, over TLS when `tls` is given; `what` names it in the
+    /// log.
+    pub fn open_http(
+        &mut self,
+        port: Port,
+        what: &str,
+        app: Router,
+        tls: Option<Arc<Tls>>,
+    ) -> Result<(), StartError> {
         let (listener, addr) = port.listen()?;
-        tracing::info!("{what} listening on {addr}");
-        let server = axum::serve(listener.tap_io(|stream| no_delay(stream)), app)
-            .with_graceful_shutdown(self.stopped());
-        self.tasks.push(tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }));
+        match tls {
+            None => tracing::info!("{what} listening on {addr}"),
+            Some(_) => tracing::info!("{what} listening on {addr} (TLS)"),
+        }
+        let slots = self.connections.slots(&what.to_ascii_lowercase(), self.limits.max_connections);
+        let (limits, stop) = (self.limits.clone(), self.stopped());
+        self.tasks.push(tokio::spawn(async move {
+            crate::http::connections::serve(listener, app, &limits, slots, tls, stop).await;
+            Ok(())
+        }));
         Ok(())
     }
 
-    /// Serves the gRPC inference service on `port`.
-    pub fn open_grpc(&mut self, port: Port, service: crate::grpc::Service) -> Result<(), StartError> {
+    /// Serves the gRPC inference service on `port`, over TLS when `tls` is given.
+    pub fn open_grpc(
+        &mut self,
+        port: Port,
+        service: crate::grpc::Service,
+        tls: Option<Arc<Tls>>,
+    ) -> Result<(), StartError> {
         let (listener, addr) = port.listen()?;
-        tracing::info!("gRPC listening on {addr}");
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener)
-            .map(|accepted| accepted.inspect(no_delay));
+        let slots = self.connections.slots("grpc", self.limits.max_connections);
         let server = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming, self.stopped());
-        self.tasks.push(tokio::spawn(async move { server.await.map_err(|e| e.to_string()) }));
+            .max_concurrent_streams(self.limits.max_concurrent_streams)
+            .add_service(service);
+        let stopped = self.stopped();
+        let task = match tls {
+            None => {
+                tracing::info!("gRPC listening on {addr}");
+                let incoming = futures::stream::unfold((listener, slots), |(listener, slots)| async move {
+                    let accepted =
+                        crate::connection::accept(&listener, &slots, false).await.map(|(stream, _)| stream);
+                    Some((accepted, (listener, slots)))
+                });
+                tokio::spawn(async move {
+                    server.serve_with_incoming_shutdown(incoming, stopped).await.map_err(|e| e.to_string())
+                })
+            }
+            Some(tls) => {
+                tracing::info!("gRPC listening on {addr} (TLS)");
+                let incoming =
+                    tokio_stream::wrappers::ReceiverStream::new(tls.accept(listener, slots, Protocol::Grpc))
+                        .map(Ok::<_, std::io::Error>);
+                tokio::spawn(async move {
+                    server.serve_with_incoming_shutdown(incoming, stopped).await.map_err(|e| e.to_string())
+                })
+            }
+        };
+        self.tasks.push(task);
         Ok(())
     }
 

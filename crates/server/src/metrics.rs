@@ -33,7 +33,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
             Protocol::Grpc => "grpc",
@@ -69,7 +69,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     inflight: IntGaugeVec,
     auth_failures: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     stages: StageMetrics,
+    model_loads: IntCounterVec,
 }
 
 /// The per-batch histograms that each model's scheduler feeds through its observer.
@@ -194,7 +196,38 @@ impl Metrics {
             &["protocol", "reason"],
         )?;
         registry.register(Box::new(auth_failures.clone()))?;
-        Ok(Metrics { registry, request_duration, requests, inflight, auth_failures, stages })
+        let model_loads = IntCounterVec::new(
+            Opts::new(
+                "rtserve_model_loads_total",
+                "Model loads and reloads (start-up, repository API, poll) by outcome: success or failed",
+            ),
+            &["model", "outcome"],
+        )?;
+        registry.register(Box::new(model_loads.clone()))?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "rtserve_tls_handshake_failures_total",
+                "Connections closed because their TLS handshake failed: plaintext, an untrusted or \
+                 missing client certificate, a client that distrusts the server's, a timeout",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        Ok(Metrics {
+            registry,
+            request_duration,
+            requests,
+            inflight,
+            auth_failures,
+            tls_handshake_failures,
+            stages,
+            model_loads,
+        })
+    }
+
+    /// What the repository counts its loads in (`model`, `outcome`).
+    pub fn model_loads(&self) -> IntCounterVec {
+        self.model_loads.clone()
     }
 
     /// What each model's scheduler reports to.
@@ -210,6 +243,11 @@ impl Metrics {
     /// Counts a request refused for its token (`reason`: missing, invalid, forbidden).
     pub fn auth_failure(&self, protocol: Protocol, reason: &str) {
         self.auth_failures.with_label_values(&[protocol.as_str(), reason]).inc();
+    }
+
+    /// Counts a connection whose TLS handshake failed.
+    pub fn tls_handshake_failure(&self, protocol: Protocol) {
+        self.tls_handshake_failures.with_label_values(&[protocol.as_str()]).inc();
     }
 
     /// Starts timing one inference request; see [`RequestTimer`].
@@ -329,6 +367,11 @@ impl RequestTimer {
     pub fn model(&mut self, name: &str, version: u64) {
         self.model = name.to_string();
         self.version = version.to_string();
+    }
+
+    /// The model and version labels (empty until [`RequestTimer::model`]).
+    pub fn labels(&self) -> (&str, &str) {
+        (&self.model, &self.version)
     }
 
     /// Records how the request ended.

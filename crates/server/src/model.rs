@@ -22,6 +22,10 @@ pub struct LoadedModel {
     /// The engine that runs it (`tract`, `onnxruntime`).
     pub engine: &'static str,
     pub scheduler: Scheduler,
+    /// The version identity in cache keys: the number and the digest of the version folder's
+    /// files taken at load, so that a file replaced in place never gets the old file's cached
+    /// replies.
+    cache_version: String,
     cache: PredictionCache,
     requests: Mutex<RequestStats>,
     processing: Processing,
@@ -125,6 +129,7 @@ impl LoadedModel {
         version: u64,
         engine: &'static str,
         scheduler: Scheduler,
+        content: String,
         cache: PredictionCache,
     ) -> Self {
         LoadedModel {
@@ -132,6 +137,7 @@ impl LoadedModel {
             version,
             engine,
             scheduler,
+            cache_version: format!("{version}:{content}"),
             cache,
             requests: Mutex::default(),
             processing: Processing::default(),
@@ -249,7 +255,7 @@ impl LoadedModel {
         let id = std::mem::take(&mut request.id);
         let (outputs, cache, stages) = if self.config.response_cache {
             let enabled = cache_enabled(true, &request);
-            let key = cache_key(&self.config.name, &self.version.to_string(), &request.inputs, &outputs, &[]);
+            let key = cache_key(&self.config.name, &self.cache_version, &request.inputs, &outputs, &[]);
             let (model, requested) = (self.clone(), outputs.clone());
             // Filled only when this request's own computation runs.
             let ran = Arc::new(OnceLock::new());

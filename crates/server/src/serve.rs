@@ -8,13 +8,15 @@ use futures::{Stream, StreamExt};
 use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 
 use crate::auth::{Auth, AuthConfig, TokenFileError};
+use crate::connection::{ConnectionLimits, ConnectionMetrics};
 use crate::engines::{EngineChoice, Engines};
 use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
-use crate::repository::{ModelRepository, Serving};
+use crate::repository::{ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
+use crate::tls::{Tls, TlsConfig, TlsError};
 
 /// The validated server configuration.
 #[derive(Debug, Clone)]
@@ -24,7 +26,8 @@ pub struct ServerConfig {
     /// 0 picks a free port.
     pub http_port: u16,
     pub grpc_port: u16,
-    /// A port of its own for `GET /metrics` (it is on the HTTP port as well).
+    /// A port of its own for `GET /metrics` and the health probes, plaintext even with TLS
+    /// (`/metrics` is on the HTTP port as well).
     pub metrics_port: Option<u16>,
     /// Open the HTTP and gRPC ports only once start-up loading is done (they are reserved at
     /// once, and refuse connections until then); otherwise they open at once and readiness
@@ -49,6 +52,14 @@ pub struct ServerConfig {
     pub max_image_pixels: u64,
     /// Bearer tokens (none: every endpoint is open).
     pub auth: AuthConfig,
+    /// TLS on the HTTP and gRPC ports (none: plaintext). The metrics port stays plaintext.
+    pub tls: Option<TlsConfig>,
+    /// Which models load at start, whether the repository API may change them, and polling.
+    pub model_control: ModelControl,
+    /// Connection limits: `--max-connections`, the header read timeout, gRPC streams.
+    pub connections: ConnectionLimits,
+    /// One log line per request (`--access-log`, `crate::access_log`).
+    pub access_log: bool,
 }
 
 /// Why the server could not start.
@@ -56,10 +67,16 @@ pub struct ServerConfig {
 pub enum StartError {
     #[error("model repository {0} is not a directory")]
     Repository(PathBuf),
+    #[error("model repository {path} (--model-repository) cannot be read: {error}")]
+    UnreadableRepository { path: PathBuf, error: std::io::Error },
+    #[error("model control: {0}")]
+    ModelControl(String),
     #[error("{0}")]
     Engine(String),
     #[error(transparent)]
     Auth(#[from] TokenFileError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Cache(#[from] rtserve_core::CacheError),
     #[error("metrics: {0}")]
@@ -75,13 +92,10 @@ pub enum StartError {
 /// balancers stop sending. Then it stops accepting, lets requests in flight finish (bounded by
 /// `shutdown_timeout`) and returns.
 pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Result<(), StartError> {
-    if let Some(missing) = config.model_repositories.iter().find(|p| !p.is_dir()) {
-        return Err(StartError::Repository(missing.clone()));
+    for root in &config.model_repositories {
+        check_repository(root)?;
     }
     let auth = Arc::new(Auth::load(config.auth.clone())?);
-    if auth.enabled() {
-        reload_on_hangup(auth.clone())?;
-    }
     let engines = Engines::new(config.engine, config.ort_library.clone()).map_err(StartError::Engine)?;
     let scheduling = SchedulerOptions {
         default_max_queue_size: config.queue_capacity,
@@ -90,33 +104,48 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     };
     let cache = PredictionCache::new(config.cache.clone())?;
     let metrics = Arc::new(Metrics::new()?);
+    let tls = config.tls.clone().map(|tls| Tls::load(tls, metrics.clone())).transpose()?.map(Arc::new);
+    if auth.enabled() || tls.is_some() {
+        reload_on_hangup(auth.clone(), tls.clone())?;
+    }
     let images = Arc::new(ImagePool::new(0, config.max_image_pixels).map_err(StartError::Engine)?);
     let repository = Arc::new(ModelRepository::new(
         config.model_repositories.clone(),
         engines,
-        Serving { scheduling, stages: metrics.stages(), cache: cache.clone(), images },
+        Serving {
+            scheduling,
+            stages: metrics.stages(),
+            cache: cache.clone(),
+            images,
+            loads: metrics.model_loads(),
+        },
+        config.model_control.clone(),
     ));
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
-    let state =
-        Arc::new(ServerState::new(repository.clone(), config.max_request_bytes, metrics).with_auth(auth));
+    let connections = ConnectionMetrics::register(&metrics)?;
+    let state = Arc::new(
+        ServerState::new(repository.clone(), config.max_request_bytes, metrics)
+            .with_auth(auth)
+            .with_access_log(config.access_log),
+    );
 
     let http = Port::reserve(&config.host, config.http_port, "--http-port").await?;
     let grpc = Port::reserve(&config.host, config.grpc_port, "--grpc-port").await?;
-    let mut listeners = Listeners::new();
+    let mut listeners = Listeners::new(config.connections.clone(), connections);
     if let Some(port) = config.metrics_port {
         let port = Port::reserve(&config.host, port, "--metrics-port").await?;
-        listeners.open_http(port, "metrics", crate::http::metrics_app(state.clone()))?;
+        listeners.open_http(port, "metrics", crate::http::metrics_app(state.clone()), None)?;
     }
     let open = |listeners: &mut Listeners, http, grpc| {
-        listeners.open_http(http, "HTTP", crate::http::app(state.clone()))?;
-        listeners.open_grpc(grpc, crate::grpc::service(state.clone()))
+        listeners.open_http(http, "HTTP", crate::http::app(state.clone()), tls.clone())?;
+        listeners.open_grpc(grpc, crate::grpc::service(state.clone()), tls.clone())
     };
     if config.listen_when_ready {
-        repository.load_all().await;
+        repository.start().await.map_err(StartError::ModelControl)?;
         open(&mut listeners, http, grpc)?;
     } else {
         open(&mut listeners, http, grpc)?;
-        repository.load_all().await;
+        repository.start().await.map_err(StartError::ModelControl)?;
     }
     state.set_ready();
     tracing::info!("ready");
@@ -143,19 +172,44 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     listeners.close(config.shutdown_timeout).await
 }
 
-/// Rereads the token files on each SIGHUP; a file that fails then is logged and the tokens in
-/// force stay. Only when authentication is on (SIGHUP otherwise keeps its default: exit).
-fn reload_on_hangup(auth: Arc<Auth>) -> Result<(), StartError> {
+/// A repository folder must exist and be listable (in every model control mode; poll mode
+/// lists it again and again).
+fn check_repository(root: &std::path::Path) -> Result<(), StartError> {
+    let unreadable = |error| StartError::UnreadableRepository { path: root.to_path_buf(), error };
+    match std::fs::metadata(root) {
+        Ok(metadata) if metadata.is_dir() => std::fs::read_dir(root).map(drop).map_err(unreadable),
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(unreadable(error)),
+        _ => Err(StartError::Repository(root.to_path_buf())),
+    }
+}
+
+/// Rereads the token files and the TLS files on each SIGHUP; a file that fails then is logged
+/// and what is in force stays. Only when authentication or TLS is on (SIGHUP otherwise keeps its
+/// default: exit).
+fn reload_on_hangup(auth: Arc<Auth>, tls: Option<Arc<Tls>>) -> Result<(), StartError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = signal(SignalKind::hangup())
-        .map_err(|e| StartError::Serve(format!("cannot listen for SIGHUP (token reload): {e}")))?;
+    let mut hangups = signal(SignalKind::hangup()).map_err(|e| {
+        StartError::Serve(format!("cannot listen for SIGHUP (token and certificate reload): {e}"))
+    })?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match auth.reload() {
-                Ok((inference, admin)) => {
-                    tracing::info!("SIGHUP: token files reread ({inference} inference, {admin} admin tokens)")
+            if auth.enabled() {
+                match auth.reload() {
+                    Ok((inference, admin)) => {
+                        tracing::info!(
+                            "SIGHUP: token files reread ({inference} inference, {admin} admin tokens)"
+                        )
+                    }
+                    Err(e) => tracing::error!("SIGHUP: {e}; the tokens in force are kept"),
                 }
-                Err(e) => tracing::error!("SIGHUP: {e}; the tokens in force are kept"),
+            }
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => {
+                        tracing::info!("SIGHUP: TLS certificate and key reread; new connections use them")
+                    }
+                    Err(e) => tracing::error!("SIGHUP: {e}; the TLS certificate in force is kept"),
+                }
             }
         }
     });

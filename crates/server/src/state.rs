@@ -29,6 +29,8 @@ pub struct ServerState {
     pub metrics: Arc<Metrics>,
     /// The bearer tokens (disabled unless a token file is given).
     pub auth: Arc<Auth>,
+    /// Log one line per request (`--access-log`).
+    pub access_log: bool,
     phase: AtomicU8,
 }
 
@@ -40,6 +42,7 @@ impl ServerState {
             max_request_bytes,
             metrics,
             auth,
+            access_log: false,
             phase: AtomicU8::new(Phase::Starting as u8),
         }
     }
@@ -47,6 +50,11 @@ impl ServerState {
     /// The same state, checking bearer tokens with `auth`.
     pub fn with_auth(self, auth: Arc<Auth>) -> Self {
         ServerState { auth, ..self }
+    }
+
+    /// The same state, logging one line per request when `on`.
+    pub fn with_access_log(self, on: bool) -> Self {
+        ServerState { access_log: on, ..self }
     }
 
     fn phase(&self) -> u8 {

@@ -1,6 +1,7 @@
 //! A real `redis-server` on a free loopback port, stopped on drop.
 
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,11 +36,50 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// Certificates for a Redis that speaks only TLS (PEM files).
+pub struct RedisTls<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// The CA that client certificates must chain to.
+    pub ca: &'a Path,
+    /// Whether clients must present a certificate (`tls-auth-clients`).
+    pub require_client_cert: bool,
+}
+
 impl RedisServer {
     /// Starts a server on `port` and waits until it accepts connections.
     pub fn start(port: u16) -> RedisServer {
+        Self::spawn(port, &["--port", &port.to_string()])
+    }
+
+    /// Starts a server that speaks only TLS on `port` (Debian's redis-server is built with
+    /// TLS); [`RedisServer::tls_url`] reaches it.
+    pub fn start_tls(port: u16, tls: &RedisTls) -> RedisServer {
+        let path = |p: &Path| p.to_str().expect("UTF-8 path").to_string();
+        let auth = if tls.require_client_cert { "yes" } else { "no" };
+        Self::spawn(
+            port,
+            &[
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                &path(tls.cert),
+                "--tls-key-file",
+                &path(tls.key),
+                "--tls-ca-cert-file",
+                &path(tls.ca),
+                "--tls-auth-clients",
+                auth,
+            ],
+        )
+    }
+
+    fn spawn(port: u16, listen: &[&str]) -> RedisServer {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,6 +96,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The URL of a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}/", self.port)
     }
 
     /// Kills the server and waits until the port is closed.

@@ -137,7 +137,7 @@ fn options(row: &RowSpec, server: &LocalServer, progress: bool) -> BenchOptions 
         Protocol::GrpcUnary | Protocol::GrpcStream => (Scheme::Grpc, server.grpc),
     };
     BenchOptions {
-        url: Endpoint { scheme, authority: address.to_string() },
+        url: Endpoint { scheme, authority: address.to_string(), tls: false },
         model: MODEL_NAME.into(),
         model_version: None,
         concurrency: row.concurrency.clone(),
@@ -156,6 +156,7 @@ fn options(row: &RowSpec, server: &LocalServer, progress: bool) -> BenchOptions 
         metrics_url: Some(format!("http://{}/metrics", server.http)),
         server_pid: Some(server.pid()),
         progress,
+        credentials: Default::default(),
     }
 }
 

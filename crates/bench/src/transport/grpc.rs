@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::BenchConfig;
+use crate::credentials::BearerToken;
 use crate::inputs::RequestInputs;
 use crate::outcome::{classify_stream_message, error_chain, from_status, ErrorKind, RequestError};
 use crate::target::ModelInfo;
@@ -29,7 +31,7 @@ const STREAM_BUFFER: usize = 1024;
 /// A gRPC client for one model over one HTTP/2 connection. Cloning shares the connection.
 #[derive(Debug, Clone)]
 pub struct GrpcClient {
-    client: GrpcInferenceServiceClient<Channel>,
+    client: GrpcInferenceServiceClient<InterceptedService<Channel, BearerToken>>,
     url: String,
     model: String,
     version: String,
@@ -39,16 +41,20 @@ impl GrpcClient {
     pub async fn connect(config: &BenchConfig) -> Result<GrpcClient, BenchError> {
         let url = config.endpoint.to_string();
         let unreachable = |reason: String| BenchError::Unreachable { url: url.clone(), reason };
-        let channel = Endpoint::from_shared(config.endpoint.http_base())
+        let mut endpoint = Endpoint::from_shared(config.endpoint.http_base())
             .map_err(|e| unreachable(error_chain(&e)))?
             .connect_timeout(config.timeout)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        let client = GrpcInferenceServiceClient::new(channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
+            .tcp_nodelay(true);
+        if config.endpoint.tls {
+            endpoint = endpoint
+                .tls_config(config.credentials.grpc_tls())
+                .map_err(|e| unreachable(error_chain(&e)))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let client =
+            GrpcInferenceServiceClient::with_interceptor(channel, config.credentials.grpc_interceptor()?)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
         Ok(GrpcClient {
             client,
             url,

@@ -27,7 +27,9 @@ pub struct HttpClient {
 impl HttpClient {
     pub fn new(config: &BenchConfig) -> Result<HttpClient, BenchError> {
         let base = config.endpoint.http_base();
-        let client = reqwest::Client::builder()
+        let client = config
+            .credentials
+            .http_client()?
             .tcp_nodelay(true)
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(usize::MAX)

@@ -1,6 +1,8 @@
-//! `rtserve optimize`: INT8 quantization, FP16 conversion, evaluation, training and pruning of
-//! ONNX models.
+//! `rtserve optimize`: INT8 quantization, FP16 conversion, evaluation, training, pruning,
+//! distillation and quantization-aware training of ONNX models.
 
+mod distill;
+mod qat;
 mod train;
 
 use std::path::PathBuf;
@@ -37,6 +39,14 @@ enum OptimizeCommand {
     /// Prune a model, then fine-tune it: --method magnitude (zeros, smaller compressed file) or
     /// channels (whole channels removed: a smaller, faster dense model).
     Prune(Box<train::PruneArgs>),
+    /// Knowledge distillation: train a smaller student (--student, or --student-width of the
+    /// teacher) on a teacher's temperature-softened outputs, and on labels when given
+    /// (alpha·T²·KL + (1−alpha)·CE). The teacher runs once, on the engine.
+    Distill(Box<distill::DistillArgs>),
+    /// Quantization-aware training: fine-tune with fake INT8 quantization where `quantize` puts
+    /// Q/DQ (per-channel int8 weights, uint8 activations), ranges from calibration, optionally
+    /// distilling from --teacher; writes the same QDQ format as `quantize`.
+    Qat(Box<qat::QatArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -246,6 +256,8 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         OptimizeCommand::Evaluate(a) => run_evaluate(a),
         OptimizeCommand::Train(a) => train::run_train(*a),
         OptimizeCommand::Prune(a) => train::run_prune(*a),
+        OptimizeCommand::Distill(a) => distill::run_distill(*a),
+        OptimizeCommand::Qat(a) => qat::run_qat(*a),
     }
 }
 

@@ -15,7 +15,9 @@ use rtserve_optimize::prune::magnitude::{self, MagnitudeOptions, MagnitudePruner
 use rtserve_optimize::prune::target::{self, SpeedTarget};
 use rtserve_optimize::train::data::{self as train_data, Dataset, FASHION_MNIST_DIR};
 use rtserve_optimize::train::optim::{OptimizerKind, Schedule};
-use rtserve_optimize::train::trainer::{self, CrossEntropy, Event, Hook, Plugins, TrainOptions, TrainReport};
+use rtserve_optimize::train::trainer::{
+    self, CrossEntropy, Event, Hook, Objective, Plugins, TrainOptions, TrainReport,
+};
 use rtserve_optimize::train::TrainGraph;
 use serde::Serialize;
 
@@ -25,9 +27,10 @@ use super::{create_engine, print_report, EngineArgs, ImageArgs};
 #[derive(Args)]
 pub struct DataArgs {
     /// Training samples: a .npy/.npz file (first axis = samples) or a folder of images.
-    #[arg(long, requires = "labels", conflicts_with = "fashion_mnist")]
+    #[arg(long, conflicts_with = "fashion_mnist")]
     data: Option<PathBuf>,
-    /// One class index per training sample: a .npy integer array or a text file, one per line.
+    /// One class index per training sample: a .npy integer array or a text file, one per line
+    /// (distill and qat --teacher may go without: the teacher's predictions stand in).
     #[arg(long)]
     labels: Option<PathBuf>,
     /// Train on Fashion-MNIST's 60,000 training images from this folder of IDX files (Debian's
@@ -39,6 +42,7 @@ pub struct DataArgs {
     /// training data.
     #[arg(long, requires = "heldout_labels")]
     heldout_data: Option<PathBuf>,
+    /// One class index per --heldout-data sample (as --labels).
     #[arg(long)]
     heldout_labels: Option<PathBuf>,
     /// Fraction of the training data held out when no --heldout-data is given (0: none).
@@ -47,6 +51,7 @@ pub struct DataArgs {
     /// Test samples, reported and never used for choosing.
     #[arg(long, requires = "test_labels")]
     test_data: Option<PathBuf>,
+    /// One class index per --test-data sample (as --labels).
     #[arg(long)]
     test_labels: Option<PathBuf>,
     /// Use only the first N training samples.
@@ -68,11 +73,13 @@ pub struct FitArgs {
     /// Passes over the training data (0: no training).
     #[arg(long, default_value_t = 5)]
     epochs: usize,
+    /// Samples per optimizer step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
-    /// Base learning rate.
+    /// Base learning rate (fine-tuning a trained model, as qat does, wants a small one: 0.001).
     #[arg(long, default_value_t = 0.05)]
     lr: f64,
+    /// sgd (with --momentum) or adamw.
     #[arg(long, value_enum, default_value = "sgd")]
     optimizer: OptimizerName,
     /// SGD momentum.
@@ -173,19 +180,26 @@ pub struct PruneArgs {
 }
 
 /// The data sets of a run.
-struct Splits {
-    train: Dataset,
-    heldout: Option<Dataset>,
-    test: Option<Dataset>,
+pub(super) struct Splits {
+    pub(super) train: Dataset,
+    pub(super) heldout: Option<Dataset>,
+    pub(super) test: Option<Dataset>,
+    /// Whether the training (and split-off held-out) data came with labels; without, every
+    /// label is 0 until a teacher relabels them.
+    pub(super) labelled: bool,
 }
 
 impl DataArgs {
-    fn load(&self, input: &str) -> anyhow::Result<Splits> {
+    /// The data sets; `--data` without `--labels` only where `unlabelled_ok`.
+    pub(super) fn load(&self, input: &str, unlabelled_ok: bool) -> anyhow::Result<Splits> {
         let images = self.image.preprocess()?;
+        let labelled = self.labels.is_some() || self.fashion_mnist.is_some();
         let (mut train, mut test) = match (&self.data, &self.fashion_mnist) {
             (Some(data), None) => {
-                let labels = self.labels.as_deref().context("--labels is required with --data")?;
-                (train_data::load(data, labels, input, &images)?, None)
+                if !labelled && !unlabelled_ok {
+                    bail!("--labels is required with --data");
+                }
+                (train_data::load(data, self.labels.as_deref(), input, &images)?, None)
             }
             (None, Some(dir)) => {
                 let train = train_data::fashion_mnist(dir, "train").with_context(|| {
@@ -199,19 +213,19 @@ impl DataArgs {
             train = train.truncate(n);
         }
         let heldout = match (&self.heldout_data, &self.heldout_labels) {
-            (Some(d), Some(l)) => Some(train_data::load(d, l, input, &images)?),
+            (Some(d), Some(l)) => Some(train_data::load(d, Some(l), input, &images)?),
             _ if self.heldout > 0.0 => Some(train.split_off(self.heldout)?),
             _ => None,
         };
         if let (Some(d), Some(l)) = (&self.test_data, &self.test_labels) {
-            test = Some(train_data::load(d, l, input, &images)?);
+            test = Some(train_data::load(d, Some(l), input, &images)?);
         }
-        Ok(Splits { train, heldout, test })
+        Ok(Splits { train, heldout, test, labelled })
     }
 }
 
 impl FitArgs {
-    fn options(&self) -> anyhow::Result<TrainOptions> {
+    pub(super) fn options(&self) -> anyhow::Result<TrainOptions> {
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
         }
@@ -237,15 +251,15 @@ impl FitArgs {
 
 /// The trained model's figures.
 #[derive(Serialize)]
-struct FitReport {
-    training: TrainReport,
-    heldout_accuracy: Option<f64>,
-    test_accuracy: Option<f64>,
-    test_accuracy_before: Option<f64>,
+pub(super) struct FitReport {
+    pub(super) training: TrainReport,
+    pub(super) heldout_accuracy: Option<f64>,
+    pub(super) test_accuracy: Option<f64>,
+    pub(super) test_accuracy_before: Option<f64>,
 }
 
 /// The model's one input and the shape the data must fit.
-fn check_data(graph: &TrainGraph, onnx: &ModelProto, splits: &Splits) -> anyhow::Result<String> {
+pub(super) fn check_data(graph: &TrainGraph, onnx: &ModelProto, splits: &Splits) -> anyhow::Result<String> {
     let [input] = graph.inputs() else {
         bail!("the trainer feeds models with one input; this one has {:?}", graph.inputs());
     };
@@ -260,10 +274,11 @@ fn check_data(graph: &TrainGraph, onnx: &ModelProto, splits: &Splits) -> anyhow:
 }
 
 /// Trains with a progress bar; Ctrl-C stops after the current step and keeps the best epoch.
-fn fit(
+pub(super) fn fit(
     graph: &TrainGraph,
     splits: &Splits,
     options: &TrainOptions,
+    objective: &mut dyn Objective,
     hooks: Vec<&mut dyn Hook>,
 ) -> anyhow::Result<FitReport> {
     let test_accuracy_before = match (&splits.test, options.epochs) {
@@ -306,7 +321,7 @@ fn fit(
             bar.reset();
         }
     };
-    let plugins = Plugins { objective: &mut CrossEntropy, hooks, stop: &stop, on_event: &mut on_event };
+    let plugins = Plugins { objective, hooks, stop: &stop, on_event: &mut on_event };
     let training = trainer::train(graph, &splits.train, splits.heldout.as_ref(), options, plugins)?;
     bar.finish_and_clear();
     if training.interrupted {
@@ -319,11 +334,11 @@ fn fit(
     Ok(FitReport { training, heldout_accuracy, test_accuracy, test_accuracy_before })
 }
 
-fn percent(v: Option<f64>) -> String {
+pub(super) fn percent(v: Option<f64>) -> String {
     v.map(|a| format!("{:.2} %", a * 100.0)).unwrap_or_else(|| "-".into())
 }
 
-fn fit_text(r: &FitReport) -> String {
+pub(super) fn fit_text(r: &FitReport) -> String {
     format!(
         "held-out accuracy {}, test accuracy {} (before: {}); {} epochs in {:.1} s, best epoch {}{}\n",
         percent(r.heldout_accuracy),
@@ -339,9 +354,9 @@ fn fit_text(r: &FitReport) -> String {
 pub fn run_train(a: TrainArgs) -> anyhow::Result<()> {
     let onnx = model::load(&a.model)?;
     let graph = TrainGraph::new(&onnx)?;
-    let splits = a.data.load(graph.inputs().first().map(String::as_str).unwrap_or(""))?;
+    let splits = a.data.load(graph.inputs().first().map(String::as_str).unwrap_or(""), false)?;
     check_data(&graph, &onnx, &splits)?;
-    let report = fit(&graph, &splits, &a.fit.options()?, Vec::new())?;
+    let report = fit(&graph, &splits, &a.fit.options()?, &mut CrossEntropy, Vec::new())?;
     model::save(&graph.to_model()?, &a.out)?;
     print_report(a.json, &report, || format!("wrote {}: {}", a.out.display(), fit_text(&report)))
 }
@@ -366,7 +381,7 @@ struct PruneReport {
     fit: FitReport,
 }
 
-fn file_size(path: &Path) -> u64 {
+pub(super) fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
@@ -376,7 +391,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
     let options = a.fit.options()?;
     let original = TrainGraph::new(&onnx)?;
     let (params_before, _) = original.weight_counts()?;
-    let splits = a.data.load(original.inputs().first().map(String::as_str).unwrap_or(""))?;
+    let splits = a.data.load(original.inputs().first().map(String::as_str).unwrap_or(""), false)?;
     let input = check_data(&original, &onnx, &splits)?;
     let mut report = PruneReport {
         method: "",
@@ -418,7 +433,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
             if options.epochs == 0 {
                 pruner.prune_to(&original, a.sparsity)?;
             } else {
-                report.fit = fit(&original, &splits, &options, vec![&mut pruner])?;
+                report.fit = fit(&original, &splits, &options, &mut CrossEntropy, vec![&mut pruner])?;
             }
             report.layers = pruner.report(&original)?;
             original
@@ -453,7 +468,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
             report.groups = groups;
             let graph = TrainGraph::new(&pruned)?;
             if options.epochs > 0 {
-                report.fit = fit(&graph, &splits, &options, Vec::new())?;
+                report.fit = fit(&graph, &splits, &options, &mut CrossEntropy, Vec::new())?;
             }
             graph
         }

@@ -19,7 +19,7 @@ use crate::{add_model, mlp_config, start_server};
 
 crate::engine_tests!(repeats_hit_and_identical_requests_run_once);
 
-const CACHED: &str = "response_cache { enable: true }";
+pub const CACHED: &str = "response_cache { enable: true }";
 
 /// A binary-tensor request to `model`; `parameters` go in the top-level `parameters`.
 async fn binary(
@@ -154,7 +154,7 @@ async fn replicas_share_redis_and_survive_it_going_away() {
 /// Whether, for one of `tries` (fresh inputs each), a request computed on A is then answered
 /// by B from Redis. A writes Redis just after answering, so B asks a moment later; an input that
 /// B computed itself is spent, and the next one is tried.
-async fn shares(http: &reqwest::Client, a: &Server, b: &Server, tries: &[Vec<Tensor>]) -> bool {
+pub async fn shares(http: &reqwest::Client, a: &Server, b: &Server, tries: &[Vec<Tensor>]) -> bool {
     for inputs in tries {
         let on_a = binary(http, a, "cached", inputs, json!({})).await;
         assert_eq!(cache_header(&on_a).as_deref(), Some("miss"), "a fresh input is a miss on A");

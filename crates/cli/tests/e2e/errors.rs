@@ -32,7 +32,7 @@ crate::engine_tests!(
 );
 
 /// Asserts that the server still answers a good request correctly over both protocols.
-async fn still_serves(server: &Server) {
+pub(crate) async fn still_serves(server: &Server) {
     let case = case("mlp");
     let http = reqwest::Client::new();
     let outputs = http_infer_json(&http, server, "mlp", &case.inputs).await;

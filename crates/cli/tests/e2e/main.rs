@@ -6,6 +6,7 @@
 //! ONNX Runtime, its cases are skipped with a note, unless `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is
 //! set. `RTSERVE_E2E_LOG=1` echoes the servers' logs.
 
+mod access_log;
 mod auth;
 mod batching;
 mod cache;
@@ -14,11 +15,16 @@ mod errors;
 mod grpc;
 mod http;
 mod images;
+mod limits;
 mod metrics;
+mod model_control;
+mod reload_under_load;
 mod repository;
 mod server;
 mod shutdown;
+mod stamp_model;
 mod tensors;
+mod tls;
 
 use std::io::Write;
 use std::path::Path;
@@ -68,6 +74,18 @@ pub fn start_server(repository: &Path, engine: Engine, extra: &[&str]) -> Option
         Ok(server) => Some(server),
         Err(StartError::OnnxRuntimeMissing(log)) => skip_onnxruntime(&log),
         Err(StartError::Failed(log)) => panic!("the {engine:?} server did not start: {log}"),
+    }
+}
+
+/// The start-up error (the log) of a tract server on `repository` started with `flags`;
+/// asserts that it is an error, not a panic.
+pub fn start_error(repository: &Path, flags: &[&str]) -> String {
+    match Server::start(repository, Engine::Tract, flags) {
+        Ok(_) => panic!("rtserve started with {flags:?}"),
+        Err(StartError::Failed(log) | StartError::OnnxRuntimeMissing(log)) => {
+            assert!(!log.contains("panicked"), "{log}");
+            log
+        }
     }
 }
 

@@ -54,12 +54,15 @@ pub struct Server {
     reaper: Mutex<Option<(Child, ChildStdin)>>,
     http: SocketAddr,
     grpc: SocketAddr,
+    /// Started with `--tls-cert`: its URLs are https.
+    tls: bool,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
     /// Starts a server on `repository` with `engine`, plus `extra` flags, and waits until
-    /// `/v2/health/ready` answers 200.
+    /// `/v2/health/ready` answers 200 (with `--tls-cert`, until the log says it is ready: the
+    /// harness speaks no TLS).
     pub fn start(repository: &Path, engine: Engine, extra: &[&str]) -> Result<Server, StartError> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rtserve"))
             .arg("--log-format")
@@ -87,6 +90,7 @@ impl Server {
             child: Mutex::new(Some(child)),
             http: unbound,
             grpc: unbound,
+            tls: extra.contains(&"--tls-cert"),
             log,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -94,6 +98,12 @@ impl Server {
             Ok(ports) => ports,
             Err(reason) => return Err(server.start_failure(reason)),
         };
+        if server.tls {
+            return match wait_for_line(&lines, deadline, |line| line.ends_with(" ready")) {
+                Ok(()) => Ok(server),
+                Err(reason) => Err(server.start_failure(reason)),
+            };
+        }
         while !http_get_ok(server.http, "/v2/health/ready") {
             if Instant::now() > deadline || server.has_exited() {
                 return Err(StartError::Failed(format!(
@@ -124,14 +134,26 @@ impl Server {
         self.http
     }
 
-    /// `http://127.0.0.1:PORT{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.http)
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
     }
 
-    /// The gRPC endpoint, for `GrpcInferenceServiceClient::connect`.
+    /// `http://127.0.0.1:PORT{path}` (https with TLS).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme(), self.http)
+    }
+
+    /// The gRPC endpoint, for `GrpcInferenceServiceClient::connect` (https with TLS).
     pub fn grpc_endpoint(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("{}://{}", self.scheme(), self.grpc)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Everything the server has written to stderr so far.
@@ -270,6 +292,16 @@ fn wait_for_ports(
         http = http.or_else(|| address_after(&line, "HTTP listening on "));
         grpc = grpc.or_else(|| address_after(&line, "gRPC listening on "));
     }
+}
+
+/// Reads log lines until one passes `wanted`.
+fn wait_for_line(
+    lines: &mpsc::Receiver<String>,
+    deadline: Instant,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<(), mpsc::RecvTimeoutError> {
+    while !wanted(&lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))?) {}
+    Ok(())
 }
 
 fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {

@@ -11,9 +11,9 @@ use tokio::net::TcpStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::{grpc, grpc_infer, grpc_outputs, grpc_request, http_infer_json, json_body, Contents};
-use crate::server::{Engine, Server, StartError};
+use crate::server::{Engine, Server};
 use crate::tensors::{assert_matches_reference, case, Case, Tensor};
-use crate::{start_server, temp_repository};
+use crate::{start_error, start_server, temp_repository};
 
 crate::engine_tests!(sigterm_finishes_requests_in_flight);
 
@@ -217,26 +217,19 @@ async fn listen_when_ready_opens_the_ports_after_loading() {
     server.stop().await;
 }
 
-/// The start-up error of a server started with `flags`.
-fn start_error(flags: &[&str]) -> String {
-    let repository = temp_repository(&["mlp"]);
-    match Server::start(repository.path(), Engine::Tract, flags) {
-        Ok(_) => panic!("rtserve started with {flags:?}"),
-        Err(StartError::Failed(log) | StartError::OnnxRuntimeMissing(log)) => log,
-    }
-}
-
 #[test]
 fn drain_longer_than_the_shutdown_timeout_is_refused_at_start() {
-    let log = start_error(&["--drain-seconds", "40", "--shutdown-timeout", "30"]);
+    let repository = temp_repository(&["mlp"]);
+    let log = start_error(repository.path(), &["--drain-seconds", "40", "--shutdown-timeout", "30"]);
     assert!(log.contains("--drain-seconds (40) is longer than --shutdown-timeout (30)"), "{log}");
 }
 
 #[test]
 fn a_port_in_use_is_named_at_start() {
+    let repository = temp_repository(&["mlp"]);
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
     let port = taken.local_addr().expect("local address").port().to_string();
-    let log = start_error(&["--metrics-port", port.as_str()]);
+    let log = start_error(repository.path(), &["--metrics-port", port.as_str()]);
     assert!(log.contains(&format!("cannot listen on 127.0.0.1:{port} (--metrics-port)")), "{log}");
     assert!(log.to_lowercase().contains("in use"), "{log}");
 }

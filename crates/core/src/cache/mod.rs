@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 
 pub use self::key::{cache_key, CacheKey};
 pub use self::local::CachedOutputs;
-pub use self::redis::RedisOptions;
+pub use self::redis::{RedisOptions, RedisTls};
 pub use self::stats::{CacheStats, LatencySnapshot, LOOKUP_BUCKETS};
 
 use self::local::LocalTier;
@@ -79,6 +79,8 @@ pub enum CacheError {
     ZeroTtl,
     #[error("--cache-redis '{url}' is not a usable Redis URL: {reason}")]
     RedisUrl { url: String, reason: String },
+    #[error("{path} ({flag}): {problem}")]
+    RedisTlsFile { path: std::path::PathBuf, flag: &'static str, problem: String },
     #[error("the Redis cache tier must be created inside a tokio runtime")]
     NoRuntime,
 }

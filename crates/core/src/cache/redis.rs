@@ -6,6 +6,7 @@
 //! each pay the timeout while Redis is away. Connections come from a small pool of
 //! [`ConnectionManager`]s (each one multiplexed), which reconnect by themselves.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +36,75 @@ pub struct RedisOptions {
     pub pool_size: usize,
     /// After a failure, calls are skipped for this long.
     pub down_for: Duration,
+    /// Certificates for a `rediss://` URL.
+    pub tls: RedisTls,
+}
+
+/// Certificates for `rediss://` (TLS through rustls), read from PEM files when the tier is set
+/// up.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// CA certificates the server's certificate must chain to (`--cache-redis-ca`); `None`: the
+    /// system's trusted roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key (`--cache-redis-cert`, `--cache-redis-key`), for a
+    /// Redis that asks for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisTls {
+    fn is_default(&self) -> bool {
+        self.ca.is_none() && self.client_cert.is_none()
+    }
+
+    /// The files' contents, as the redis crate takes them; a file that cannot be read or holds
+    /// no PEM certificate (or key) is an error naming it.
+    fn certificates(&self) -> Result<redis::TlsCertificates, CacheError> {
+        let root_cert = self
+            .ca
+            .as_deref()
+            .map(|path| read_pem(path, "--cache-redis-ca", Pem::Certificate))
+            .transpose()?;
+        let client_tls = match &self.client_cert {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read_pem(cert, "--cache-redis-cert", Pem::Certificate)?,
+                client_key: read_pem(key, "--cache-redis-key", Pem::PrivateKey)?,
+            }),
+            None => None,
+        };
+        Ok(redis::TlsCertificates { client_tls, root_cert })
+    }
+}
+
+/// Reads a PEM file that must hold a `what` (a certificate or a private key).
+fn read_pem(path: &Path, flag: &'static str, what: Pem) -> Result<Vec<u8>, CacheError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let problem = |problem: String| CacheError::RedisTlsFile { path: path.to_owned(), flag, problem };
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read it: {e}")))?;
+    let holds = match what {
+        Pem::Certificate => matches!(CertificateDer::pem_slice_iter(&pem).next(), Some(Ok(_))),
+        Pem::PrivateKey => PrivateKeyDer::from_pem_slice(&pem).is_ok(),
+    };
+    if !holds {
+        return Err(problem(format!("it holds no PEM {}", what.name())));
+    }
+    Ok(pem)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+impl Pem {
+    fn name(self) -> &'static str {
+        match self {
+            Pem::Certificate => "certificate",
+            Pem::PrivateKey => "private key",
+        }
+    }
 }
 
 impl RedisOptions {
@@ -47,6 +117,7 @@ impl RedisOptions {
             key_prefix: "rtserve:".to_string(),
             pool_size: 4,
             down_for: Duration::from_secs(1),
+            tls: RedisTls::default(),
         }
     }
 }
@@ -75,7 +146,12 @@ impl RedisTier {
         counters: Arc<Counters>,
     ) -> Result<Self, CacheError> {
         let url_error = |reason: String| CacheError::RedisUrl { url: options.url.clone(), reason };
-        let client = redis::Client::open(options.url.as_str()).map_err(|e| url_error(e.to_string()))?;
+        let client = if options.tls.is_default() {
+            redis::Client::open(options.url.as_str())
+        } else {
+            redis::Client::build_with_tls(options.url.as_str(), options.tls.certificates()?)
+        }
+        .map_err(|e| url_error(e.to_string()))?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(CacheError::NoRuntime);
         }

@@ -8,7 +8,8 @@
 //! - [`LatencyProfile`] (`profile`): execution time per batch size, robust and online.
 //! - `slo`: `slo_ms` / `slo` presets from the model's parameters.
 //! - `batch`: concatenating requests along dim 0 and splitting outputs back.
-//! - [`Scheduler`] (`task`): the handle and the thin task; `worker`: the instance-thread side.
+//! - [`Scheduler`] (`task`): the handle, the planner under a lock and the timer task; `worker`: the
+//!   instance-thread side.
 //! - [`SchedulerStats`] (`stats`): what the metrics endpoint exports.
 //! - `timer`: sub-millisecond waits (tokio's timer ticks in milliseconds).
 

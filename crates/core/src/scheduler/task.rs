@@ -1,17 +1,22 @@
-//! The scheduler of one model version: a handle, and a thin task that feeds events and `now`
-//! to the [`BatchPlanner`] and carries out its decisions.
+//! The scheduler of one model version: the [`BatchPlanner`] behind a mutex, fed with events and
+//! `now` by whoever has one, and a timer task for the planner's waits.
 //!
-//! Callers enqueue through a bounded channel and await a oneshot. The task admits or refuses at
-//! once, drops requests whose caller went away, answers expired ones, and hands each batch to
-//! the first free instance thread, which assembles it, runs it and answers every caller.
+//! No task sits between a request and an instance. The caller admits its own request (or is
+//! refused at once), plans, and hands any batch that is ready to the first free instance
+//! thread, then awaits a oneshot; that thread assembles the batch, runs it, records the
+//! completion and plans again (a batch that formed while it ran goes out from there), then
+//! answers every caller. A lone request on an idle instance therefore costs two thread
+//! hand-offs (caller → instance → caller). Only a decision to wait (`max_queue_delay`, a
+//! deadline) involves the timer task, which plans again at that instant. A caller that goes
+//! away takes its request out of the queue as its future is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 
 use super::batch::{batch_group, batch_rows};
 use super::planner::{Batch, BatchPlanner, Decision, Entry, EntryId, RejectReason};
@@ -20,14 +25,9 @@ use super::profile::{LatencyProfile, DEFAULT_PROFILE_WINDOW};
 use super::stats::{SchedulerObserver, SchedulerStats};
 use super::warm_up::warm_up;
 use super::worker::{run_batch, BatchJob, Completion, JobPart, Reply, Scheduled};
+
 use crate::pool::spawn_instance_threads;
 use crate::{InferError, InferRequest, ModelConfig, ModelInstance, NamedTensor};
-
-/// The retry hint when the scheduler's inbox itself is full.
-const INBOX_FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
-
-/// Events the task handles before planning again, so a burst is planned once.
-const EVENTS_PER_PLAN: usize = 256;
 
 /// How a scheduler starts.
 #[derive(Clone)]
@@ -66,7 +66,7 @@ pub enum SchedulerError {
     NoRuntime,
 }
 
-/// A request on its way into the queue.
+/// A request in the queue: what the planner does not hold.
 struct Pending {
     entry: Entry,
     inputs: Vec<NamedTensor>,
@@ -74,20 +74,18 @@ struct Pending {
     reply: Reply,
 }
 
-/// The scheduler of one model version. Dropping it stops the task; batches already running
-/// finish and answer, queued requests are answered with [`InferError::Unavailable`].
+/// The scheduler of one model version. Dropping it stops the timer task and answers queued
+/// requests with [`InferError::Unavailable`]; batches already running finish and answer.
 pub struct Scheduler {
     model: String,
     policy: PlannerConfig,
-    inbox: mpsc::Sender<Pending>,
-    cancels: mpsc::UnboundedSender<EntryId>,
+    shared: Arc<Shared>,
     next_id: AtomicU64,
-    stats: Arc<Mutex<SchedulerStats>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Scheduler {
-    /// Starts the instance threads and the scheduling task for `config`. With
+    /// Starts the instance threads and the timer task for `config`. With
     /// `warm_up_rounds > 0` it first runs a warm-up on one instance to seed the latency
     /// profile, which blocks: call it where model loading runs (`spawn_blocking`). Must be
     /// called inside a tokio runtime.
@@ -118,28 +116,25 @@ impl Scheduler {
             return Err(SchedulerError::NoInstances(model));
         }
         policy.instances = threads.len();
-        let stats = Arc::new(Mutex::new(SchedulerStats {
+        let stats = SchedulerStats {
             instances: threads.len(),
             profile: profile.points(),
             ..SchedulerStats::default()
-        }));
-        let (inbox, inbox_rx) = mpsc::channel(policy.max_queue_size);
-        let (cancels, cancels_rx) = mpsc::unbounded_channel();
-        let (done, done_rx) = mpsc::unbounded_channel();
-        let driver = Driver {
-            model: model.clone(),
-            planner: BatchPlanner::new(policy.clone(), profile),
-            pending: HashMap::new(),
-            inbox: inbox_rx,
-            cancels: cancels_rx,
-            done,
-            done_rx,
-            jobs,
-            stats: stats.clone(),
-            observer: options.observer.clone(),
         };
-        runtime.spawn(driver.run());
-        Ok(Scheduler { model, policy, inbox, cancels, next_id: AtomicU64::new(0), stats, threads })
+        let shared = Arc::new(Shared {
+            model: model.clone(),
+            state: Mutex::new(State {
+                planner: BatchPlanner::new(policy.clone(), profile),
+                pending: HashMap::new(),
+                jobs: Some(jobs),
+                wake_at: None,
+                stats,
+            }),
+            rewake: Notify::new(),
+            observer: options.observer.clone(),
+        });
+        runtime.spawn(timer(shared.clone()));
+        Ok(Scheduler { model, policy, shared, next_id: AtomicU64::new(0), threads })
     }
 
     /// Runs one validated request, batched with others as the policy allows. `outputs` names
@@ -162,22 +157,8 @@ impl Scheduler {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Entry { id, rows, group, priority, arrival, deadlines };
         let (reply, answer) = oneshot::channel();
-        let pending = Pending { entry, inputs: request.inputs, outputs, reply };
-        if let Err(e) = self.inbox.try_send(pending) {
-            return Err(match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    let reason = RejectReason::QueueFull { capacity: self.policy.max_queue_size };
-                    lock(&self.stats).reject(&reason);
-                    InferError::Rejected {
-                        model: self.model.clone(),
-                        reason,
-                        retry_after: INBOX_FULL_RETRY_AFTER,
-                    }
-                }
-                mpsc::error::TrySendError::Closed(_) => InferError::Unavailable(self.model.clone()),
-            });
-        }
-        let mut guard = CancelOnDrop { id, cancels: &self.cancels, armed: true };
+        self.shared.admit(Pending { entry, inputs: request.inputs, outputs, reply })?;
+        let mut guard = CancelOnDrop { id, shared: &self.shared, armed: true };
         let result = answer.await;
         guard.armed = false;
         result.unwrap_or_else(|_| Err(InferError::Unavailable(self.model.clone())))
@@ -185,7 +166,7 @@ impl Scheduler {
 
     /// A snapshot of the counters and gauges.
     pub fn stats(&self) -> SchedulerStats {
-        lock(&self.stats).clone()
+        self.shared.lock().stats.clone()
     }
 
     /// Instance threads running.
@@ -199,155 +180,148 @@ impl Scheduler {
     }
 }
 
-/// Tells the task when a caller stops waiting (its future dropped: HTTP client gone, gRPC
-/// call cancelled), so the request leaves the queue.
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        let pending = {
+            let mut state = self.shared.lock();
+            // Without a sender the instance threads end once the batches queued for them ran.
+            state.jobs = None;
+            std::mem::take(&mut state.pending)
+        };
+        // Their callers see the reply channel close: Unavailable.
+        drop(pending);
+        self.shared.rewake.notify_one();
+    }
+}
+
+/// Takes a request out of the queue when its caller stops waiting (its future dropped: HTTP
+/// client gone, gRPC call cancelled).
 struct CancelOnDrop<'a> {
     id: EntryId,
-    cancels: &'a mpsc::UnboundedSender<EntryId>,
+    shared: &'a Arc<Shared>,
     armed: bool,
 }
 
 impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let _ = self.cancels.send(self.id);
+            self.shared.cancel(self.id);
         }
     }
 }
 
-fn lock(stats: &Mutex<SchedulerStats>) -> MutexGuard<'_, SchedulerStats> {
-    // Stats stay usable even if a holder panicked: they are counters.
-    stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The task's state: the planner plus what the planner does not hold (tensors, replies).
-struct Driver {
+/// What the callers, the instance threads and the timer task share.
+struct Shared {
     model: String,
-    planner: BatchPlanner,
-    pending: HashMap<EntryId, Pending>,
-    inbox: mpsc::Receiver<Pending>,
-    cancels: mpsc::UnboundedReceiver<EntryId>,
-    done: mpsc::UnboundedSender<Completion>,
-    done_rx: mpsc::UnboundedReceiver<Completion>,
-    jobs: flume::Sender<BatchJob>,
-    stats: Arc<Mutex<SchedulerStats>>,
+    state: Mutex<State>,
+    /// Tells the timer task that the planner wants to be woken earlier than it was.
+    rewake: Notify,
     observer: Option<Arc<dyn SchedulerObserver>>,
 }
 
-enum Event {
-    Arrived(Pending),
-    Cancelled(EntryId),
-    Done(Completion),
+/// The planner and what it does not hold (tensors, replies), under one lock.
+struct State {
+    planner: BatchPlanner,
+    pending: HashMap<EntryId, Pending>,
+    /// Where batches go; `None` once the scheduler is dropped.
+    jobs: Option<flume::Sender<BatchJob>>,
+    /// When the planner wants to plan again, if it waits.
+    wake_at: Option<Instant>,
+    stats: SchedulerStats,
 }
 
-impl Driver {
-    async fn run(mut self) {
-        loop {
-            let wake = self.plan(Instant::now());
-            let timer = async {
-                match wake {
-                    Some(at) => super::timer::sleep_until(at).await,
-                    None => std::future::pending().await,
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays usable even if a holder panicked (engines never run under this lock;
+        // a panic here would be a bug of the planner's, not a client's).
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a request and dispatches what is ready, or refuses the request at once.
+    fn admit(self: &Arc<Self>, pending: Pending) -> Result<(), InferError> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if let Err(rejection) = state.planner.admit(pending.entry.clone(), now) {
+            state.stats.reject(&rejection.reason);
+            drop(state);
+            if let Some(observer) = &self.observer {
+                observer.rejected(&rejection.reason);
+            }
+            return Err(match rejection.reason {
+                RejectReason::TooManyRows { .. } => {
+                    InferError::InvalidInput(format!("model '{}': {}", self.model, rejection.reason))
                 }
-            };
-            let event = tokio::select! {
-                biased;
-                Some(done) = self.done_rx.recv() => Event::Done(done),
-                Some(id) = self.cancels.recv() => Event::Cancelled(id),
-                arrived = self.inbox.recv() => match arrived {
-                    Some(pending) => Event::Arrived(pending),
-                    None => break,
+                reason => InferError::Rejected {
+                    model: self.model.clone(),
+                    reason,
+                    retry_after: rejection.retry_after,
                 },
-                () = timer => continue,
-            };
-            self.handle(event);
-            for _ in 1..EVENTS_PER_PLAN {
-                let Some(event) = self.ready_event() else { break };
-                self.handle(event);
-            }
+            });
         }
-        tracing::debug!(model = %self.model, "scheduler stopped");
+        state.pending.insert(pending.entry.id, pending);
+        self.plan(&mut state, now);
+        Ok(())
     }
 
-    fn ready_event(&mut self) -> Option<Event> {
-        if let Ok(done) = self.done_rx.try_recv() {
-            return Some(Event::Done(done));
-        }
-        if let Ok(id) = self.cancels.try_recv() {
-            return Some(Event::Cancelled(id));
-        }
-        self.inbox.try_recv().ok().map(Event::Arrived)
-    }
-
-    fn handle(&mut self, event: Event) {
-        match event {
-            Event::Arrived(pending) => self.admit(pending, Instant::now()),
-            Event::Cancelled(id) => {
-                if self.planner.cancel(id) {
-                    self.pending.remove(&id);
-                    lock(&self.stats).cancelled += 1;
-                }
-            }
-            Event::Done(done) => self.complete(done),
+    /// Takes a request out of the queue (one that already left it is in a batch: nothing to
+    /// do), and plans: the queue it leaves may be all that is outstanding now.
+    fn cancel(self: &Arc<Self>, id: EntryId) {
+        let mut state = self.lock();
+        if state.planner.cancel(id) {
+            state.pending.remove(&id);
+            state.stats.cancelled += 1;
+            self.plan(&mut state, Instant::now());
         }
     }
 
-    fn admit(&mut self, pending: Pending, now: Instant) {
-        if pending.reply.is_closed() {
-            lock(&self.stats).cancelled += 1;
-            return;
-        }
-        match self.planner.admit(pending.entry.clone(), now) {
-            Ok(()) => {
-                self.pending.insert(pending.entry.id, pending);
-            }
-            Err(rejection) => {
-                lock(&self.stats).reject(&rejection.reason);
-                if let Some(observer) = &self.observer {
-                    observer.rejected(&rejection.reason);
-                }
-                let error = match rejection.reason {
-                    RejectReason::TooManyRows { .. } => {
-                        InferError::InvalidInput(format!("model '{}': {}", self.model, rejection.reason))
-                    }
-                    reason => InferError::Rejected {
-                        model: self.model.clone(),
-                        reason,
-                        retry_after: rejection.retry_after,
-                    },
-                };
-                let _ = pending.reply.send(Err(error));
+    /// Records a batch an instance finished, and dispatches what that made ready.
+    fn complete(self: &Arc<Self>, done: Completion) {
+        let mut state = self.lock();
+        state.planner.complete(done.batch, done.measured);
+        if let Some((rows, exec)) = done.measured {
+            state.stats.batches.entry(rows).or_default().add(exec);
+            state.stats.profile = state.planner.profile().points();
+            if let Some(observer) = &self.observer {
+                observer.batch(rows, exec);
             }
         }
+        let stats = &mut state.stats;
+        stats.completed += done.completed;
+        stats.failed += done.failed;
+        stats.cancelled += done.cancelled;
+        stats.slo_met += done.slo_met;
+        stats.slo_missed += done.slo_missed;
+        self.plan(&mut state, Instant::now());
     }
 
-    /// Carries out decisions until the planner waits; returns when to plan again.
-    fn plan(&mut self, now: Instant) -> Option<Instant> {
+    /// Carries out the planner's decisions until it waits or idles; wakes the timer task when
+    /// the planner now wants to plan earlier than before.
+    fn plan(self: &Arc<Self>, state: &mut State, now: Instant) {
         let wake = loop {
-            let decision = self.planner.next_batch(now);
-            self.answer_expired(now);
+            let decision = state.planner.next_batch(now);
+            self.answer_expired(state, now);
             match decision {
-                Decision::Dispatch(batch) => self.dispatch(batch, now),
+                Decision::Dispatch(batch) => self.dispatch(state, batch, now),
                 Decision::WaitUntil(at) => break Some(at),
                 Decision::Idle => break None,
             }
         };
-        let mut stats = lock(&self.stats);
-        stats.queue_depth = self.planner.queue_len();
-        stats.queued_rows = self.planner.queued_rows();
-        stats.instances_busy = self.planner.in_flight();
-        wake
+        state.stats.queue_depth = state.planner.queue_len();
+        state.stats.queued_rows = state.planner.queued_rows();
+        state.stats.instances_busy = state.planner.in_flight();
+        let earlier = wake.is_some_and(|at| state.wake_at.is_none_or(|before| at < before));
+        state.wake_at = wake;
+        if earlier {
+            self.rewake.notify_one();
+        }
     }
 
-    fn answer_expired(&mut self, now: Instant) {
-        for id in self.planner.take_expired() {
-            let Some(pending) = self.pending.remove(&id) else { continue };
-            {
-                let mut stats = lock(&self.stats);
-                stats.expired += 1;
-                if pending.entry.deadlines.slo_at.is_some() {
-                    stats.slo_missed += 1;
-                }
+    fn answer_expired(&self, state: &mut State, now: Instant) {
+        for id in state.planner.take_expired() {
+            let Some(pending) = state.pending.remove(&id) else { continue };
+            state.stats.expired += 1;
+            if pending.entry.deadlines.slo_at.is_some() {
+                state.stats.slo_missed += 1;
             }
             if let Some(observer) = &self.observer {
                 observer.expired();
@@ -358,17 +332,16 @@ impl Driver {
         }
     }
 
-    fn dispatch(&mut self, batch: Batch, now: Instant) {
+    fn dispatch(self: &Arc<Self>, state: &mut State, batch: Batch, now: Instant) {
         let mut parts = Vec::with_capacity(batch.entries.len());
-        let mut cancelled = 0;
         for id in &batch.entries {
-            let Some(pending) = self.pending.remove(id) else { continue };
+            let Some(pending) = state.pending.remove(id) else { continue };
             if pending.reply.is_closed() {
-                cancelled += 1;
+                state.stats.cancelled += 1;
                 continue;
             }
             let wait = now.saturating_duration_since(pending.entry.arrival);
-            lock(&self.stats).queue_wait.add(wait);
+            state.stats.queue_wait.add(wait);
             if let Some(observer) = &self.observer {
                 observer.queue_wait(wait);
             }
@@ -381,39 +354,58 @@ impl Driver {
                 reply: pending.reply,
             });
         }
-        lock(&self.stats).cancelled += cancelled;
         if parts.is_empty() {
-            self.planner.complete(batch.id, None);
+            state.planner.complete(batch.id, None);
             return;
         }
-        let job = BatchJob { batch: batch.id, parts, done: self.done.clone() };
+        let shared = self.clone();
+        let done = Box::new(move |completion| shared.complete(completion));
+        let job = BatchJob { batch: batch.id, parts, done };
         // The planner keeps at most one batch per instance in flight, so the channel (one slot
         // per instance) is never full; it fails only when every instance thread is gone.
-        if let Err(e) = self.jobs.try_send(job) {
+        let sent = match &state.jobs {
+            Some(jobs) => jobs.try_send(job).map_err(|e| e.into_inner()),
+            None => Err(job),
+        };
+        if let Err(job) = sent {
             tracing::error!(model = %self.model, "no instance thread takes batches");
-            for part in e.into_inner().parts {
+            for part in job.parts {
                 let _ = part.reply.send(Err(InferError::Unavailable(self.model.clone())));
             }
-            self.planner.complete(batch.id, None);
+            state.planner.complete(batch.id, None);
         }
     }
+}
 
-    fn complete(&mut self, done: Completion) {
-        self.planner.complete(done.batch, done.measured);
-        let mut stats = lock(&self.stats);
-        if let Some((rows, exec)) = done.measured {
-            stats.batches.entry(rows).or_default().add(exec);
-            stats.profile = self.planner.profile().points();
-            if let Some(observer) = &self.observer {
-                observer.batch(rows, exec);
+/// Plans again at the instant the planner asked for (a `max_queue_delay` that ran out, a
+/// deadline), and waits for the next such instant; ends when the scheduler is dropped.
+async fn timer(shared: Arc<Shared>) {
+    loop {
+        let wake_at = {
+            let state = shared.lock();
+            if state.jobs.is_none() {
+                break;
             }
+            state.wake_at
+        };
+        // A notification sent since the lock was released is kept as a permit: never lost.
+        let rewake = shared.rewake.notified();
+        match wake_at {
+            Some(at) => {
+                tokio::select! {
+                    () = super::timer::sleep_until(at) => {
+                        let mut state = shared.lock();
+                        if state.wake_at.is_some_and(|at| at <= Instant::now()) {
+                            shared.plan(&mut state, Instant::now());
+                        }
+                    }
+                    () = rewake => {}
+                }
+            }
+            None => rewake.await,
         }
-        stats.completed += done.completed;
-        stats.failed += done.failed;
-        stats.cancelled += done.cancelled;
-        stats.slo_met += done.slo_met;
-        stats.slo_missed += done.slo_missed;
     }
+    tracing::debug!(model = %shared.model, "scheduler stopped");
 }
 
 #[cfg(test)]

@@ -1,6 +1,10 @@
 //! Scheduler tests with a fake instance. Instances are held at a gate so that queue contents
 //! are known when a batch forms; no test asserts anything about time.
 
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
 use super::*;
 use crate::{DataType, DynamicBatching, EngineError, Parameter, QueuePolicy, Tensor, TensorSpec};
 

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::batch::split_rows;
 use super::planner::BatchId;
@@ -39,10 +39,12 @@ pub(crate) struct JobPart {
 pub(crate) struct BatchJob {
     pub batch: BatchId,
     pub parts: Vec<JobPart>,
-    pub done: mpsc::UnboundedSender<Completion>,
+    /// Called on the instance thread once every caller is answered: the scheduler records the
+    /// completion and dispatches what is ready next.
+    pub done: Box<dyn FnOnce(Completion) + Send>,
 }
 
-/// What an instance reports back to the scheduler task once every caller is answered.
+/// What an instance reports back to the scheduler once every caller is answered.
 #[derive(Debug, Default)]
 pub(crate) struct Completion {
     pub batch: BatchId,
@@ -55,21 +57,27 @@ pub(crate) struct Completion {
     pub slo_missed: u64,
 }
 
-/// Runs one batch on `instance`. Callers that went away are left out before assembly.
+/// Runs one batch on `instance`. Callers that went away are left out before assembly. The
+/// completion goes to the scheduler before the replies go out, so that a caller who sends its
+/// next request as soon as it has its answer finds the instance free, not still busy with the
+/// request it has just been answered for (which would look like company on its way).
 pub(crate) fn run_batch(name: &str, instance: &mut dyn ModelInstance, job: BatchJob) {
     let BatchJob { batch, parts, done } = job;
     let before = parts.len();
     let parts: Vec<JobPart> = parts.into_iter().filter(|p| !p.reply.is_closed()).collect();
     let mut completion =
         Completion { batch, cancelled: (before - parts.len()) as u64, ..Completion::default() };
+    let mut replies = Vec::new();
     if !parts.is_empty() {
         let (result, measured) = run(name, instance, &parts);
         completion.measured = measured;
         let compute = measured.map_or(Duration::ZERO, |(_, exec)| exec);
-        answer(parts, result, compute, &mut completion);
+        replies = answers(parts, result, compute, &mut completion);
     }
-    // The scheduler is gone only when shutting down; nothing is waiting then.
-    let _ = done.send(completion);
+    done(completion);
+    for (reply, answer) in replies {
+        let _ = reply.send(answer);
+    }
 }
 
 type Measured = Option<(usize, Duration)>;
@@ -107,18 +115,27 @@ fn run(
     (split, measured)
 }
 
-fn answer(
+/// Each caller's answer, counted in `completion`.
+fn answers(
     parts: Vec<JobPart>,
     result: Result<Vec<Vec<NamedTensor>>, EngineError>,
     compute: Duration,
     completion: &mut Completion,
-) {
+) -> Vec<(Reply, Result<Scheduled, InferError>)> {
     let finished = Instant::now();
-    match result {
-        Ok(pieces) => {
-            for (part, piece) in parts.into_iter().zip(pieces) {
-                let outputs: Result<Vec<NamedTensor>, EngineError> = part
-                    .outputs
+    let pieces = match result {
+        Ok(pieces) => pieces,
+        Err(e) => {
+            completion.failed += parts.len() as u64;
+            return parts.into_iter().map(|part| (part.reply, Err(InferError::Engine(e.clone())))).collect();
+        }
+    };
+    parts
+        .into_iter()
+        .zip(pieces)
+        .map(|(part, piece)| {
+            let outputs: Result<Vec<NamedTensor>, EngineError> =
+                part.outputs
                     .iter()
                     .map(|name| {
                         piece.iter().find(|o| &o.name == name).cloned().ok_or_else(|| {
@@ -126,28 +143,22 @@ fn answer(
                         })
                     })
                     .collect();
-                match outputs {
-                    Ok(outputs) => {
-                        completion.completed += 1;
-                        match part.slo_at {
-                            Some(due) if finished <= due => completion.slo_met += 1,
-                            Some(_) => completion.slo_missed += 1,
-                            None => {}
-                        }
-                        let _ = part.reply.send(Ok(Scheduled { outputs, queue: part.queued, compute }));
+            let answer = match outputs {
+                Ok(outputs) => {
+                    completion.completed += 1;
+                    match part.slo_at {
+                        Some(due) if finished <= due => completion.slo_met += 1,
+                        Some(_) => completion.slo_missed += 1,
+                        None => {}
                     }
-                    Err(e) => {
-                        completion.failed += 1;
-                        let _ = part.reply.send(Err(InferError::Engine(e)));
-                    }
+                    Ok(Scheduled { outputs, queue: part.queued, compute })
                 }
-            }
-        }
-        Err(e) => {
-            for part in parts {
-                completion.failed += 1;
-                let _ = part.reply.send(Err(InferError::Engine(e.clone())));
-            }
-        }
-    }
+                Err(e) => {
+                    completion.failed += 1;
+                    Err(InferError::Engine(e))
+                }
+            };
+            (part.reply, answer)
+        })
+        .collect()
 }

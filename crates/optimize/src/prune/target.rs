@@ -2,7 +2,7 @@
 //! batch 1 on the serving engine, until the latency or speed-up asked for is reached. The
 //! engine decides, not a FLOP count.
 
-use rtserve_core::{Engine, LoadOptions, NamedTensor, Tensor};
+use rtserve_core::{Engine, LoadOptions, NamedTensor};
 
 use super::channels::{prune_channels, ChannelOptions};
 use crate::error::{OptimizeError, Result};
@@ -56,11 +56,7 @@ pub fn search(
     input: &str,
     target: SpeedTarget,
 ) -> Result<Search> {
-    let (x, _) = data.batch(&[0])?;
-    let values = x.flatten_all()?.to_vec1::<f32>()?;
-    let tensor =
-        Tensor::from_f32(x.dims().to_vec(), &values).map_err(|e| OptimizeError::data(e.to_string()))?;
-    let sample = vec![NamedTensor { name: input.to_string(), tensor }];
+    let sample = data.engine_batch(&[0], input)?;
     let dense = latency(model, engine, &sample)?;
     let mut steps = Vec::new();
     let tenths = (options.sparsity * 10.0).floor() as usize;

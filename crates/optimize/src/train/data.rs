@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
-use crate::data::{load_labels, load_samples, ImagePreprocess};
+use crate::data::{load_labels, load_samples, ImagePreprocess, Sample};
 use crate::error::{OptimizeError, Result};
 
 /// Where Debian's `dataset-fashion-mnist` puts the files.
@@ -91,6 +91,33 @@ impl Dataset {
         Ok((Tensor::from_vec(values, shape, &Device::Cpu)?, Tensor::new(labels, &Device::Cpu)?))
     }
 
+    /// The samples at `indices` as one engine input called `input` (`[n, sample_shape...]`).
+    pub fn engine_batch(&self, indices: &[usize], input: &str) -> Result<Sample> {
+        let per = self.sample_len();
+        let mut values = Vec::with_capacity(indices.len() * per);
+        for &i in indices {
+            values.extend_from_slice(&self.features[i * per..(i + 1) * per]);
+        }
+        let mut shape = vec![indices.len()];
+        shape.extend_from_slice(&self.sample_shape);
+        let tensor =
+            rtserve_core::Tensor::from_f32(shape, &values).map_err(|e| OptimizeError::data(e.to_string()))?;
+        Ok(vec![rtserve_core::NamedTensor { name: input.to_string(), tensor }])
+    }
+
+    /// Replaces the labels (with a teacher's predictions, for data that came without).
+    pub fn relabel(&mut self, labels: Vec<u32>) -> Result<()> {
+        if labels.len() != self.len() {
+            return Err(OptimizeError::data(format!(
+                "{} samples but {} labels: there must be one label per sample",
+                self.len(),
+                labels.len()
+            )));
+        }
+        self.labels = labels;
+        Ok(())
+    }
+
     /// The sample indices of one epoch in minibatches, shuffled by `rng` when asked.
     pub fn minibatches(&self, batch_size: usize, rng: Option<&mut StdRng>) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.len()).collect();
@@ -119,13 +146,17 @@ impl Dataset {
 }
 
 /// A data set from a `.npy`/`.npz` file or an image folder (for the model input `input`) and a
-/// labels file (`.npy` or one integer per line).
-pub fn load(path: &Path, labels: &Path, input: &str, images: &ImagePreprocess) -> Result<Dataset> {
+/// labels file (`.npy` or one integer per line). Without a labels file every label is 0 until
+/// [`Dataset::relabel`] gives the real ones (a teacher's predictions).
+pub fn load(path: &Path, labels: Option<&Path>, input: &str, images: &ImagePreprocess) -> Result<Dataset> {
     let samples = load_samples(path, &[input.to_string()], images, None)?;
-    let labels: Vec<u32> = load_labels(labels)?
-        .into_iter()
-        .map(|l| u32::try_from(l).map_err(|_| OptimizeError::data(format!("label {l} is too large"))))
-        .collect::<Result<_>>()?;
+    let labels: Vec<u32> = match labels {
+        Some(labels) => load_labels(labels)?
+            .into_iter()
+            .map(|l| u32::try_from(l).map_err(|_| OptimizeError::data(format!("label {l} is too large"))))
+            .collect::<Result<_>>()?,
+        None => vec![0; samples.len()],
+    };
     let first = samples.first().and_then(|s| s.first()).ok_or_else(|| OptimizeError::data("no samples"))?;
     let sample_shape: Vec<usize> = first.tensor.shape().iter().skip(1).copied().collect();
     let mut features = Vec::new();

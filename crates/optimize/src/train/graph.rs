@@ -1,7 +1,9 @@
 //! A trainable view of an ONNX graph: float initializers become candle variables, nodes become
 //! parsed operators run in order, and the trained values are written back into the same graph.
+//! A [`Tap`] may rewrite values as the forward pass produces them (fake quantization).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -23,6 +25,16 @@ pub enum ParamKind {
     RunningStat,
     /// A constant operand (Clip bounds...): never changed.
     Constant,
+    /// A quantization range learned beside the weights ([`TrainGraph::add_range`]): trained,
+    /// kept with the best checkpoint, never written into the model.
+    Range,
+}
+
+/// Rewrites values as the forward pass produces them: graph inputs, parameters and node
+/// outputs, by tensor name. Quantization-aware training fake-quantizes through one.
+pub trait Tap: std::fmt::Debug + Send + Sync {
+    /// The value the graph goes on with in place of `value`, the tensor called `name`.
+    fn value(&self, name: &str, value: Tensor) -> Result<Tensor>;
 }
 
 /// One float initializer of the graph.
@@ -77,6 +89,7 @@ pub struct TrainGraph {
     inputs: Vec<String>,
     outputs: Vec<String>,
     dtype: DType,
+    tap: Option<Arc<dyn Tap>>,
 }
 
 fn kind_of(name: &str, graph_nodes: &[NodeProto]) -> ParamKind {
@@ -154,7 +167,17 @@ impl TrainGraph {
             .map(|i| i.name.clone())
             .collect();
         let outputs = graph.output.iter().map(|o| o.name.clone()).collect();
-        Ok(TrainGraph { model: model.clone(), nodes, params, by_name, ints, inputs, outputs, dtype })
+        Ok(TrainGraph {
+            model: model.clone(),
+            nodes,
+            params,
+            by_name,
+            ints,
+            inputs,
+            outputs,
+            dtype,
+            tap: None,
+        })
     }
 
     /// The graph inputs that are fed (initializers listed as inputs left out).
@@ -190,9 +213,48 @@ impl TrainGraph {
         Ok((total, nonzero))
     }
 
-    /// The variables that gradient descent updates.
+    /// The variables that gradient descent updates (weights and learned ranges).
     pub fn trainable_vars(&self) -> Vec<Var> {
-        self.params.iter().filter(|p| p.kind == ParamKind::Trainable).map(|p| p.var.clone()).collect()
+        self.params
+            .iter()
+            .filter(|p| matches!(p.kind, ParamKind::Trainable | ParamKind::Range))
+            .map(|p| p.var.clone())
+            .collect()
+    }
+
+    /// Adds a scalar [`ParamKind::Range`] variable called `name` (a name no tensor of the graph
+    /// has) and returns it.
+    pub fn add_range(&mut self, name: &str, value: f32) -> Result<Var> {
+        let taken = self.by_name.contains_key(name)
+            || self
+                .model
+                .graph
+                .as_ref()
+                .is_some_and(|g| g.node.iter().any(|n| n.output.iter().any(|o| o == name)));
+        if taken {
+            return Err(OptimizeError::model(format!("a tensor is already called '{name}'")));
+        }
+        let var = Var::from_tensor(&Tensor::new(value, &Device::Cpu)?.to_dtype(self.dtype)?)?;
+        self.by_name.insert(name.to_string(), self.params.len());
+        self.params.push(Param {
+            name: name.to_string(),
+            dims: vec![],
+            kind: ParamKind::Range,
+            var: var.clone(),
+        });
+        Ok(var)
+    }
+
+    /// Runs every forward pass through `tap` from now on.
+    pub fn set_tap(&mut self, tap: Arc<dyn Tap>) {
+        self.tap = Some(tap);
+    }
+
+    fn tapped(&self, name: &str, value: Tensor) -> Result<Tensor> {
+        match &self.tap {
+            Some(tap) => tap.value(name, value),
+            None => Ok(value),
+        }
     }
 
     /// The ONNX node of each parsed operator, with its operator (for the pruners).
@@ -212,22 +274,28 @@ impl TrainGraph {
                 .iter()
                 .find(|(n, _)| n == name)
                 .ok_or_else(|| OptimizeError::data(format!("no data for model input '{name}'")))?;
-            values.insert(name.clone(), t.to_dtype(self.dtype)?);
+            values.insert(name.clone(), self.tapped(name, t.to_dtype(self.dtype)?)?);
         }
         for p in &self.params {
-            values.insert(p.name.clone(), p.var.as_tensor().clone());
+            values.insert(p.name.clone(), self.tapped(&p.name, p.var.as_tensor().clone())?);
         }
         let mut running = Vec::new();
         let graph = self.model.graph.as_ref().ok_or_else(|| OptimizeError::model("no graph"))?;
         for node in &self.nodes {
             let proto = &graph.node[node.proto_index];
-            let out = self.run_node(node, &values, mode, rng, &mut running).map_err(|e| match e {
-                OptimizeError::Candle(e) => OptimizeError::node(proto, e.to_string()),
-                OptimizeError::Model(m) | OptimizeError::Data(m) => OptimizeError::node(proto, m),
-                other => other,
-            })?;
-            if let Some(name) = node.outputs.first() {
-                values.insert(name.clone(), out);
+            let out = self
+                .run_node(node, &values, mode, rng, &mut running)
+                .and_then(|out| match node.outputs.first() {
+                    Some(name) => Ok(Some((name.clone(), self.tapped(name, out)?))),
+                    None => Ok(None),
+                })
+                .map_err(|e| match e {
+                    OptimizeError::Candle(e) => OptimizeError::node(proto, e.to_string()),
+                    OptimizeError::Model(m) | OptimizeError::Data(m) => OptimizeError::node(proto, m),
+                    other => other,
+                })?;
+            if let Some((name, out)) = out {
+                values.insert(name, out);
             }
         }
         Ok(Forward { values, running })

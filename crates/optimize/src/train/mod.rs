@@ -5,14 +5,19 @@
 //! - `graph`: [`TrainGraph`], the float initializers as variables; forward; write-back.
 //! - `data`: labelled data sets (`.npy`/`.npz`, image folders, Fashion-MNIST) and minibatches.
 //! - `optim`: SGD with momentum, AdamW and the learning-rate schedule.
-//! - `trainer`: the loop (held-out accuracy, best checkpoint, interruption) with hooks that
-//!   pruning (and distillation / QAT next) plug into.
+//! - `trainer`: the loop (held-out accuracy, best checkpoint, interruption) with the hooks
+//!   pruning plugs into and the objectives distillation plugs into.
+//! - `distill`: the distillation loss, the teacher's logits from the engine, students made by
+//!   narrowing the teacher.
+//! - `fake_quant`: fake quantization with a straight-through estimator (for `crate::qat`).
 
 pub mod data;
+pub mod distill;
+pub mod fake_quant;
 pub mod graph;
 mod kernels;
 pub mod ops;
 pub mod optim;
 pub mod trainer;
 
-pub use graph::{Mode, Param, ParamKind, TrainGraph};
+pub use graph::{Mode, Param, ParamKind, Tap, TrainGraph};

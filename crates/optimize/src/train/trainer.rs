@@ -1,7 +1,8 @@
 //! The training loop: shuffled minibatches, an objective, an optimizer with a schedule, held-out
 //! accuracy after each epoch, the best epoch kept, and a stop flag (Ctrl-C) that ends the run
-//! with the best weights so far. Pruning plugs in through [`Hook`]; distillation will through
-//! [`Objective`].
+//! with the best weights so far. Pruning plugs in through [`Hook`], distillation through
+//! [`Objective`], quantization-aware training through the graph's
+//! [`Tap`](super::graph::Tap).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -44,18 +45,27 @@ impl Default for TrainOptions {
     }
 }
 
+/// One training batch, as an [`Objective`] sees it.
+pub struct Batch<'a> {
+    pub inputs: &'a Tensor,
+    /// `[n]` class indices.
+    pub labels: &'a Tensor,
+    /// The positions of the batch's samples in the training set.
+    pub indices: &'a [usize],
+}
+
 /// What the loss is computed from.
 pub trait Objective {
-    /// The scalar loss of a batch: the model's `logits`, the batch's `labels` and `inputs`.
-    fn loss(&mut self, logits: &Tensor, labels: &Tensor, inputs: &Tensor) -> Result<Tensor>;
+    /// The scalar loss of a batch from the model's `logits`.
+    fn loss(&mut self, logits: &Tensor, batch: &Batch<'_>) -> Result<Tensor>;
 }
 
 /// Cross-entropy against the labels.
 pub struct CrossEntropy;
 
 impl Objective for CrossEntropy {
-    fn loss(&mut self, logits: &Tensor, labels: &Tensor, _inputs: &Tensor) -> Result<Tensor> {
-        cross_entropy(logits, labels)
+    fn loss(&mut self, logits: &Tensor, batch: &Batch<'_>) -> Result<Tensor> {
+        cross_entropy(logits, batch.labels)
     }
 }
 
@@ -214,7 +224,7 @@ pub fn train(
             }
             let (x, labels) = train.batch(&indices)?;
             let (y, running) = logits(graph, &input, &output, x.clone(), Mode::Train, &mut rng)?;
-            let loss = objective.loss(&y, &labels, &x)?;
+            let loss = objective.loss(&y, &Batch { inputs: &x, labels: &labels, indices: &indices })?;
             let grads = loss.backward()?;
             let rate = options.schedule.rate(options.learning_rate, step, total);
             optimizer.step(&grads, rate)?;

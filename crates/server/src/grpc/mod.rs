@@ -3,6 +3,8 @@
 pub mod codec;
 mod deadline;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,10 +13,12 @@ use futures::{Stream, StreamExt};
 use rtserve_core::InferRequest;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access_log::GrpcEntry;
 use crate::auth::Access;
 use crate::metrics::Protocol;
 use crate::model::Served;
 use crate::proto;
+use crate::repository::RepositoryParameter;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
 use crate::triton_config::{config_proto, metadata_proto};
 use crate::triton_stats::stats_proto;
@@ -47,6 +51,16 @@ enum Call {
     Stream,
 }
 
+impl Call {
+    /// The gRPC method, for the access log.
+    fn method(&self) -> &'static str {
+        match self {
+            Call::Unary(_) => "ModelInfer",
+            Call::Stream => "ModelStreamInfer",
+        }
+    }
+}
+
 impl InferenceService {
     /// Checks the call's `authorization` metadata (`Bearer TOKEN`) for `need`.
     fn authorize<T>(&self, request: &Request<T>, method: &str, need: Access) -> Result<(), Status> {
@@ -54,13 +68,15 @@ impl InferenceService {
         Ok(self.state.authorize(Protocol::Grpc, method, need, authorization)?)
     }
 
-    /// One inference.
+    /// One inference, from the client at `client`.
     async fn infer(
         &self,
         request: proto::ModelInferRequest,
         call: Call,
+        client: Option<SocketAddr>,
     ) -> Result<proto::ModelInferResponse, ServerError> {
         let mut timer = self.state.metrics.request(Protocol::Grpc);
+        let access = self.state.access_log.then(|| GrpcEntry::start(&request, call.method(), client));
         let result = async {
             let deadline = match call {
                 Call::Unary(deadline) => deadline,
@@ -85,6 +101,9 @@ impl InferenceService {
             Ok(response)
         }
         .await;
+        if let Some(access) = access {
+            access.finish(&timer, &result);
+        }
         timer.finish(&result);
         result
     }
@@ -149,7 +168,8 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
         self.authorize(&request, "ModelInfer", Access::Inference)?;
         let deadline = deadline::call_deadline(request.metadata(), Instant::now());
-        Ok(Response::new(self.infer(request.into_inner(), Call::Unary(deadline)).await?))
+        let client = request.remote_addr();
+        Ok(Response::new(self.infer(request.into_inner(), Call::Unary(deadline), client).await?))
     }
 
     type ModelStreamInferStream = ResponseStream;
@@ -162,6 +182,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         self.authorize(&request, "ModelStreamInfer", Access::Inference)?;
         let state = self.state.clone();
+        let client = request.remote_addr();
         let responses = request
             .into_inner()
             .map(move |message| {
@@ -169,7 +190,7 @@ impl GrpcInferenceService for InferenceService {
                 async move {
                     let message = message?;
                     let id = message.id.clone();
-                    Ok(match service.infer(message, Call::Stream).await {
+                    Ok(match service.infer(message, Call::Stream, client).await {
                         Ok(response) => proto::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(response),
@@ -230,7 +251,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<proto::RepositoryModelLoadRequest>,
     ) -> Result<Response<proto::RepositoryModelLoadResponse>, Status> {
         self.authorize(&request, "RepositoryModelLoad", Access::Admin)?;
-        self.state.repository.load(&request.into_inner().model_name).await?;
+        let request = request.into_inner();
+        let parameters = repository_parameters(request.parameters);
+        self.state.repository.request_load(&request.model_name, parameters).await?;
         Ok(Response::new(proto::RepositoryModelLoadResponse {}))
     }
 
@@ -239,7 +262,28 @@ impl GrpcInferenceService for InferenceService {
         request: Request<proto::RepositoryModelUnloadRequest>,
     ) -> Result<Response<proto::RepositoryModelUnloadResponse>, Status> {
         self.authorize(&request, "RepositoryModelUnload", Access::Admin)?;
-        self.state.repository.unload(&request.into_inner().model_name).await?;
+        let request = request.into_inner();
+        let parameters = repository_parameters(request.parameters);
+        self.state.repository.request_unload(&request.model_name, parameters).await?;
         Ok(Response::new(proto::RepositoryModelUnloadResponse {}))
     }
+}
+
+/// A repository request's parameters; an empty one (no value set) is left out.
+fn repository_parameters(
+    parameters: std::collections::HashMap<String, proto::ModelRepositoryParameter>,
+) -> BTreeMap<String, RepositoryParameter> {
+    use proto::model_repository_parameter::ParameterChoice;
+    parameters
+        .into_iter()
+        .filter_map(|(key, value)| {
+            let parameter = match value.parameter_choice? {
+                ParameterChoice::BoolParam(b) => RepositoryParameter::Bool(b),
+                ParameterChoice::Int64Param(i) => RepositoryParameter::Int(i),
+                ParameterChoice::StringParam(s) => RepositoryParameter::String(s),
+                ParameterChoice::BytesParam(b) => RepositoryParameter::Bytes(b.to_vec()),
+            };
+            Some((key, parameter))
+        })
+        .collect()
 }

@@ -3,8 +3,10 @@
 mod api;
 mod chunks;
 mod classify;
+pub(crate) mod connections;
 pub mod json;
 mod pages;
+mod repository;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -20,12 +22,13 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use rtserve_core::InferRequest;
 use serde_json::Value;
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use self::api::{ApiDoc, ErrorBody, ServerMetadata};
 use self::chunks::chunked_body;
+use crate::access_log::ServedBy;
 use crate::metrics::{Protocol, RequestTimer};
 use crate::model::Served;
 use crate::state::{ServerState, EXTENSIONS, SERVER_NAME, SERVER_VERSION};
@@ -45,12 +48,19 @@ pub fn app(state: Arc<ServerState>) -> Router {
         api::describe_bearer_auth(&mut description, |path| state.auth.http_access(path));
     }
     let description = OpenApiJson(Arc::new(description.to_pretty_json().unwrap_or_default()));
-    router
+    let access_log = state.access_log;
+    let router = router
         .fallback(not_found)
         .layer(Extension(description))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(middleware::from_fn_with_state(state.clone(), close_when_draining))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that refusals (401, 413) are logged too.
+    if access_log {
+        router.layer(middleware::from_fn(crate::access_log::http))
+    } else {
+        router
+    }
 }
 
 /// Every route with its description: `routes!` registers each handler on the path and methods
@@ -75,8 +85,8 @@ fn described_routes(max_request_bytes: usize) -> OpenApiRouter<Arc<ServerState>>
         .routes(routes!(classify::classify).layer(upload_limit))
         .routes(routes!(classify::version_classify).layer(upload_limit))
         .routes(routes!(repository_index))
-        .routes(routes!(load_model))
-        .routes(routes!(unload_model))
+        .routes(routes!(repository::load_model).layer(upload_limit))
+        .routes(routes!(repository::unload_model))
         .routes(routes!(metrics))
         .routes(routes!(status::status))
         .routes(routes!(pages::status_page))
@@ -282,10 +292,14 @@ pub async fn metrics(State(state): Shared) -> Result<Response, ServerError> {
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
-/// The metrics alone, for `--metrics-port`.
+/// The operations port, `--metrics-port`: the metrics and the health probes, in plaintext even
+/// with TLS on the other ports, so that Prometheus, kubelet probes and the container's
+/// healthcheck need no client certificate.
 pub fn metrics_app(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -320,11 +334,16 @@ async fn infer(
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ServerError> {
+) -> Response {
     let mut timer = state.metrics.request(Protocol::Http);
     let result = infer_timed(&state, path, headers, body, &mut timer).await;
+    let served = state.access_log.then(|| ServedBy::of(&timer));
     timer.finish(&result);
-    result
+    let mut response = result.into_response();
+    if let Some(served) = served {
+        response.extensions_mut().insert(served);
+    }
+    response
 }
 
 /// Inference on one version; see `POST /v2/models/{model}/infer`.
@@ -341,12 +360,7 @@ async fn infer(
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 500, description = "Engine failure (details in the log)", body = ErrorBody),
         (status = 503, description = "The model is not loaded", body = ErrorBody)))]
-async fn version_infer(
-    state: Shared,
-    path: Path<ModelPath>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ServerError> {
+async fn version_infer(state: Shared, path: Path<ModelPath>, headers: HeaderMap, body: Body) -> Response {
     infer(state, path, headers, body).await
 }
 
@@ -460,39 +474,4 @@ async fn repository_index(
         })
         .collect();
     Ok(Json(rows))
-}
-
-/// A model named in a repository route.
-#[derive(serde::Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-struct RepositoryPath {
-    /// The model's folder in the repository.
-    model: String,
-}
-
-/// (Re)loads a model from disk; versions already serving stay if the load fails.
-#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "repository", params(RepositoryPath),
-    responses(
-        (status = 200, description = "Loaded"),
-        (status = 400, description = "The model failed to load; the text says why", body = ErrorBody),
-        (status = 404, description = "No such model folder", body = ErrorBody)))]
-async fn load_model(
-    State(state): Shared,
-    Path(path): Path<RepositoryPath>,
-) -> Result<StatusCode, ServerError> {
-    state.repository.load(&path.model).await?;
-    Ok(StatusCode::OK)
-}
-
-/// Stops serving a model; requests already queued finish.
-#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "repository", params(RepositoryPath),
-    responses(
-        (status = 200, description = "Unloaded"),
-        (status = 404, description = "Unknown model", body = ErrorBody)))]
-async fn unload_model(
-    State(state): Shared,
-    Path(path): Path<RepositoryPath>,
-) -> Result<StatusCode, ServerError> {
-    state.repository.unload(&path.model).await?;
-    Ok(StatusCode::OK)
 }

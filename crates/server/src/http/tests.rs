@@ -17,7 +17,7 @@ use crate::auth::{Auth, AuthConfig};
 use crate::engines::{EngineChoice, Engines};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
-use crate::repository::{ModelRepository, Serving};
+use crate::repository::{ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 use crate::ServerError;
@@ -38,9 +38,10 @@ async fn state_with_auth(max_request_bytes: usize, auth: Auth) -> Arc<ServerStat
         stages: metrics.stages(),
         cache: cache.clone(),
         images: Arc::new(ImagePool::new(1, 1 << 20).expect("image pool")),
+        loads: metrics.model_loads(),
     };
     let engines = Engines::new(EngineChoice::Tract, None).expect("tract");
-    let repository = Arc::new(ModelRepository::new(vec![root], engines, serving));
+    let repository = Arc::new(ModelRepository::new(vec![root], engines, serving, ModelControl::default()));
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache))).expect("collector");
     repository.load("two_io").await.expect("two_io loads");
     let state = Arc::new(ServerState::new(repository, max_request_bytes, metrics).with_auth(Arc::new(auth)));

@@ -198,7 +198,8 @@ fn parameter_map(value: serde_json::Value) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-/// Reads `config.pbtxt` text.
+/// Reads `config.pbtxt` text of the model directory `dir_name` (the name a config may omit).
+/// Public for the fuzz target `config_pbtxt`.
 pub fn parse_pbtxt(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
     let mut tree = pbtxt::parse(text).map_err(|e| format!("config.pbtxt: {e}"))?;
     normalize(&mut tree);
@@ -208,13 +209,62 @@ pub fn parse_pbtxt(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
     raw.validate(dir_name).map_err(|e| format!("config.pbtxt: {e}"))
 }
 
-/// Reads `config.toml` text.
+/// Reads `config.toml` text of the model directory `dir_name`. Public for the fuzz target
+/// `config_toml`.
 pub fn parse_toml(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| format!("config.toml: {e}"))?;
     let raw: RawConfig =
         serde_ignored::deserialize(deserializer, |path| warn_unknown("config.toml", dir_name, &path))
             .map_err(|e| format!("config.toml: {e}"))?;
     raw.validate(dir_name).map_err(|e| format!("config.toml: {e}"))
+}
+
+/// Fields that protobuf's JSON mapping writes as strings (64-bit integers), read as numbers.
+const INT64_FIELDS: &[&str] =
+    &["dims", "versions", "max_queue_delay_microseconds", "default_timeout_microseconds"];
+
+/// Reads a JSON model config in Triton's form (what a load request's `config` parameter and
+/// `GET .../config` carry): Triton's field names, 64-bit integers as numbers or strings, and
+/// `parameters` as `{"key": {"string_value": "..."}}`.
+pub fn parse_json(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
+    let mut tree: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("JSON: {e}"))?;
+    normalize_json(&mut tree);
+    let raw: RawConfig =
+        serde_ignored::deserialize(tree, |path| warn_unknown("config (JSON)", dir_name, &path))
+            .map_err(|e| format!("JSON: {e}"))?;
+    raw.validate(dir_name)
+}
+
+fn normalize_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(map) = value else { return };
+    for (key, field) in map.iter_mut() {
+        if key == "parameters" {
+            if let Value::Object(entries) = field {
+                for entry in entries.values_mut() {
+                    if let Some(text) = entry.get("string_value").cloned() {
+                        *entry = text;
+                    }
+                }
+            }
+            continue;
+        }
+        if INT64_FIELDS.contains(&key.as_str()) {
+            let number = |v: &mut Value| {
+                if let Some(n) = v.as_str().and_then(|s| s.parse::<i64>().ok()) {
+                    *v = Value::from(n);
+                }
+            };
+            match &mut *field {
+                Value::Array(items) => items.iter_mut().for_each(number),
+                other => number(other),
+            }
+        }
+        match field {
+            Value::Array(items) => items.iter_mut().for_each(normalize_json),
+            other => normalize_json(other),
+        }
+    }
 }
 
 /// Reads the model directory's config file, if it has one. Both files at once is an error.

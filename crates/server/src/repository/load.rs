@@ -16,6 +16,7 @@ use crate::model::Processing;
 use crate::preprocess::{preprocess_spec, ImagePool, Preprocessor};
 
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
+use super::content::content_identity;
 use super::LoadError;
 use crate::engines::Engines;
 use crate::model::LoadedModel;
@@ -33,13 +34,18 @@ pub const ALLOW_SPINNING_PARAMETER: &str = "allow_spinning";
 const THREAD_CHOICE_ROUNDS: usize = 9;
 
 /// Loads every selected version of the model in `dir`. Blocking: run it off the async workers.
+/// `config` (from the load request) stands in for the folder's config file.
 pub fn load_model(
     dir: &Path,
     name: &str,
+    config: Option<ModelConfig>,
     engines: &Engines,
     serving: &Serving,
 ) -> Result<BTreeMap<u64, Arc<LoadedModel>>, LoadError> {
-    let declared = read_config(dir, name).map_err(LoadError::Config)?;
+    let declared = match config {
+        Some(config) => Some(config),
+        None => read_config(dir, name).map_err(LoadError::Config)?,
+    };
     let base = declared.clone().unwrap_or_else(|| ModelConfig {
         name: name.to_string(),
         platform: "onnxruntime_onnx".to_string(),
@@ -76,6 +82,8 @@ pub struct Serving {
     pub cache: PredictionCache,
     /// The workers that decode and resize images for models that declare preprocessing.
     pub images: Arc<ImagePool>,
+    /// Loads by model and outcome (`rtserve_model_loads_total`).
+    pub loads: prometheus::IntCounterVec,
 }
 
 /// Adds the model's preprocessing (from its config) and labels.
@@ -100,6 +108,7 @@ fn load_version(
     engine: &dyn Engine,
     serving: &Serving,
 ) -> Result<LoadedModel, LoadError> {
+    let content = content_identity(path.parent().unwrap_or(path))?;
     let signature = engine.signature(path)?;
     let config = match declared {
         Some(config) => check_against_signature(config, &signature).map_err(LoadError::Mismatch)?,
@@ -107,6 +116,13 @@ fn load_version(
     };
     let count = config.instance_count();
     let Instances { instances, threads, spinning } = load_instances(path, &config, engine, count)?;
+    // A file written while the engine read it would be served under the wrong identity.
+    if content_identity(path.parent().unwrap_or(path))? != content {
+        return Err(LoadError::Layout(format!(
+            "{} changed while it was loaded; load it again once it is written",
+            path.display()
+        )));
+    }
     let scheduling = SchedulerOptions {
         observer: Some(serving.stages.observer(&config.name, version)),
         ..serving.scheduling.clone()
@@ -116,9 +132,9 @@ fn load_version(
     tracing::info!(
         model = %config.name, version, engine = engine.name(), instances = count,
         threads, spinning, batching = policy.batching, slo = ?policy.slo,
-        cache = config.response_cache, "loaded {}", path.display()
+        cache = config.response_cache, content = %content, "loaded {}", path.display()
     );
-    Ok(LoadedModel::new(config, version, engine.name(), scheduler, serving.cache.clone()))
+    Ok(LoadedModel::new(config, version, engine.name(), scheduler, content, serving.cache.clone()))
 }
 
 /// Numeric subdirectories holding the model file.

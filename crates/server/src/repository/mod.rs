@@ -3,9 +3,13 @@
 //! reload that fails leaves the previous versions serving.
 
 mod config_file;
+mod content;
+mod control;
 mod error;
 mod load;
+mod load_request;
 mod pbtxt;
+mod poll;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,8 +19,15 @@ use crate::engines::Engines;
 use crate::model::LoadedModel;
 use crate::ServerError;
 
+pub use config_file::{parse_pbtxt, parse_toml};
+pub use control::{ModelControl, ModelControlMode, StartupModels};
 pub use error::LoadError;
 pub use load::{Serving, INFERRED_MAX_BATCH_SIZE};
+pub use load_request::RepositoryParameter;
+
+use load_request::{LoadRequest, UnloadRequest};
+
+use poll::{Fingerprint, PollState};
 
 /// A model's state as the repository index reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,29 +68,45 @@ pub struct ModelRepository {
     roots: Vec<PathBuf>,
     engines: Engines,
     serving: Serving,
+    control: ModelControl,
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Serializes loads and unloads.
     load_lock: tokio::sync::Mutex<()>,
 }
 
 impl ModelRepository {
-    pub fn new(roots: Vec<PathBuf>, engines: Engines, serving: Serving) -> Self {
+    pub fn new(roots: Vec<PathBuf>, engines: Engines, serving: Serving, control: ModelControl) -> Self {
         ModelRepository {
             roots,
             engines,
             serving,
+            control,
             models: RwLock::new(BTreeMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Model folders on disk by name. A name found in two repositories is an error for it.
+    /// A repository that cannot be read is logged and skipped.
     fn discover(&self) -> BTreeMap<String, Result<PathBuf, LoadError>> {
+        let (found, unreadable) = self.scan();
+        for reason in unreadable {
+            tracing::error!("{reason}");
+        }
+        found
+    }
+
+    /// [`ModelRepository::discover`], with the repositories that could not be read.
+    fn scan(&self) -> (BTreeMap<String, Result<PathBuf, LoadError>>, Vec<String>) {
         let mut found: BTreeMap<String, Result<PathBuf, LoadError>> = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for root in &self.roots {
-            let Ok(entries) = std::fs::read_dir(root) else {
-                tracing::error!("cannot read model repository {}", root.display());
-                continue;
+            let entries = match std::fs::read_dir(root) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    unreadable.push(format!("cannot read model repository {}: {e}", root.display()));
+                    continue;
+                }
             };
             for entry in entries.filter_map(Result::ok) {
                 let path = entry.path();
@@ -99,11 +126,54 @@ impl ModelRepository {
                 found.insert(name, result);
             }
         }
-        found
+        (found, unreadable)
+    }
+
+    /// Every model folder with its [`Fingerprint`] (`None` when it cannot be read now); an
+    /// error when a repository cannot be read, so that a poll does not take its models for
+    /// removed. Blocking.
+    fn fingerprints(&self) -> Result<BTreeMap<String, Option<Fingerprint>>, String> {
+        let (found, unreadable) = self.scan();
+        if let Some(reason) = unreadable.into_iter().next() {
+            return Err(reason);
+        }
+        Ok(found.into_iter().filter_map(|(name, dir)| Some((name, Fingerprint::of(&dir.ok()?)))).collect())
+    }
+
+    /// Loads what the model control loads at start; in poll mode, then polls the repository.
+    /// A model that fails to load is logged and reported as UNAVAILABLE; a `--load-model`
+    /// name with no folder is an error.
+    pub async fn start(self: &Arc<Self>) -> Result<(), String> {
+        match &self.control {
+            ModelControl::None | ModelControl::Explicit(StartupModels::All) => self.load_all().await,
+            ModelControl::Explicit(StartupModels::Named(names)) => {
+                let on_disk = self.discover();
+                if let Some(missing) = names.iter().find(|name| !on_disk.contains_key(*name)) {
+                    return Err(format!("--load-model '{missing}': no such model folder in the repository"));
+                }
+                for name in names {
+                    if let Err(e) = self.load(name).await {
+                        tracing::error!(model = %name, "{e}");
+                    }
+                }
+            }
+            ModelControl::Poll { interval } => {
+                // Taken before loading, so that a change made while loading is picked up.
+                let scan = self.clone();
+                let on_disk = tokio::task::spawn_blocking(move || scan.fingerprints())
+                    .await
+                    .map_err(|e| format!("repository scan failed: {e}"))??;
+                let mut state = PollState::default();
+                state.loaded = on_disk.into_iter().filter_map(|(name, f)| Some((name, f?))).collect();
+                self.load_all().await;
+                poll::spawn(self.clone(), state, *interval);
+            }
+        }
+        Ok(())
     }
 
     /// Loads every model on disk; failures are logged and reported as UNAVAILABLE.
-    pub async fn load_all(self: &Arc<Self>) {
+    async fn load_all(self: &Arc<Self>) {
         for name in self.discover().into_keys() {
             if let Err(e) = self.load(&name).await {
                 tracing::error!(model = %name, "{e}");
@@ -113,19 +183,73 @@ impl ModelRepository {
 
     /// Loads (or reloads) a model from disk.
     pub async fn load(self: &Arc<Self>, name: &str) -> Result<(), ServerError> {
+        self.load_with(name, LoadRequest::default()).await
+    }
+
+    /// A load asked for through the repository API, with the request's parameters: refused
+    /// unless the model control is explicit, as Triton's (before any file is written).
+    pub async fn request_load(
+        self: &Arc<Self>,
+        name: &str,
+        parameters: BTreeMap<String, RepositoryParameter>,
+    ) -> Result<(), ServerError> {
+        self.check_api("load")?;
+        let model = name.to_string();
+        let request = tokio::task::spawn_blocking(move || LoadRequest::from_parameters(&model, parameters))
+            .await
+            .map_err(|e| ServerError::Internal(format!("reading the load request: {e}")))??;
+        self.load_with(name, request).await
+    }
+
+    /// An unload asked for through the repository API: refused unless the model control is
+    /// explicit.
+    pub async fn request_unload(
+        &self,
+        name: &str,
+        parameters: BTreeMap<String, RepositoryParameter>,
+    ) -> Result<(), ServerError> {
+        self.check_api("unload")?;
+        let request = UnloadRequest::from_parameters(parameters)?;
+        self.unload(name, request.version).await
+    }
+
+    fn check_api(&self, what: &str) -> Result<(), ServerError> {
+        if self.control.api_allowed() {
+            return Ok(());
+        }
+        Err(ServerError::ModelControlDisabled(format!(
+            "explicit model {what} is not allowed: the server runs with --model-control-mode {} \
+             (start it with --model-control-mode explicit to load and unload models)",
+            self.control.mode_name()
+        )))
+    }
+
+    /// Loads (or reloads) a model, from the repository or from the request's files, with the
+    /// request's config instead of the folder's when it gives one. The new versions are swapped
+    /// in only once all of them have loaded (and warmed up); requests that hold an old version
+    /// finish on it.
+    async fn load_with(self: &Arc<Self>, name: &str, request: LoadRequest) -> Result<(), ServerError> {
         let _guard = self.load_lock.lock().await;
-        let dir = match self.discover().remove(name) {
-            None => return Err(ServerError::ModelNotFound(name.to_string())),
-            Some(Err(reason)) => return Err(self.record_failure(name, reason)),
-            Some(Ok(dir)) => dir,
+        let (staged, config) = request.into_parts();
+        let dir = match (&staged, self.discover().remove(name)) {
+            (Some(staged), _) => staged.path().to_path_buf(),
+            (None, None) => return Err(ServerError::ModelNotFound(name.to_string())),
+            (None, Some(Err(reason))) => return Err(self.record_failure(name, reason)),
+            (None, Some(Ok(dir))) => dir,
         };
         self.set_state(name, ModelState::Loading, "");
         let this = self.clone();
         let model = name.to_string();
-        let result =
-            tokio::task::spawn_blocking(move || load::load_model(&dir, &model, &this.engines, &this.serving))
-                .await
-                .unwrap_or_else(|e| Err(LoadError::Panicked(e.to_string())));
+        let result = tokio::task::spawn_blocking(move || {
+            let loaded = load::load_model(&dir, &model, config, &this.engines, &this.serving);
+            // The engines hold what they read; the staged files go.
+            drop(staged);
+            loaded
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoadError::Panicked(e.to_string())));
+        let outcome = if result.is_ok() { "success" } else { "failed" };
+        self.serving.loads.with_label_values(&[name, outcome]).inc();
         match result {
             Ok(versions) => {
                 self.serving.cache.invalidate_model(name);
@@ -151,16 +275,29 @@ impl ModelRepository {
         ServerError::BadRequest(format!("failed to load model '{name}': {reason}"))
     }
 
-    /// Stops serving a model. Requests already queued finish.
-    pub async fn unload(&self, name: &str) -> Result<(), ServerError> {
+    /// Stops serving a model, or one version of it. Requests already queued finish.
+    pub async fn unload(&self, name: &str, version: Option<u64>) -> Result<(), ServerError> {
         let _guard = self.load_lock.lock().await;
         let mut models = self.write();
         let entry = models.get_mut(name).ok_or_else(|| ServerError::ModelNotFound(name.to_string()))?;
-        entry.versions.clear();
+        match version {
+            None => entry.versions.clear(),
+            Some(version) => {
+                entry.versions.remove(&version).ok_or_else(|| ServerError::VersionNotFound {
+                    model: name.to_string(),
+                    version: version.to_string(),
+                })?;
+            }
+        }
         self.serving.cache.invalidate_model(name);
-        entry.state = ModelState::Unavailable;
-        entry.reason = "unloaded".to_string();
-        tracing::info!(model = name, "unloaded");
+        if entry.versions.is_empty() {
+            entry.state = ModelState::Unavailable;
+            entry.reason = "unloaded".to_string();
+        }
+        match version {
+            None => tracing::info!(model = name, "unloaded"),
+            Some(version) => tracing::info!(model = name, version, "version unloaded"),
+        }
         Ok(())
     }
 
