@@ -239,7 +239,8 @@ mod tests {
 
     #[test]
     fn writes_what_numpy_writes_and_reads_it_back() {
-        let values: Vec<u8> = [0.0f32, 0.5, 1.0, 1.5, 2.0, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let values: Vec<u8> =
+            [0.0f32, 0.5, 1.0, 1.5, 2.0, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(write_npy(DataType::Fp32, &[2, 3], &values), Ok(fixture("f32_2x3.npy")));
         let ints: Vec<u8> = [-3i64, 0, 7, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(write_npy(DataType::Int64, &[4], &ints), Ok(fixture("i64_4.npy")));

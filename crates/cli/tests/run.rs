@@ -112,7 +112,9 @@ fn npy_of(tensor: &Value) -> Vec<u8> {
     let datatype: DataType = tensor["datatype"].as_str().expect("datatype").parse().expect("known");
     let data = tensor["data"].as_array().expect("data");
     let raw: Vec<u8> = match datatype {
-        DataType::Fp32 => data.iter().flat_map(|v| (v.as_f64().expect("float") as f32).to_le_bytes()).collect(),
+        DataType::Fp32 => {
+            data.iter().flat_map(|v| (v.as_f64().expect("float") as f32).to_le_bytes()).collect()
+        }
         DataType::Int64 => data.iter().flat_map(|v| v.as_i64().expect("int").to_le_bytes()).collect(),
         DataType::Bool => data.iter().map(|v| u8::from(v.as_bool().expect("bool"))).collect(),
         other => panic!("no reference tensors of {other}"),
@@ -124,8 +126,7 @@ fn npy_of(tensor: &Value) -> Vec<u8> {
 fn write_npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
     let file = std::fs::File::create(path).expect("create npz");
     let mut zip = zip::ZipWriter::new(file);
-    let options =
-        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, bytes) in arrays {
         zip.start_file(format!("{name}.npy"), options).expect("member");
         zip.write_all(bytes).expect("member bytes");
@@ -286,7 +287,8 @@ fn images_through_preprocessing_to_top_k_labels() {
     one_red_pixel(&images.join("b.png"), 0, 5, 200);
     std::fs::write(images.join("notes.txt"), "not an image").expect("write");
 
-    let out = rtserve(&["--engine", "tract", "--model", s(&model), "--top-k", "2", s(&images.join("a.png"))], None);
+    let out =
+        rtserve(&["--engine", "tract", "--model", s(&model), "--top-k", "2", s(&images.join("a.png"))], None);
     let top = lines(&out);
     assert_eq!(top[0]["output"], "pixels");
     assert_eq!(
@@ -300,7 +302,8 @@ fn images_through_preprocessing_to_top_k_labels() {
     // A folder: each image on its own, in name order; --labels from another file.
     let labels = dir.path().join("names.txt");
     std::fs::write(&labels, (0..192).map(|i| format!("name{i}\n")).collect::<String>()).expect("labels");
-    let args = ["--engine", "tract", "--model", s(&model), "--top-k", "1", "--labels", s(&labels), s(&images)];
+    let args =
+        ["--engine", "tract", "--model", s(&model), "--top-k", "1", "--labels", s(&labels), s(&images)];
     let top = lines(&rtserve(&args, None));
     assert_eq!(top.len(), 2, "{top:?}");
     assert_eq!(top[0]["input"], s(&images.join("a.png")));
@@ -309,7 +312,8 @@ fn images_through_preprocessing_to_top_k_labels() {
     assert_eq!(top[1]["classes"][0][0]["score"], 200.0);
 
     // The tensors themselves: the preprocessed image, batch of one.
-    let tensors = lines(&rtserve(&["--engine", "tract", "--model", s(&model), s(&images.join("b.png"))], None));
+    let tensors =
+        lines(&rtserve(&["--engine", "tract", "--model", s(&model), s(&images.join("b.png"))], None));
     let pixels = &tensors[0]["outputs"][0];
     assert_eq!(pixels["shape"], serde_json::json!([1, 3, SIDE, SIDE]));
     let values = f64s(&pixels["data"]);
@@ -375,7 +379,10 @@ fn bad_inputs_exit_2_and_a_bad_model_1() {
     // stdin: the byte count must fit the shape; --shape is needed.
     let out = rtserve(&["--engine", "tract", "--model", s(&mlp), "--shape", "1,784", "-"], Some(&[0u8; 100]));
     let err = fails(&out, 2);
-    assert!(err.contains("-: shape [1, 784] holds 784 elements of FP32 (3136 bytes) but the data has 100"), "{err}");
+    assert!(
+        err.contains("-: shape [1, 784] holds 784 elements of FP32 (3136 bytes) but the data has 100"),
+        "{err}"
+    );
     let err = fails(&run(&["--model", s(&mlp), "-"]), 2);
     assert!(err.contains("needs --shape"), "{err}");
 
@@ -406,8 +413,18 @@ fn help_explains_each_flag() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--model", "--config", "--shape", "--datatype", "--top-k", "--softmax", "--labels", "--out", "--repeat",
-        "--threads", "--engine", "--ort-library",
+        "--model",
+        "--config",
+        "--shape",
+        "--datatype",
+        "--top-k",
+        "--softmax",
+        "--labels",
+        "--out",
+        "--repeat",
+        "--threads",
+        "--engine",
+        "--ort-library",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}: {help}");
     }

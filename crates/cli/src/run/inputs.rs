@@ -53,7 +53,9 @@ pub fn sources(paths: &[PathBuf]) -> Result<Vec<InputSource>, RunError> {
                 )));
             }
             sources.extend(
-                images.into_iter().map(|p| InputSource { label: p.display().to_string(), kind: InputKind::Image(p) }),
+                images
+                    .into_iter()
+                    .map(|p| InputSource { label: p.display().to_string(), kind: InputKind::Image(p) }),
             );
         } else if !path.exists() {
             return Err(RunError::Input(format!("{label}: no such file or folder")));
@@ -81,8 +83,7 @@ fn extension(path: &Path) -> String {
 }
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>, RunError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| RunError::Input(format!("{}: {e}", dir.display())))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| RunError::Input(format!("{}: {e}", dir.display())))?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && IMAGE_EXTENSIONS.contains(&extension(p).as_str()))

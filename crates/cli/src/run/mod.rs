@@ -140,8 +140,8 @@ fn run(args: RunArgs) -> Result<(), RunError> {
     let mut results = Results::default();
     for source in &sources {
         let tensors = inputs::read(source, &model, stdin_shape.as_deref(), args.datatype)?;
-        let outputs = infer(&mut model, tensors, repeat, &mut timings)
-            .map_err(|e| e.in_input(&source.label))?;
+        let outputs =
+            infer(&mut model, tensors, repeat, &mut timings).map_err(|e| e.in_input(&source.label))?;
         results.push(source.label.clone(), outputs);
     }
     out.write(&results)?;
@@ -157,7 +157,9 @@ fn stdin_shape(args: &RunArgs, sources: &[InputSource]) -> Result<Option<Vec<usi
     match (&args.shape, stdin) {
         (Some(shape), true) => Ok(Some(shape.clone())),
         (None, true) => Err(RunError::Input("reading a tensor from stdin (-) needs --shape".into())),
-        (Some(_), false) => Err(RunError::Input("--shape is for the tensor on stdin (-); no input is -".into())),
+        (Some(_), false) => {
+            Err(RunError::Input("--shape is for the tensor on stdin (-); no input is -".into()))
+        }
         (None, false) => Ok(None),
     }
 }

@@ -160,7 +160,11 @@ fn write_files(dir: &Path, results: &Results) -> Result<(), RunError> {
                 )));
             }
             let raw = output.tensor.raw().ok_or_else(|| {
-                RunError::Failed(format!("output '{}' is {}: no .npy form", output.name, output.tensor.datatype()))
+                RunError::Failed(format!(
+                    "output '{}' is {}: no .npy form",
+                    output.name,
+                    output.tensor.datatype()
+                ))
             })?;
             let bytes = write_npy(output.tensor.datatype(), output.tensor.shape(), raw)
                 .map_err(|e| RunError::Failed(format!("output '{}': {e}", output.name)))?;
