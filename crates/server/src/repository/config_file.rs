@@ -436,6 +436,26 @@ mod tests {
     "#;
 
     #[test]
+    fn reads_a_config_file_by_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let named = dir.path().join("mine.pbtxt");
+        std::fs::write(&named, "name: \"resnet\"\nmax_batch_size: 2").expect("write");
+        let config = read_config_file(&named).expect("its own name is kept");
+        assert_eq!((config.name.as_str(), config.max_batch_size), ("resnet", 2));
+        let unnamed = dir.path().join("config.toml");
+        std::fs::write(&unnamed, "max_batch_size = 3").expect("write");
+        let folder = dir.path().file_name().and_then(|n| n.to_str()).expect("folder name");
+        assert_eq!(read_config_file(&unnamed).expect("named after the folder").name, folder);
+        let json = dir.path().join("config.json");
+        std::fs::write(&json, "{}").expect("write");
+        let err = read_config_file(&json).expect_err("not pbtxt or toml");
+        assert!(err.contains("config.json: a config file is *.pbtxt or *.toml"), "{err}");
+        std::fs::write(&named, "max_batch_size: \"lots\"").expect("write");
+        let err = read_config_file(&named).expect_err("invalid");
+        assert!(err.contains("mine.pbtxt: config.pbtxt"), "{err}");
+    }
+
+    #[test]
     fn reads_triton_pbtxt() {
         let config = parse_pbtxt(PBTXT, "m").expect("valid");
         assert_eq!(config.max_batch_size, 8);
