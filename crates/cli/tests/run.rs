@@ -398,6 +398,19 @@ fn bad_inputs_exit_2_and_a_bad_model_1() {
     assert!(err.contains("wrong_shape.npy: input 'input' has shape"), "{err}");
     assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).expect("dir").next().is_none());
 
+    // A config that does not fit the graph is the model's failure: exit code 1. The same
+    // config fitted to the graph, given by path for a model file outside any repository, runs.
+    let loose = path("loose.onnx");
+    std::fs::copy(&mlp, &loose).expect("copy model");
+    let config = path("mine.pbtxt");
+    let mlp_config = std::fs::read_to_string(root().join("examples/model_repository/mlp/config.pbtxt"))
+        .expect("mlp config");
+    std::fs::write(&config, mlp_config.replace("dims: [ 784 ]", "dims: [ 100 ]")).expect("write");
+    let err = fails(&run(&["--model", s(&loose), "--config", s(&config), s(&good)]), 1);
+    assert!(err.contains("config input 'input' has shape [-1, 100] (batch included)"), "{err}");
+    std::fs::write(&config, &mlp_config).expect("write");
+    assert!(run(&["--model", s(&loose), "--config", s(&config), s(&good)]).status.success());
+
     // The model file itself: exit code 1.
     let garbage = path("garbage.onnx");
     std::fs::write(&garbage, b"\xff\xff\xff\xff not protobuf").expect("write");
