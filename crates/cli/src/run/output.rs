@@ -83,22 +83,22 @@ impl RunOutput {
         let mut lines = Vec::new();
         if let Some(top_k) = &self.top_k {
             for (input, outputs) in &results.items {
-                lines.push(top_k.classes(input, outputs)?);
+                lines.push(top_k.classes(input, outputs)?.to_string());
             }
         } else if self.out.is_none() {
             for (input, outputs) in &results.items {
-                let tensors: Vec<Value> = outputs
+                let tensors: Vec<JsonTensor<'_>> = outputs
                     .iter()
-                    .map(|o| {
-                        json!({
-                            "name": o.name,
-                            "datatype": o.tensor.datatype().as_str(),
-                            "shape": o.tensor.shape(),
-                            "data": tensor_to_json(&o.tensor),
-                        })
+                    .map(|o| JsonTensor {
+                        name: &o.name,
+                        datatype: o.tensor.datatype().as_str(),
+                        shape: o.tensor.shape(),
+                        data: tensor_to_json(&o.tensor),
                     })
                     .collect();
-                lines.push(json!({ "input": input, "outputs": tensors }));
+                let line = JsonResult { input, outputs: tensors };
+                // A string, not a `Value`, to keep the fields in order.
+                lines.push(serde_json::to_string(&line).map_err(|e| RunError::Failed(format!("JSON: {e}")))?);
             }
         }
         if let Some(dir) = &self.out {
@@ -110,6 +110,21 @@ impl RunOutput {
         }
         stdout.flush().map_err(|e| RunError::Failed(format!("stdout: {e}")))
     }
+}
+
+/// One line of tensor output, fields in the protocol's order.
+#[derive(serde::Serialize)]
+struct JsonResult<'a> {
+    input: &'a str,
+    outputs: Vec<JsonTensor<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    data: Value,
 }
 
 impl TopK {
