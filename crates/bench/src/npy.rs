@@ -1,7 +1,7 @@
-//! A reader for NumPy `.npy` files (format versions 1.0 to 3.0, little-endian or
+//! A reader and a writer for NumPy `.npy` files (format versions 1.0 to 3.0, little-endian or
 //! byte-sized dtypes, C order): booleans, integers and floats.
 
-use rtserve_wire::Element;
+use rtserve_wire::{DataType, Element};
 
 use crate::values::Values;
 
@@ -14,8 +14,23 @@ pub struct NpyArray {
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
+/// A `.npy` file's array as the wire carries tensors: its datatype, shape and little-endian
+/// element bytes (borrowed from the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawNpy<'a> {
+    pub datatype: DataType,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
 /// Parses the bytes of a `.npy` file.
 pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
+    let raw = parse_npy_raw(bytes)?;
+    Ok(NpyArray { values: decode(raw.datatype, raw.data), shape: raw.shape })
+}
+
+/// Parses the bytes of a `.npy` file without decoding the elements.
+pub fn parse_npy_raw(bytes: &[u8]) -> Result<RawNpy<'_>, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not a .npy file (bad magic)".into());
     }
@@ -28,7 +43,7 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         }
         major => return Err(format!("unsupported .npy format version {major}")),
     };
-    let header_end = header_start + header_length;
+    let header_end = usize::checked_add(header_start, header_length).ok_or("header too large")?;
     let header = bytes.get(header_start..header_end).ok_or("truncated header")?;
     let header = std::str::from_utf8(header).map_err(|_| "the header is not text")?;
     let descr = dict_value(header, "descr").ok_or("the header has no 'descr'")?;
@@ -38,9 +53,87 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
     }
     let shape = parse_shape(dict_value(header, "shape").ok_or("the header has no 'shape'")?)?;
     let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or("shape too large")?;
+    let datatype = datatype_of(descr)?;
+    let size = datatype.size().ok_or_else(|| format!("unsupported dtype '{descr}'"))?;
+    let needed = count.checked_mul(size).ok_or("array too large")?;
     let data = &bytes[header_end..];
-    let values = decode(descr, data, count)?;
-    Ok(NpyArray { shape, values })
+    if data.len() < needed {
+        return Err(format!(
+            "the data holds {} bytes but shape and dtype '{descr}' need {needed}",
+            data.len()
+        ));
+    }
+    Ok(RawNpy { datatype, shape, data: &data[..needed] })
+}
+
+/// A `.npy` file (format 1.0, as `np.save` writes it) holding `data`, the little-endian
+/// elements of a `datatype` tensor of `shape`.
+pub fn write_npy(datatype: DataType, shape: &[usize], data: &[u8]) -> Result<Vec<u8>, String> {
+    let descr = descr_of(datatype).ok_or_else(|| format!("{datatype} tensors have no .npy dtype"))?;
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let shape_text = match dims.as_slice() {
+        [one] => format!("({one},)"),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // NumPy pads the header with spaces so that the data starts on a 64-byte boundary.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let length = u16::try_from(header.len()).map_err(|_| "the shape is too long for a .npy header")?;
+    let mut out = Vec::with_capacity(10 + header.len() + data.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    Ok(out)
+}
+
+/// The wire datatype of a NumPy dtype string.
+fn datatype_of(descr: &str) -> Result<DataType, String> {
+    let (order, code) = descr.split_at(descr.len().min(1));
+    if order == ">" && !code.ends_with('1') {
+        return Err(format!("big-endian dtype '{descr}' is not supported"));
+    }
+    if !matches!(order, "<" | "|" | "=" | ">") {
+        return Err(format!("unsupported dtype '{descr}'"));
+    }
+    Ok(match code {
+        "b1" => DataType::Bool,
+        "i1" => DataType::Int8,
+        "i2" => DataType::Int16,
+        "i4" => DataType::Int32,
+        "i8" => DataType::Int64,
+        "u1" => DataType::Uint8,
+        "u2" => DataType::Uint16,
+        "u4" => DataType::Uint32,
+        "u8" => DataType::Uint64,
+        "f2" => DataType::Fp16,
+        "f4" => DataType::Fp32,
+        "f8" => DataType::Fp64,
+        _ => return Err(format!("unsupported dtype '{descr}' (bool, int, uint and float only)")),
+    })
+}
+
+/// The NumPy dtype string of a wire datatype; `None` for BYTES.
+fn descr_of(datatype: DataType) -> Option<&'static str> {
+    Some(match datatype {
+        DataType::Bool => "|b1",
+        DataType::Uint8 => "|u1",
+        DataType::Uint16 => "<u2",
+        DataType::Uint32 => "<u4",
+        DataType::Uint64 => "<u8",
+        DataType::Int8 => "|i1",
+        DataType::Int16 => "<i2",
+        DataType::Int32 => "<i4",
+        DataType::Int64 => "<i8",
+        DataType::Fp16 => "<f2",
+        DataType::Fp32 => "<f4",
+        DataType::Fp64 => "<f8",
+        DataType::Bytes => return None,
+    })
 }
 
 /// The text of `key`'s value in the header's Python dict literal, up to the next top-level
@@ -79,44 +172,28 @@ fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn decode(descr: &str, data: &[u8], count: usize) -> Result<Values, String> {
-    let (order, code) = descr.split_at(descr.len().min(1));
-    if order == ">" && !code.ends_with('1') {
-        return Err(format!("big-endian dtype '{descr}' is not supported"));
-    }
-    if !matches!(order, "<" | "|" | "=" | ">") {
-        return Err(format!("unsupported dtype '{descr}'"));
-    }
-    let size: usize =
-        code.get(1..).and_then(|s| s.parse().ok()).ok_or_else(|| format!("unsupported dtype '{descr}'"))?;
-    let needed = count.checked_mul(size).ok_or("array too large")?;
-    if data.len() < needed {
-        return Err(format!(
-            "the data holds {} bytes but shape and dtype '{descr}' need {needed}",
-            data.len()
-        ));
-    }
-    let data = &data[..needed];
+/// The elements, widened to the value kind of their datatype.
+fn decode(datatype: DataType, data: &[u8]) -> Values {
     /// The array's elements as `T`, widened by `widen`.
     fn read<T: Element, U>(data: &[u8], widen: impl Fn(T) -> U) -> Vec<U> {
         T::decode_iter(data).map(widen).collect()
     }
-    let values = match code {
-        "b1" => Values::Bool(bool::decode(data)),
-        "i1" => Values::Int(read(data, |v: i8| i64::from(v))),
-        "i2" => Values::Int(read(data, |v: i16| i64::from(v))),
-        "i4" => Values::Int(read(data, |v: i32| i64::from(v))),
-        "i8" => Values::Int(i64::decode(data)),
-        "u1" => Values::Uint(read(data, |v: u8| u64::from(v))),
-        "u2" => Values::Uint(read(data, |v: u16| u64::from(v))),
-        "u4" => Values::Uint(read(data, |v: u32| u64::from(v))),
-        "u8" => Values::Uint(u64::decode(data)),
-        "f2" => Values::Float(read(data, |v: half::f16| f64::from(v))),
-        "f4" => Values::Float(read(data, |v: f32| f64::from(v))),
-        "f8" => Values::Float(f64::decode(data)),
-        _ => return Err(format!("unsupported dtype '{descr}' (bool, int, uint and float only)")),
-    };
-    Ok(values)
+    match datatype {
+        DataType::Bool => Values::Bool(bool::decode(data)),
+        DataType::Int8 => Values::Int(read(data, |v: i8| i64::from(v))),
+        DataType::Int16 => Values::Int(read(data, |v: i16| i64::from(v))),
+        DataType::Int32 => Values::Int(read(data, |v: i32| i64::from(v))),
+        DataType::Int64 => Values::Int(i64::decode(data)),
+        DataType::Uint8 => Values::Uint(read(data, |v: u8| u64::from(v))),
+        DataType::Uint16 => Values::Uint(read(data, |v: u16| u64::from(v))),
+        DataType::Uint32 => Values::Uint(read(data, |v: u32| u64::from(v))),
+        DataType::Uint64 => Values::Uint(u64::decode(data)),
+        DataType::Fp16 => Values::Float(read(data, |v: half::f16| f64::from(v))),
+        DataType::Fp32 => Values::Float(read(data, |v: f32| f64::from(v))),
+        DataType::Fp64 => Values::Float(f64::decode(data)),
+        // `datatype_of` never gives BYTES.
+        DataType::Bytes => Values::Bytes(Vec::new()),
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +235,25 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(data);
         out
+    }
+
+    #[test]
+    fn writes_what_numpy_writes_and_reads_it_back() {
+        let values: Vec<u8> =
+            [0.0f32, 0.5, 1.0, 1.5, 2.0, -2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(write_npy(DataType::Fp32, &[2, 3], &values), Ok(fixture("f32_2x3.npy")));
+        let ints: Vec<u8> = [-3i64, 0, 7, 1 << 40].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(write_npy(DataType::Int64, &[4], &ints), Ok(fixture("i64_4.npy")));
+        for (datatype, shape, data) in [
+            (DataType::Bool, vec![2, 2], vec![1u8, 0, 0, 1]),
+            (DataType::Fp16, vec![], vec![0, 60]),
+            (DataType::Uint16, vec![1, 2, 1], vec![1, 0, 2, 0]),
+        ] {
+            let bytes = write_npy(datatype, &shape, &data).expect("writes");
+            let raw = parse_npy_raw(&bytes).expect("reads back");
+            assert_eq!(raw, RawNpy { datatype, shape, data: &data });
+        }
+        assert!(write_npy(DataType::Bytes, &[1], &[]).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench;
 mod optimize;
+mod run;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -27,13 +28,19 @@ enum Command {
     /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation, training, pruning,
     /// distillation, quantization-aware training.
     Optimize(optimize::OptimizeArgs),
+    /// Run a model once on input files (.npy, .npz, images, stdin) and print or save its
+    /// outputs, without a server. Exit code 2: bad input; 1: the model failed.
+    Run(Box<run::RunArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let access_log = matches!(&cli.command, Command::Serve(args) if args.access_log);
-    init_logging(&cli.log_format, access_log);
+    // A one-shot run logs warnings only, unless RUST_LOG says otherwise.
+    let default_level = if matches!(cli.command, Command::Run(_)) { "warn" } else { "info" };
+    init_logging(&cli.log_format, access_log, default_level);
     let result = match cli.command {
+        Command::Run(args) => return run::main(*args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(*args),
         Command::Optimize(args) => optimize::run(args),
@@ -48,12 +55,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`), except that `--access-log` keeps the
+/// Logs to stderr; `RUST_LOG` filters (default `default_level`), except that `--access-log` keeps the
 /// access lines whatever it says. Colour only on a terminal.
-fn init_logging(format: &str, access_log: bool) {
+fn init_logging(format: &str, access_log: bool, default_level: &str) {
     use std::io::IsTerminal;
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     if access_log {
         if let Ok(directive) = "rtserve::access=info".parse() {
             filter = filter.add_directive(directive);

@@ -3,7 +3,7 @@
 
 mod access_log;
 pub mod auth;
-mod classification;
+pub mod classification;
 mod codec;
 mod connection;
 mod engines;
@@ -25,7 +25,7 @@ mod triton_stats;
 
 pub use auth::{AuthConfig, TokenFileError};
 pub use connection::ConnectionLimits;
-pub use engines::EngineChoice;
+pub use engines::{EngineChoice, Engines};
 pub use error::ServerError;
 pub use repository::{ModelControl, ModelControlMode};
 pub use rtserve_core::{CacheOptions, RedisOptions, RedisTls};

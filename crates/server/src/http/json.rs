@@ -308,7 +308,8 @@ fn json_values<T: Element>(raw: &[u8], map: impl Fn(T) -> Value) -> Vec<Value> {
     T::decode_iter(raw).map(map).collect()
 }
 
-fn tensor_to_json(tensor: &Tensor) -> Value {
+/// A tensor's elements as a flat JSON array (strings for BYTES), as replies carry them.
+pub fn tensor_to_json(tensor: &Tensor) -> Value {
     let raw = match tensor.data() {
         TensorData::Strings(items) => {
             return Value::Array(

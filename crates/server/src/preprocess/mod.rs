@@ -111,19 +111,30 @@ impl Preprocessor {
         }
         let (spec, normaliser, max_pixels) =
             (self.spec.clone(), self.normaliser.clone(), self.pool.max_pixels);
-        let count = images.len();
-        let data = self.pool.run(move || tensor_bytes(&spec, &normaliser, &images, max_pixels)).await??;
-        let image_shape = self.spec.image_shape();
-        let shape = if self.spec.batched {
-            std::iter::once(count).chain(image_shape).collect()
-        } else {
-            image_shape.to_vec()
-        };
-        let tensor = Tensor::new(self.spec.dtype, shape, TensorData::Raw(data.into()))
-            .map_err(|e| ServerError::Internal(format!("preprocessed tensor: {e}")))?;
-        request.inputs[position] = NamedTensor { name: self.spec.tensor.clone(), tensor };
+        request.inputs[position] =
+            self.pool.run(move || images_tensor(&spec, &normaliser, &images, max_pixels)).await??;
         Ok(Some(start.elapsed()))
     }
+}
+
+/// The model input made of `images` (encoded files), decoded and transformed in parallel on the
+/// calling thread's rayon pool (the server's image pool; rayon's global pool for `rtserve run`).
+pub fn images_tensor(
+    spec: &PreprocessSpec,
+    normaliser: &Normaliser,
+    images: &[Bytes],
+    max_pixels: u64,
+) -> Result<NamedTensor, ServerError> {
+    let data = tensor_bytes(spec, normaliser, images, max_pixels)?;
+    let image_shape = spec.image_shape();
+    let shape = if spec.batched {
+        std::iter::once(images.len()).chain(image_shape).collect()
+    } else {
+        image_shape.to_vec()
+    };
+    let tensor = Tensor::new(spec.dtype, shape, TensorData::Raw(data.into()))
+        .map_err(|e| ServerError::Internal(format!("preprocessed tensor: {e}")))?;
+    Ok(NamedTensor { name: spec.tensor.clone(), tensor })
 }
 
 /// Decodes and transforms every image, in parallel on the calling pool, into one buffer.

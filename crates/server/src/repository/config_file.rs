@@ -201,22 +201,42 @@ fn parameter_map(value: serde_json::Value) -> serde_json::Value {
 /// Reads `config.pbtxt` text of the model directory `dir_name` (the name a config may omit).
 /// Public for the fuzz target `config_pbtxt`.
 pub fn parse_pbtxt(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
+    raw_pbtxt(text, dir_name)?.validate(dir_name).map_err(|e| format!("config.pbtxt: {e}"))
+}
+
+fn raw_pbtxt(text: &str, dir_name: &str) -> Result<RawConfig, String> {
     let mut tree = pbtxt::parse(text).map_err(|e| format!("config.pbtxt: {e}"))?;
     normalize(&mut tree);
-    let raw: RawConfig =
-        serde_ignored::deserialize(tree, |path| warn_unknown("config.pbtxt", dir_name, &path))
-            .map_err(|e| format!("config.pbtxt: {e}"))?;
-    raw.validate(dir_name).map_err(|e| format!("config.pbtxt: {e}"))
+    serde_ignored::deserialize(tree, |path| warn_unknown("config.pbtxt", dir_name, &path))
+        .map_err(|e| format!("config.pbtxt: {e}"))
 }
 
 /// Reads `config.toml` text of the model directory `dir_name`. Public for the fuzz target
 /// `config_toml`.
 pub fn parse_toml(text: &str, dir_name: &str) -> Result<ModelConfig, String> {
+    raw_toml(text, dir_name)?.validate(dir_name).map_err(|e| format!("config.toml: {e}"))
+}
+
+fn raw_toml(text: &str, dir_name: &str) -> Result<RawConfig, String> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| format!("config.toml: {e}"))?;
-    let raw: RawConfig =
-        serde_ignored::deserialize(deserializer, |path| warn_unknown("config.toml", dir_name, &path))
-            .map_err(|e| format!("config.toml: {e}"))?;
-    raw.validate(dir_name).map_err(|e| format!("config.toml: {e}"))
+    serde_ignored::deserialize(deserializer, |path| warn_unknown("config.toml", dir_name, &path))
+        .map_err(|e| format!("config.toml: {e}"))
+}
+
+/// Reads one config file given by path (`rtserve run --config`): `*.pbtxt` in Triton's text
+/// format, `*.toml` in rtserve's. Outside a repository the file's `name` is taken as it is;
+/// without one, the model is named after the folder holding the file.
+pub fn read_config_file(path: &Path) -> Result<ModelConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let folder = path.parent().and_then(Path::file_name).and_then(|n| n.to_str()).unwrap_or("model");
+    let (raw, file) = match path.extension().and_then(|e| e.to_str()) {
+        Some("pbtxt") => (raw_pbtxt(&text, folder), "config.pbtxt"),
+        Some("toml") => (raw_toml(&text, folder), "config.toml"),
+        _ => return Err(format!("{}: a config file is *.pbtxt or *.toml", path.display())),
+    };
+    let raw = raw.map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = raw.name.clone().unwrap_or_else(|| folder.to_string());
+    raw.validate(&name).map_err(|e| format!("{}: {file}: {e}", path.display()))
 }
 
 /// Fields that protobuf's JSON mapping writes as strings (64-bit integers), read as numbers.
@@ -414,6 +434,26 @@ mod tests {
         response_cache { enable: true }
         some_future_field: 1
     "#;
+
+    #[test]
+    fn reads_a_config_file_by_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let named = dir.path().join("mine.pbtxt");
+        std::fs::write(&named, "name: \"resnet\"\nmax_batch_size: 2").expect("write");
+        let config = read_config_file(&named).expect("its own name is kept");
+        assert_eq!((config.name.as_str(), config.max_batch_size), ("resnet", 2));
+        let unnamed = dir.path().join("config.toml");
+        std::fs::write(&unnamed, "max_batch_size = 3").expect("write");
+        let folder = dir.path().file_name().and_then(|n| n.to_str()).expect("folder name");
+        assert_eq!(read_config_file(&unnamed).expect("named after the folder").name, folder);
+        let json = dir.path().join("config.json");
+        std::fs::write(&json, "{}").expect("write");
+        let err = read_config_file(&json).expect_err("not pbtxt or toml");
+        assert!(err.contains("config.json: a config file is *.pbtxt or *.toml"), "{err}");
+        std::fs::write(&named, "max_batch_size: \"lots\"").expect("write");
+        let err = read_config_file(&named).expect_err("invalid");
+        assert!(err.contains("mine.pbtxt: config.pbtxt"), "{err}");
+    }
 
     #[test]
     fn reads_triton_pbtxt() {

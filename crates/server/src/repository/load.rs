@@ -209,7 +209,7 @@ fn load_instances(
 }
 
 /// The `intra_op_threads` parameter, if set.
-fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, LoadError> {
+pub fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, LoadError> {
     config
         .parameters
         .get(INTRA_OP_THREADS_PARAMETER)
@@ -239,7 +239,7 @@ fn allow_spinning(config: &ModelConfig) -> Result<bool, LoadError> {
 
 /// A config made from the graph alone. A dynamic first dimension on every tensor is taken as
 /// the batch dimension.
-fn infer_config(mut config: ModelConfig, signature: &ModelSignature) -> ModelConfig {
+pub fn infer_config(mut config: ModelConfig, signature: &ModelSignature) -> ModelConfig {
     let batched = signature.inputs.iter().chain(&signature.outputs).all(|s| s.dims.first() == Some(&-1));
     config.max_batch_size = if batched { INFERRED_MAX_BATCH_SIZE } else { 0 };
     let strip = |specs: &[TensorSpec]| -> Vec<TensorSpec> {
@@ -257,7 +257,7 @@ fn infer_config(mut config: ModelConfig, signature: &ModelSignature) -> ModelCon
 }
 
 /// Fills what a config leaves out from the graph, and checks what it declares against it.
-fn check_against_signature(
+pub fn check_against_signature(
     mut config: ModelConfig,
     signature: &ModelSignature,
 ) -> Result<ModelConfig, String> {

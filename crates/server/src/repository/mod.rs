@@ -19,10 +19,10 @@ use crate::engines::Engines;
 use crate::model::LoadedModel;
 use crate::ServerError;
 
-pub use config_file::{parse_pbtxt, parse_toml};
+pub use config_file::{parse_pbtxt, parse_toml, read_config, read_config_file, DEFAULT_MODEL_FILENAME};
 pub use control::{ModelControl, ModelControlMode, StartupModels};
 pub use error::LoadError;
-pub use load::{Serving, INFERRED_MAX_BATCH_SIZE};
+pub use load::{check_against_signature, configured_threads, infer_config, Serving, INFERRED_MAX_BATCH_SIZE};
 pub use load_request::RepositoryParameter;
 
 use load_request::{LoadRequest, UnloadRequest};
