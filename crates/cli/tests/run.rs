@@ -14,11 +14,10 @@ use rtserve_bench::values::Values;
 use rtserve_core::DataType;
 use serde_json::Value;
 
-#[allow(dead_code)]
-#[path = "../../engine-onnxruntime/tests/support/onnx_writer.rs"]
-mod onnx_writer;
+#[path = "support/pixels_model.rs"]
+mod pixels_model;
 
-use onnx_writer::{elem, identity_model, Dim, Io};
+use pixels_model::{write_pixels_model, SIDE};
 
 /// Absolute plus relative tolerance against the NumPy reference (float32 through two engines).
 const TOLERANCE: f64 = 1e-4;
@@ -247,24 +246,14 @@ fn stdin_out_files_and_repeat() {
     assert!(err.contains("peak RSS (VmHWM): ") && err.contains(" MiB"), "{err}");
 }
 
-const SIDE: u64 = 8;
-
-/// A repository model `pixels`: `pixels = Identity(input)`, FP32 `[N, 3, 8, 8]`, with a
-/// `[preprocess]` table that keeps pixel values as they are, and 192 labels `class0..`.
+/// The `pixels` model with a `[preprocess]` table that keeps pixel values as they are.
 fn pixels_model(repository: &Path) -> PathBuf {
-    let dir = repository.join("pixels");
-    std::fs::create_dir_all(dir.join("1")).expect("model folder");
-    let dims = || vec![Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(SIDE), Dim::Fixed(SIDE)];
-    let model = identity_model(&[(
-        Io { name: "input".into(), elem_type: elem::FLOAT, dims: dims() },
-        Io { name: "pixels".into(), elem_type: elem::FLOAT, dims: dims() },
-    )]);
-    std::fs::write(dir.join("1").join("model.onnx"), model).expect("model.onnx");
-    std::fs::write(dir.join("config.toml"), "max_batch_size = 4\n[preprocess]\nfilter = \"area\"\n")
-        .expect("config.toml");
-    let labels: Vec<String> = (0..3 * SIDE * SIDE).map(|i| format!("class{i}")).collect();
-    std::fs::write(dir.join("labels.txt"), labels.join("\n")).expect("labels.txt");
-    dir.join("1").join("model.onnx")
+    write_pixels_model(
+        repository,
+        "pixels",
+        "config.toml",
+        "max_batch_size = 4\n[preprocess]\nfilter = \"area\"\n",
+    )
 }
 
 /// A black 8×8 PNG with one pixel at `(x, y)` of the given red value.

@@ -8,7 +8,6 @@
 //! resize, and `(pixel - 127) / 128` is exact in f32.
 
 use std::io::Cursor;
-use std::path::Path;
 
 use image::{ImageFormat, Rgb, RgbImage};
 use reqwest::header::CONTENT_TYPE;
@@ -21,32 +20,14 @@ use crate::client::{assert_grpc_error, get, grpc, metric_value, post_binary, sen
 use crate::server::{Engine, Server};
 use crate::start_server;
 
-#[allow(dead_code)]
-#[path = "../../../engine-onnxruntime/tests/support/onnx_writer.rs"]
-mod onnx_writer;
+#[path = "../support/pixels_model.rs"]
+mod pixels_model;
 
-use onnx_writer::{elem, identity_model, Dim, Io};
+use pixels_model::{write_pixels_model, SIDE};
 
-const SIDE: u64 = 8;
 /// The colour of the test images and what preprocessing makes of each channel.
 const COLOUR: [u8; 3] = [255, 127, 63];
 const NORMALISED: [f32; 3] = [1.0, 0.0, -0.5];
-
-/// A model `name` whose graph is `pixels = Identity(input)`, `input` FP32 `[N, 3, 8, 8]`, with
-/// the given config file and 192 labels `class0..class191`.
-fn write_pixels_model(repository: &Path, name: &str, config_file: &str, config: &str) {
-    let dir = repository.join(name);
-    std::fs::create_dir_all(dir.join("1")).expect("model folder");
-    let dims = || vec![Dim::Symbol("N"), Dim::Fixed(3), Dim::Fixed(SIDE), Dim::Fixed(SIDE)];
-    let model = identity_model(&[(
-        Io { name: "input".into(), elem_type: elem::FLOAT, dims: dims() },
-        Io { name: "pixels".into(), elem_type: elem::FLOAT, dims: dims() },
-    )]);
-    std::fs::write(dir.join("1").join("model.onnx"), model).expect("model.onnx");
-    std::fs::write(dir.join(config_file), config).expect("config");
-    let labels: Vec<String> = (0..3 * SIDE * SIDE).map(|i| format!("class{i}")).collect();
-    std::fs::write(dir.join("labels.txt"), labels.join("\n")).expect("labels.txt");
-}
 
 /// A repository with `pixels` (config.toml, `[preprocess]` table) and `pixels_pbtxt`
 /// (config.pbtxt, `preprocess.*` parameters, BGR).
