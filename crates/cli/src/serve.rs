@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use rtserve_engines::EngineChoice;
 use rtserve_server::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use rtserve_server::{
-    AuthConfig, CacheOptions, ConnectionLimits, EngineChoice, ModelControl, ModelControlMode, RedisOptions,
-    RedisTls, ServerConfig, TlsConfig,
+    AuthConfig, CacheOptions, ConnectionLimits, ModelControl, ModelControlMode, RedisOptions, RedisTls,
+    ServerConfig, TlsConfig,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::SignalStream;

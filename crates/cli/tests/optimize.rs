@@ -147,7 +147,7 @@ fn quantizes_the_mlp_dynamically() {
 /// "onnxruntime" when its library is found; `None` (a skip, with a note) otherwise, unless
 /// `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is set.
 fn ort_or_skip() -> Option<&'static str> {
-    match rtserve_optimize::engine::create(rtserve_optimize::engine::EngineChoice::OnnxRuntime, None) {
+    match rtserve_engines::Engines::new(rtserve_engines::EngineChoice::OnnxRuntime, None) {
         Ok(_) => Some("onnxruntime"),
         Err(e) if std::env::var_os("RTSERVE_E2E_REQUIRE_ONNXRUNTIME").is_some() => {
             panic!("RTSERVE_E2E_REQUIRE_ONNXRUNTIME is set but ONNX Runtime is missing: {e}")

@@ -24,11 +24,15 @@ pub struct ModelSignature {
     pub outputs: Vec<TensorSpec>,
 }
 
-/// How to load one instance.
+/// How to start one instance of a prepared model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// Threads one inference may use; 0 lets the engine decide.
     pub intra_op_threads: usize,
+    /// Whether those threads spin (busy-wait for work) between runs: lower latency for
+    /// back-to-back runs of an expensive model, at the price of cores kept busy. Engines without
+    /// such a thread pool ignore it.
+    pub allow_spinning: bool,
 }
 
 /// An inference engine (tract, ONNX Runtime, ...). Shared by all the models it loads.
@@ -36,24 +40,28 @@ pub trait Engine: Send + Sync {
     /// Short name, as in configs and logs (`tract`, `onnxruntime`).
     fn name(&self) -> &'static str;
 
+    /// Reads and prepares a model file once (parsing, graph optimization, the weights); its
+    /// instances share what was prepared.
+    fn prepare(&self, path: &Path) -> Result<Box<dyn PreparedModel>, EngineError>;
+
     /// Reads the inputs and outputs a model file declares, full shapes with the batch dimension.
-    fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError>;
-
-    /// Loads one instance of a model. An engine with a pool of intra-op threads keeps them from
-    /// spinning (busy-waiting for work) between runs.
-    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError>;
-
-    /// Loads one instance whose intra-op threads spin between runs when `allow_spinning`:
-    /// lower latency for back-to-back runs of an expensive model, at the price of cores kept
-    /// busy. Engines without such a thread pool ignore it, as this default does.
-    fn load_spinning(
-        &self,
-        path: &Path,
-        options: &LoadOptions,
-        _allow_spinning: bool,
-    ) -> Result<Box<dyn ModelInstance>, EngineError> {
-        self.load(path, options)
+    fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError> {
+        Ok(self.prepare(path)?.signature().clone())
     }
+
+    /// Prepares a model for one instance only, as tools that run a model once do.
+    fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+        self.prepare(path)?.instance(options)
+    }
+}
+
+/// A model read once by an engine, from which instances start.
+pub trait PreparedModel: Send + Sync {
+    /// The inputs and outputs the model declares, full shapes with the batch dimension.
+    fn signature(&self) -> &ModelSignature;
+
+    /// Starts one instance, owned by one thread.
+    fn instance(&self, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError>;
 }
 
 /// Below this time for a one-row run, a model gets one intra-op thread per instance: handing

@@ -29,7 +29,8 @@ pub use cache::{
     LatencySnapshot, PredictionCache, RedisOptions, RedisTls, CACHE_PARAMETER, LOOKUP_BUCKETS,
 };
 pub use engine::{
-    intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, ONE_THREAD_BELOW,
+    intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, PreparedModel,
+    ONE_THREAD_BELOW,
 };
 pub use error::InferError;
 pub use model_config::{

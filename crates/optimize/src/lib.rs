@@ -15,7 +15,6 @@
 
 pub mod calibrate;
 pub mod data;
-pub mod engine;
 pub mod error;
 pub mod evaluate;
 pub mod fp16;

@@ -6,12 +6,13 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rtserve_core::{Engine, LoadOptions, NamedTensor};
-use rtserve_optimize::engine::{self, EngineChoice};
+use rtserve_engines::{EngineChoice, Engines};
 use rtserve_optimize::graph::{int_attribute, node};
 use rtserve_optimize::model::{self, float_tensor, float_values, tensor_value_info};
 use rtserve_optimize::onnx::attribute_proto::AttributeType;
@@ -192,7 +193,8 @@ fn shaped_cnn(seed: u64) -> ModelProto {
 }
 
 fn run_file(engine: &dyn Engine, path: &Path, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
-    let mut instance = engine.load(path, &LoadOptions { intra_op_threads: 1 }).expect("load");
+    let mut instance =
+        engine.load(path, &LoadOptions { intra_op_threads: 1, allow_spinning: false }).expect("load");
     let feeds: Vec<NamedTensor> = inputs
         .iter()
         .map(|(n, v, d)| NamedTensor {
@@ -207,9 +209,9 @@ fn run_file(engine: &dyn Engine, path: &Path, inputs: &[(&str, &[f32], &[usize])
 
 /// ONNX Runtime when its library is found; a skip (with a note) otherwise, unless
 /// `RTSERVE_E2E_REQUIRE_ONNXRUNTIME` is set.
-fn ort() -> Option<Box<dyn Engine>> {
-    match engine::create(EngineChoice::OnnxRuntime, None) {
-        Ok(e) => Some(e),
+fn ort() -> Option<Arc<dyn Engine>> {
+    match Engines::new(EngineChoice::OnnxRuntime, None) {
+        Ok(e) => Some(e.default_engine()),
         Err(e) if std::env::var_os("RTSERVE_E2E_REQUIRE_ONNXRUNTIME").is_some() => {
             panic!("RTSERVE_E2E_REQUIRE_ONNXRUNTIME is set but ONNX Runtime is missing: {e}")
         }
@@ -220,8 +222,8 @@ fn ort() -> Option<Box<dyn Engine>> {
     }
 }
 
-fn tract() -> Box<dyn Engine> {
-    engine::create(EngineChoice::Tract, None).expect("tract")
+fn tract() -> Arc<dyn Engine> {
+    Engines::new(EngineChoice::Tract, None).expect("tract").default_engine()
 }
 
 fn assert_close(got: &[f32], want: &[f32], rel: f32, what: &str) {
@@ -610,7 +612,7 @@ fn channel_pruning_keeps_groups_consistent_and_equals_the_masked_model() {
     let mut rng = StdRng::seed_from_u64(8);
     let x = random(&mut rng, 2 * 3 * 16 * 16, 1.0);
     let inputs = [("x", x.as_slice(), &[2usize, 3, 16, 16][..])];
-    let engines: Vec<Box<dyn Engine>> = std::iter::once(tract()).chain(ort()).collect();
+    let engines: Vec<Arc<dyn Engine>> = std::iter::once(tract()).chain(ort()).collect();
     for engine in &engines {
         let want = engine_output(engine.as_ref(), &masked, &inputs);
         let got = engine_output(engine.as_ref(), &pruned, &inputs);
@@ -885,7 +887,7 @@ fn the_fake_quantized_forward_is_what_the_exported_qdq_model_computes() {
         .to_vec1::<f32>()
         .expect("values");
     let step = one_step_at_the_output(&exported);
-    let mut engines: Vec<(&str, Box<dyn Engine>)> = vec![("tract", tract())];
+    let mut engines: Vec<(&str, Arc<dyn Engine>)> = vec![("tract", tract())];
     engines.extend(ort().map(|e| ("ONNX Runtime", e)));
     for (name, engine) in engines {
         let theirs = engine_output(engine.as_ref(), &exported, &inputs);

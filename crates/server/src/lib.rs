@@ -6,7 +6,6 @@ pub mod auth;
 pub mod classification;
 mod codec;
 mod connection;
-mod engines;
 mod error;
 pub mod grpc;
 pub mod http;
@@ -25,7 +24,6 @@ mod triton_stats;
 
 pub use auth::{AuthConfig, TokenFileError};
 pub use connection::ConnectionLimits;
-pub use engines::{EngineChoice, Engines};
 pub use error::ServerError;
 pub use repository::{ModelControl, ModelControlMode};
 pub use rtserve_core::{CacheOptions, RedisOptions, RedisTls};

@@ -9,7 +9,6 @@ use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 
 use crate::auth::{Auth, AuthConfig, TokenFileError};
 use crate::connection::{ConnectionLimits, ConnectionMetrics};
-use crate::engines::{EngineChoice, Engines};
 use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
@@ -17,6 +16,7 @@ use crate::repository::{ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 use crate::tls::{Tls, TlsConfig, TlsError};
+use rtserve_engines::{EngineChoice, Engines};
 
 /// The validated server configuration.
 #[derive(Debug, Clone)]
@@ -96,7 +96,8 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
         check_repository(root)?;
     }
     let auth = Arc::new(Auth::load(config.auth.clone())?);
-    let engines = Engines::new(config.engine, config.ort_library.clone()).map_err(StartError::Engine)?;
+    let engines = Engines::new(config.engine, config.ort_library.clone())
+        .map_err(|e| StartError::Engine(e.to_string()))?;
     let scheduling = SchedulerOptions {
         default_max_queue_size: config.queue_capacity,
         warm_up_rounds: config.warm_up_rounds,

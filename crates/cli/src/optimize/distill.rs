@@ -94,7 +94,7 @@ fn float_params(model: &ModelProto) -> usize {
 /// The teacher, ready to label and score data sets on the engine.
 pub(super) struct Teacher {
     path: PathBuf,
-    engine: Box<dyn rtserve_core::Engine>,
+    engine: std::sync::Arc<dyn rtserve_core::Engine>,
 }
 
 impl Teacher {

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
+use rtserve_engines::{EngineChoice, Engines};
 use rtserve_optimize::calibrate::CalibrationMethod;
 use rtserve_optimize::data::{self, ImagePreprocess};
-use rtserve_optimize::engine::{self, EngineChoice};
 use rtserve_optimize::evaluate::{self, EvaluateOptions};
 use rtserve_optimize::fp16::{self, Fp16Options};
 use rtserve_optimize::model;
@@ -270,9 +270,9 @@ fn progress_bar(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-fn create_engine(args: &EngineArgs) -> anyhow::Result<Box<dyn rtserve_core::Engine>> {
+fn create_engine(args: &EngineArgs) -> anyhow::Result<std::sync::Arc<dyn rtserve_core::Engine>> {
     let choice: EngineChoice = args.engine.parse()?;
-    Ok(engine::create(choice, args.ort_library.clone())?)
+    Ok(Engines::new(choice, args.ort_library.clone())?.default_engine())
 }
 
 fn input_names(engine: &dyn rtserve_core::Engine, path: &std::path::Path) -> anyhow::Result<Vec<String>> {

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use rtserve_core::{validate_request, DataType, InferRequest, NamedTensor};
-use rtserve_server::EngineChoice;
+use rtserve_engines::EngineChoice;
 
 use inputs::{InputKind, InputSource};
 use model::RunModel;

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rtserve_core::{Engine, LoadOptions, ModelConfig, ModelInstance, NamedTensor};
+use rtserve_engines::{EngineChoice, Engines};
 use rtserve_server::preprocess::{preprocess_spec, PreprocessSpec};
 use rtserve_server::repository::{
     check_against_signature, configured_threads, infer_config, read_config, read_config_file,
     DEFAULT_MODEL_FILENAME,
 };
-use rtserve_server::{EngineChoice, Engines};
 
 use super::RunError;
 
@@ -50,20 +50,21 @@ impl RunModel {
             default_model_filename: DEFAULT_MODEL_FILENAME.to_string(),
             ..ModelConfig::default()
         });
-        let engines = Engines::new(options.engine, options.ort_library.clone()).map_err(RunError::Failed)?;
+        let engines = Engines::new(options.engine, options.ort_library.clone())
+            .map_err(|e| RunError::Failed(e.to_string()))?;
         let engine = engines.for_model(&base);
-        let signature = engine.signature(options.model).map_err(|e| failed(e.to_string()))?;
+        let prepared = engine.prepare(options.model).map_err(|e| failed(e.to_string()))?;
         let config = match declared {
-            Some(config) => check_against_signature(config, &signature).map_err(failed)?,
-            None => infer_config(base, &signature),
+            Some(config) => check_against_signature(config, prepared.signature()).map_err(failed)?,
+            None => infer_config(base, prepared.signature()),
         };
         let preprocess = preprocess_spec(&config).map_err(failed)?;
         let threads = match options.threads {
             Some(threads) => threads,
             None => configured_threads(&config).map_err(|e| failed(e.to_string()))?.unwrap_or(0),
         };
-        let instance = engine
-            .load(options.model, &LoadOptions { intra_op_threads: threads })
+        let instance = prepared
+            .instance(&LoadOptions { intra_op_threads: threads, allow_spinning: false })
             .map_err(|e| failed(e.to_string()))?;
         let outputs = config.outputs.iter().map(|o| o.name.clone()).collect();
         Ok(RunModel { config, preprocess, folder, engine, instance, outputs })

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 #[allow(dead_code)]
-#[path = "../../../engine-onnxruntime/tests/support/onnx_writer.rs"]
+#[path = "../../../engines/tests/support/onnx_writer.rs"]
 mod onnx_writer;
 
 use onnx_writer::{elem, identity_model, Dim, Io};

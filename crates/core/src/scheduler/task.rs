@@ -23,7 +23,7 @@ use super::planner::{Batch, BatchPlanner, Decision, Entry, EntryId, RejectReason
 use super::policy::{PlannerConfig, RequestOptions, DEFAULT_MAX_QUEUE_SIZE};
 use super::profile::{LatencyProfile, DEFAULT_PROFILE_WINDOW};
 use super::stats::{SchedulerObserver, SchedulerStats};
-use super::warm_up::warm_up;
+use super::warm_up::{prime, warm_up};
 use super::worker::{run_batch, BatchJob, Completion, JobPart, Reply, Scheduled};
 
 use crate::pool::spawn_instance_threads;
@@ -87,7 +87,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the instance threads and the timer task for `config`. With
     /// `warm_up_rounds > 0` it first runs a warm-up on one instance to seed the latency
-    /// profile, which blocks: call it where model loading runs (`spawn_blocking`). Must be
+    /// profile (when batching or an SLO needs one) and one untimed run on every other, which blocks: call it where model loading runs (`spawn_blocking`). Must be
     /// called inside a tokio runtime.
     pub fn start(
         config: &ModelConfig,
@@ -101,12 +101,22 @@ impl Scheduler {
                 .map_err(|message| SchedulerError::Config { model: model.clone(), message })?;
         let mut profile = LatencyProfile::new(options.profile_window);
         let plans_with_profile = policy.batching || policy.slo.is_some();
-        if let (Some(first), true) = (instances.first_mut(), options.warm_up_rounds > 0 && plans_with_profile)
-        {
-            match warm_up(first.as_mut(), config, options.warm_up_rounds) {
-                Ok(samples) => samples.into_iter().for_each(|(rows, exec)| profile.record(rows, exec)),
-                Err(e) => {
-                    tracing::warn!(model = %model, "warm-up failed, the latency profile starts empty: {e}")
+        if options.warm_up_rounds > 0 {
+            let (first, others) =
+                instances.split_first_mut().ok_or_else(|| SchedulerError::NoInstances(model.clone()))?;
+            if plans_with_profile {
+                match warm_up(first.as_mut(), config, options.warm_up_rounds) {
+                    Ok(samples) => samples.into_iter().for_each(|(rows, exec)| profile.record(rows, exec)),
+                    Err(e) => {
+                        tracing::warn!(model = %model, "warm-up failed, the latency profile starts empty: {e}")
+                    }
+                }
+            }
+            // Every instance has run once before its first request.
+            let unprimed = if plans_with_profile { others } else { &mut instances[..] };
+            for instance in unprimed {
+                if let Err(e) = prime(instance.as_mut(), config) {
+                    tracing::warn!(model = %model, "warm-up run failed: {e}");
                 }
             }
         }

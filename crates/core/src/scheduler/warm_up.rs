@@ -52,20 +52,27 @@ pub fn zero_inputs(config: &ModelConfig, rows: usize) -> Result<Vec<NamedTensor>
         .collect()
 }
 
+/// One untimed run at the largest warm-up size, so that an instance's first request does not
+/// pay for its first allocations. Blocking: it runs the model.
+pub fn prime(instance: &mut dyn ModelInstance, config: &ModelConfig) -> Result<(), EngineError> {
+    let name = format!("{}#warm-up", config.name);
+    let outputs: Vec<String> = config.outputs.iter().map(|o| o.name.clone()).collect();
+    let largest = warm_up_sizes(config).last().copied().unwrap_or(1);
+    infer_caught(&name, instance, &zero_inputs(config, largest)?, &outputs).map(drop)
+}
+
 /// Times `rounds` runs of each warm-up size on `instance`, after one untimed run at the
-/// largest size (first runs allocate). Blocking: it runs the model.
+/// largest size ([`prime`]). Blocking: it runs the model.
 pub fn warm_up(
     instance: &mut dyn ModelInstance,
     config: &ModelConfig,
     rounds: usize,
 ) -> Result<Vec<(usize, Duration)>, EngineError> {
+    prime(instance, config)?;
     let name = format!("{}#warm-up", config.name);
     let outputs: Vec<String> = config.outputs.iter().map(|o| o.name.clone()).collect();
     let sizes = warm_up_sizes(config);
     let mut samples = Vec::with_capacity(sizes.len() * rounds);
-    if let Some(&largest) = sizes.last() {
-        infer_caught(&name, instance, &zero_inputs(config, largest)?, &outputs)?;
-    }
     for rows in sizes {
         let inputs = zero_inputs(config, rows)?;
         for _ in 0..rounds {
@@ -141,6 +148,17 @@ mod tests {
             self.0.push(inputs[0].tensor.shape()[0]);
             Ok(Vec::new())
         }
+    }
+
+    #[test]
+    fn warm_up_primes_at_the_largest_size_then_times_every_size() {
+        let mut instance = Rows(Vec::new());
+        let samples = warm_up(&mut instance, &config(4), 2).expect("runs");
+        assert_eq!(instance.0, vec![4, 1, 1, 2, 2, 4, 4]);
+        assert_eq!(samples.iter().map(|(rows, _)| *rows).collect::<Vec<_>>(), vec![1, 1, 2, 2, 4, 4]);
+        let mut other = Rows(Vec::new());
+        prime(&mut other, &config(4)).expect("runs");
+        assert_eq!(other.0, vec![4]);
     }
 
     #[test]

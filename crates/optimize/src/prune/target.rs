@@ -42,7 +42,7 @@ fn latency(model: &ModelProto, engine: &dyn Engine, sample: &[NamedTensor]) -> R
     let path = dir.path().join("model.onnx");
     save(model, &path)?;
     let outputs: Vec<String> = engine.signature(&path)?.outputs.into_iter().map(|o| o.name).collect();
-    let mut instance = engine.load(&path, &LoadOptions { intra_op_threads: 0 })?;
+    let mut instance = engine.load(&path, &LoadOptions::default())?;
     median_latency(instance.as_mut(), &[sample.to_vec()], 1, &outputs, RUNS)
 }
 

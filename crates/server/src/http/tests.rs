@@ -14,13 +14,13 @@ use tower::ServiceExt;
 
 use super::{app, HEADER_LENGTH};
 use crate::auth::{Auth, AuthConfig};
-use crate::engines::{EngineChoice, Engines};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
 use crate::repository::{ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 use crate::ServerError;
+use rtserve_engines::{EngineChoice, Engines};
 
 /// A ready server state set up as `serve` does (the scrape-time collector registered), with
 /// `two_io` loaded and requests limited to `max_request_bytes`.

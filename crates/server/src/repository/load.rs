@@ -7,8 +7,9 @@ use std::sync::Arc;
 use rtserve_core::scheduler::one_row_time;
 use rtserve_core::{
     intra_op_threads_for, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature, PredictionCache,
-    Scheduler, SchedulerOptions, TensorSpec,
+    PreparedModel, Scheduler, SchedulerOptions, TensorSpec,
 };
+use rtserve_engines::Engines;
 
 use crate::classification::read_labels;
 use crate::metrics::StageMetrics;
@@ -18,7 +19,6 @@ use crate::preprocess::{preprocess_spec, ImagePool, Preprocessor};
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
 use super::content::content_identity;
 use super::LoadError;
-use crate::engines::Engines;
 use crate::model::LoadedModel;
 
 /// The batch limit given to a model whose config is inferred from a graph with a dynamic
@@ -109,13 +109,14 @@ fn load_version(
     serving: &Serving,
 ) -> Result<LoadedModel, LoadError> {
     let content = content_identity(path.parent().unwrap_or(path))?;
-    let signature = engine.signature(path)?;
+    let prepared = engine.prepare(path)?;
+    let signature = prepared.signature();
     let config = match declared {
-        Some(config) => check_against_signature(config, &signature).map_err(LoadError::Mismatch)?,
-        None => infer_config(base.clone(), &signature),
+        Some(config) => check_against_signature(config, signature).map_err(LoadError::Mismatch)?,
+        None => infer_config(base.clone(), signature),
     };
     let count = config.instance_count();
-    let Instances { instances, threads, spinning } = load_instances(path, &config, engine, count)?;
+    let Instances { instances, threads, spinning } = load_instances(prepared.as_ref(), &config, count)?;
     // A file written while the engine read it would be served under the wrong identity.
     if content_identity(path.parent().unwrap_or(path))? != content {
         return Err(LoadError::Layout(format!(
@@ -162,18 +163,17 @@ struct Instances {
     spinning: bool,
 }
 
-/// Loads `count` instances. Threads: the `intra_op_threads` parameter, else chosen by [`intra_op_threads_for`]
+/// Starts `count` instances of a prepared model. Threads: the `intra_op_threads` parameter, else chosen by [`intra_op_threads_for`]
 /// from a timed one-row run on an instance given the cores split across instances (one thread
 /// for a cheap model, those cores for an expensive one). Spinning: only with `allow_spinning`.
 fn load_instances(
-    path: &Path,
+    model: &dyn PreparedModel,
     config: &ModelConfig,
-    engine: &dyn Engine,
     count: usize,
 ) -> Result<Instances, LoadError> {
     let spinning = allow_spinning(config)?;
     let load =
-        |intra_op_threads: usize| engine.load_spinning(path, &LoadOptions { intra_op_threads }, spinning);
+        |intra_op_threads: usize| model.instance(&LoadOptions { intra_op_threads, allow_spinning: spinning });
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cores_each = (cores / count.max(1)).max(1);
     let mut instances = Vec::with_capacity(count);
@@ -343,6 +343,7 @@ mod tests {
     struct Recorder {
         loads: Mutex<Vec<(usize, bool)>>,
         run: Duration,
+        signature: ModelSignature,
     }
 
     struct Slow(Duration);
@@ -354,26 +355,13 @@ mod tests {
         }
     }
 
-    impl Engine for Recorder {
-        fn name(&self) -> &'static str {
-            "recorder"
+    impl PreparedModel for Recorder {
+        fn signature(&self) -> &ModelSignature {
+            &self.signature
         }
 
-        fn signature(&self, _: &Path) -> Result<ModelSignature, EngineError> {
-            Err(EngineError::new("not used"))
-        }
-
-        fn load(&self, path: &Path, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
-            self.load_spinning(path, options, false)
-        }
-
-        fn load_spinning(
-            &self,
-            _: &Path,
-            options: &LoadOptions,
-            allow_spinning: bool,
-        ) -> Result<Box<dyn ModelInstance>, EngineError> {
-            self.loads.lock().expect("not poisoned").push((options.intra_op_threads, allow_spinning));
+        fn instance(&self, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+            self.loads.lock().expect("not poisoned").push((options.intra_op_threads, options.allow_spinning));
             Ok(Box::new(Slow(self.run)))
         }
     }
@@ -389,14 +377,13 @@ mod tests {
     }
 
     fn loads(parameters: &[(&str, &str)], count: usize, run: Duration) -> Result<Vec<(usize, bool)>, String> {
-        let engine = Recorder { loads: Mutex::new(Vec::new()), run };
-        let Instances { instances, threads, spinning } =
-            load_instances(Path::new("m.onnx"), &config(parameters), &engine, count).map_err(
-                |e| match e {
-                    LoadError::Parameter(reason) => reason,
-                    other => panic!("a bad parameter is a LoadError::Parameter, not {other:?}"),
-                },
-            )?;
+        let signature = ModelSignature { inputs: Vec::new(), outputs: Vec::new() };
+        let engine = Recorder { loads: Mutex::new(Vec::new()), run, signature };
+        let Instances { instances, threads, spinning } = load_instances(&engine, &config(parameters), count)
+            .map_err(|e| match e {
+                LoadError::Parameter(reason) => reason,
+                other => panic!("a bad parameter is a LoadError::Parameter, not {other:?}"),
+            })?;
         assert_eq!(instances.len(), count);
         let loads = engine.loads.into_inner().expect("not poisoned");
         assert!(loads.iter().rev().take(count).all(|&l| l == (threads, spinning)), "{loads:?}");

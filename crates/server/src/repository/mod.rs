@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::engines::Engines;
 use crate::model::LoadedModel;
 use crate::ServerError;
+use rtserve_engines::Engines;
 
 pub use config_file::{parse_pbtxt, parse_toml, read_config, read_config_file, DEFAULT_MODEL_FILENAME};
 pub use control::{ModelControl, ModelControlMode, StartupModels};

@@ -7,7 +7,7 @@ use ort::session::{
 };
 use rtserve_core::{BatchInput, EngineError, ModelInstance, NamedTensor};
 
-use crate::convert::{from_output, ort_error, to_input};
+use super::convert::{from_output, ort_error, to_input};
 
 /// A model instance on ONNX Runtime. It owns its session; ONNX Runtime's `Run` is not safe to
 /// call concurrently on one session, which `&mut self` in [`ModelInstance::infer`] rules out.

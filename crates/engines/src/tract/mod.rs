@@ -1,15 +1,17 @@
 //! The tract engine: pure-Rust ONNX inference, always available, no setup.
 //!
-//! A model is optimized once per instance with a symbolic batch dimension; each instance keeps
-//! its own run state so buffers are reused between inferences.
+//! A model is read, typed and optimized once, with a symbolic batch dimension, into one runnable
+//! plan that holds the weights; every instance shares that plan and keeps only its own run state
+//! (the buffers reused between inferences).
 
 mod convert;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rtserve_core::{
-    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, Tensor,
-    TensorSpec,
+    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, PreparedModel,
+    Tensor, TensorSpec,
 };
 use tract_onnx::prelude::*;
 
@@ -65,29 +67,56 @@ impl Engine for TractEngine {
         "tract"
     }
 
+    /// Reads the declared inputs and outputs only, without optimizing the graph.
     fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError> {
         signature_of(&typed_model(path)?)
     }
 
-    fn load(&self, path: &Path, _options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+    fn prepare(&self, path: &Path) -> Result<Box<dyn PreparedModel>, EngineError> {
         let typed = typed_model(path)?;
         let signature = signature_of(&typed)?;
         let optimized = typed.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
         let plan = optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))?;
-        let state = plan.spawn().map_err(|e| engine_error("cannot start the model", e))?;
-        Ok(Box::new(TractInstance { state, signature }))
+        Ok(Box::new(TractModel { plan, signature }))
     }
 }
 
-/// One tract instance: its run state (which holds the optimized plan).
+/// A model's optimized plan, shared by its instances.
+struct TractModel {
+    plan: Arc<TypedRunnableModel>,
+    signature: ModelSignature,
+}
+
+impl PreparedModel for TractModel {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    /// tract runs an inference on the calling thread: the options do not apply.
+    fn instance(&self, _options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+        let state = self.plan.spawn().map_err(|e| engine_error("cannot start the model", e))?;
+        Ok(Box::new(TractInstance { state, signature: self.signature.clone() }))
+    }
+}
+
+/// One tract instance: its run state over the shared plan.
 struct TractInstance {
     state: TypedSimpleState,
     signature: ModelSignature,
 }
 
 impl TractInstance {
-    /// Orders the given tensors as the model's inputs.
+    /// Orders the given tensors as the model's inputs; a name the model does not have is an error.
     fn ordered_inputs(&self, inputs: &[BatchInput<'_>]) -> Result<TVec<TValue>, EngineError> {
+        if let Some(unknown) = inputs.iter().find(|t| !self.signature.inputs.iter().any(|s| s.name == t.name))
+        {
+            let known: Vec<&str> = self.signature.inputs.iter().map(|s| s.name.as_str()).collect();
+            return Err(EngineError::new(format!(
+                "tract: the model has no input '{}' (its inputs: {})",
+                unknown.name,
+                known.join(", ")
+            )));
+        }
         self.signature
             .inputs
             .iter()
@@ -96,6 +125,14 @@ impl TractInstance {
                     .iter()
                     .find(|t| t.name == spec.name)
                     .ok_or_else(|| EngineError::new(format!("tract: input '{}' is missing", spec.name)))?;
+                if given.datatype() != spec.data_type {
+                    return Err(EngineError::new(format!(
+                        "tract: input '{}' is {}, the model takes {}",
+                        spec.name,
+                        given.datatype(),
+                        spec.data_type
+                    )));
+                }
                 convert::to_tract(given).map(TValue::from)
             })
             .collect()

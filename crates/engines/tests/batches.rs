@@ -11,8 +11,7 @@ use rtserve_core::wire::Element;
 use rtserve_core::{
     batch_inputs, concat_rows, DataType, Engine, LoadOptions, NamedTensor, Tensor, TensorData,
 };
-use rtserve_engine_onnxruntime::{locate_library, OrtEngine, OrtOptions};
-use rtserve_engine_tract::TractEngine;
+use rtserve_engines::tract::TractEngine;
 
 fn model_path(model: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,8 +73,10 @@ fn tract_reads_batches_from_the_requests() {
     check(&TractEngine);
 }
 
+#[cfg(feature = "onnxruntime")]
 #[test]
 fn onnxruntime_reads_batches_from_the_requests() {
+    use rtserve_engines::onnxruntime::{locate_library, OrtEngine, OrtOptions};
     if let Err(e) = locate_library(None) {
         eprintln!("skipping: no ONNX Runtime library here ({e})");
         return;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rtserve_core::EngineError;
 
-use crate::runtime;
+use super::runtime;
 
 /// The environment variable that names the library (the name `ort` itself reads).
 pub const LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
@@ -41,7 +41,7 @@ print(os.path.dirname(s.origin) if s and s.origin else '')";
 /// An explicit path or `ORT_DYLIB_PATH` that names no library is an error, not a reason to look
 /// elsewhere. The last step, the system library path, is only taken when the dynamic loader can
 /// actually load the library; that load is the one the process then keeps (see
-/// [`OrtEngine::new`](crate::OrtEngine::new)). Files found by the other steps are checked to
+/// [`OrtEngine::new`](super::OrtEngine::new)). Files found by the other steps are checked to
 /// exist here and loaded by `OrtEngine::new`, which fails cleanly on a bad file.
 pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, &'static str), EngineError> {
     locate_with(explicit, std::env::var_os(LIBRARY_ENV), python_package_dir, system_library)

@@ -2,14 +2,14 @@
 //! the example models: one loaded instance, no server, batch 1 and 8, 1 and 2 intra-op threads.
 //!
 //! ```sh
-//! cargo bench -p rtserve-server --bench engines            # all cases, about a minute
-//! cargo bench -p rtserve-server --bench engines -- cnn/    # one model (or engine, batch...)
+//! cargo bench -p rtserve-engines --bench engines            # all cases, about a minute
+//! cargo bench -p rtserve-engines --bench engines -- cnn/    # one model (or engine, batch...)
 //! ```
 //!
 //! Cases are named `{model}/{engine}/batch={batch}/threads={threads}`. Both engines get the same
 //! inputs: uniform in [0, 1) from a fixed seed. tract does not use `intra_op_threads`, so its two
 //! thread counts differ only by noise. Without ONNX Runtime on the machine (see
-//! `rtserve_engine_onnxruntime::locate_library`) only tract is measured, with a note on stderr.
+//! `rtserve_engines::onnxruntime::locate_library`) only tract is measured, with a note on stderr.
 //! Figures and the machine they come from: `docs/benchmarks/engines.md`.
 
 use std::hint::black_box;
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rtserve_core::{DataType, Engine, LoadOptions, ModelSignature, NamedTensor, Tensor};
-use rtserve_engine_tract::TractEngine;
+use rtserve_engines::tract::TractEngine;
 
 const MODELS: [&str; 2] = ["mlp", "cnn"];
 const BATCHES: [usize; 2] = [1, 8];
@@ -35,7 +35,7 @@ fn model_path(model: &str) -> PathBuf {
 /// ONNX Runtime, if this build has the engine and the machine has the library.
 #[cfg(feature = "onnxruntime")]
 fn onnxruntime() -> Option<Box<dyn Engine>> {
-    use rtserve_engine_onnxruntime::{OrtEngine, OrtOptions};
+    use rtserve_engines::onnxruntime::{OrtEngine, OrtOptions};
     match OrtEngine::new(&OrtOptions { library: None }) {
         Ok(engine) => {
             eprintln!("onnxruntime from {} at {}", engine.found_by(), engine.library().display());
@@ -107,7 +107,7 @@ fn engines(c: &mut Criterion) {
             for engine in &engines {
                 for threads in THREADS {
                     let mut instance = engine
-                        .load(&path, &LoadOptions { intra_op_threads: threads })
+                        .load(&path, &LoadOptions { intra_op_threads: threads, allow_spinning: false })
                         .unwrap_or_else(|e| panic!("{model} on {}: {e}", engine.name()));
                     let id = BenchmarkId::new(engine.name(), format!("batch={batch}/threads={threads}"));
                     group.bench_function(id, |b| {

@@ -1,9 +1,10 @@
-//! Which engines this server has, and which one loads a given model.
+//! Which engines this process has, and which one loads a given model: one rule for the server,
+//! `rtserve run` and `rtserve optimize`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rtserve_core::{Engine, ModelConfig};
+use rtserve_core::{Engine, EngineError, ModelConfig};
 
 /// The `--engine` choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -16,14 +17,16 @@ pub enum EngineChoice {
 }
 
 impl std::str::FromStr for EngineChoice {
-    type Err = String;
+    type Err = EngineError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(EngineChoice::Auto),
             "onnxruntime" | "ort" => Ok(EngineChoice::OnnxRuntime),
             "tract" => Ok(EngineChoice::Tract),
-            other => Err(format!("unknown engine '{other}' (expected auto, onnxruntime or tract)")),
+            other => Err(EngineError::new(format!(
+                "unknown engine '{other}' (expected auto, onnxruntime or tract)"
+            ))),
         }
     }
 }
@@ -40,7 +43,7 @@ pub struct Engines {
 impl Engines {
     /// Sets up the engines. An explicit choice whose engine cannot start is an error; `auto`
     /// falls back to tract with a log line that says why.
-    pub fn new(choice: EngineChoice, ort_library: Option<PathBuf>) -> Result<Self, String> {
+    pub fn new(choice: EngineChoice, ort_library: Option<PathBuf>) -> Result<Self, EngineError> {
         let tract = tract_engine();
         let onnxruntime = if choice == EngineChoice::Tract {
             None
@@ -48,7 +51,7 @@ impl Engines {
             match onnxruntime_engine(ort_library) {
                 Ok(engine) => Some(engine),
                 Err(reason) if choice == EngineChoice::OnnxRuntime => {
-                    return Err(format!("--engine onnxruntime: {reason}"))
+                    return Err(EngineError::new(format!("--engine onnxruntime: {reason}")))
                 }
                 Err(reason) => {
                     tracing::info!("engine: tract (ONNX Runtime not available: {reason})");
@@ -57,13 +60,19 @@ impl Engines {
             }
         };
         if choice == EngineChoice::Tract && tract.is_none() {
-            return Err("--engine tract: this build has no tract engine".to_string());
+            return Err(EngineError::new("--engine tract: this build has no tract engine"));
         }
         let default = onnxruntime.clone().or_else(|| tract.clone()).ok_or_else(|| {
-            "no engine available: build with the tract feature or install onnxruntime".to_string()
+            EngineError::new("no engine available: build with the tract feature or install onnxruntime")
         })?;
         tracing::info!("default engine: {}", default.name());
         Ok(Engines { choice, default, onnxruntime, tract })
+    }
+
+    /// The engine used where no model config says otherwise: ONNX Runtime when present (and
+    /// not ruled out by the choice), else tract.
+    pub fn default_engine(&self) -> Arc<dyn Engine> {
+        self.default.clone()
     }
 
     /// The engine for a model: an explicit `--engine` wins, then the model's `backend`, then the
@@ -89,7 +98,7 @@ impl Engines {
 
 #[cfg(feature = "tract")]
 fn tract_engine() -> Option<Arc<dyn Engine>> {
-    Some(Arc::new(rtserve_engine_tract::TractEngine))
+    Some(Arc::new(crate::tract::TractEngine))
 }
 
 #[cfg(not(feature = "tract"))]
@@ -99,7 +108,7 @@ fn tract_engine() -> Option<Arc<dyn Engine>> {
 
 #[cfg(feature = "onnxruntime")]
 fn onnxruntime_engine(library: Option<PathBuf>) -> Result<Arc<dyn Engine>, String> {
-    use rtserve_engine_onnxruntime::{OrtEngine, OrtOptions};
+    use crate::onnxruntime::{OrtEngine, OrtOptions};
     let engine = OrtEngine::new(&OrtOptions { library }).map_err(|e| e.to_string())?;
     Ok(Arc::new(engine))
 }

@@ -14,7 +14,7 @@ use ort::environment::Environment;
 use ort::logging::LogLevel;
 use rtserve_core::EngineError;
 
-use crate::library::locate_library;
+use super::library::locate_library;
 
 /// The loaded library and the process's environment.
 pub(crate) struct Runtime {

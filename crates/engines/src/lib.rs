@@ -1,0 +1,17 @@
+//! rtserve's inference engines behind the core [`Engine`](rtserve_core::Engine) trait, each
+//! behind a cargo feature, and the one rule that picks an engine for a model.
+//!
+//! - `tract`: pure-Rust ONNX inference, always available, no setup (feature `tract`).
+//! - `onnxruntime`: ONNX Runtime loaded at run time, the fast path on CPU (feature `onnxruntime`).
+//! - `choice`: `--engine` ([`EngineChoice`]) and the engines a process has ([`Engines`]).
+//!
+//! Every engine prepares a model once ([`Engine::prepare`](rtserve_core::Engine::prepare)) and
+//! starts its instances from that: `tests/conformance.rs` holds both engines to the same answers.
+
+mod choice;
+#[cfg(feature = "onnxruntime")]
+pub mod onnxruntime;
+#[cfg(feature = "tract")]
+pub mod tract;
+
+pub use choice::{EngineChoice, Engines};
