@@ -431,3 +431,38 @@ fn help_explains_each_flag() {
         assert!(help.contains(flag), "--help does not mention {flag}: {help}");
     }
 }
+
+/// A float TFLite file (`examples/edge`, converted by TensorFlow) runs on tract whatever
+/// `--engine` says, and matches Google's interpreter (LiteRT) on the same input; one tract-tflite
+/// cannot run (INT8) and a truncated flatbuffer fail as models do (exit 1), naming the cause.
+#[test]
+fn tflite_models_run_on_tract_and_match_litert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = root().join("examples/edge");
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(edge.join("refs/fashion_cnn_float.expected.json")).expect("reference"),
+    )
+    .expect("reference JSON");
+    let input = dir.path().join("image.npy");
+    std::fs::write(&input, npy_of(&reference["inputs"][0])).expect("write npy");
+    let model = edge.join("fashion_cnn_float.tflite");
+    for engine in ["auto", "onnxruntime", "tract"] {
+        let out = rtserve(&["--engine", engine, "--model", s(&model), s(&input)], None);
+        if !engine_present(&out) {
+            continue;
+        }
+        assert_matches(
+            &lines(&out)[0]["outputs"],
+            &reference["outputs"],
+            &format!("TFLite, --engine {engine}"),
+        );
+    }
+
+    let err = fails(&rtserve(&["--model", s(&edge.join("fashion_cnn_int8.tflite")), s(&input)], None), 1);
+    assert!(err.contains("fashion_cnn_int8.tflite") && err.contains("FULLY_CONNECTED"), "{err}");
+    let bytes = std::fs::read(&model).expect("read model");
+    let truncated = dir.path().join("truncated.tflite");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let err = fails(&rtserve(&["--model", s(&truncated), s(&input)], None), 1);
+    assert!(err.contains("truncated.tflite"), "{err}");
+}

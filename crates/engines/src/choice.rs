@@ -31,6 +31,17 @@ impl std::str::FromStr for EngineChoice {
     }
 }
 
+/// The file a TFLite model's version folder holds, as Triton's TFLite backend names it.
+pub const TFLITE_FILENAME: &str = "model.tflite";
+
+/// Whether a model config describes a TFLite model: Triton's `platform: "tensorflowlite"` or
+/// `backend: "tflite"`, or a model file named `*.tflite`.
+pub fn is_tflite(config: &ModelConfig) -> bool {
+    matches!(config.platform.as_str(), "tensorflowlite" | "tflite")
+        || config.backend.as_deref() == Some("tflite")
+        || config.default_model_filename.to_ascii_lowercase().ends_with(".tflite")
+}
+
 /// The engines available to this process.
 pub struct Engines {
     choice: EngineChoice,
@@ -75,10 +86,17 @@ impl Engines {
         self.default.clone()
     }
 
-    /// The engine for a model: an explicit `--engine` wins, then the model's `backend`, then the
-    /// fastest one present. A `backend` that is missing here falls back with a warning, since
-    /// both engines read the same ONNX file.
+    /// The engine for a model: a TFLite model goes to tract (the one engine that reads TFLite),
+    /// else an explicit `--engine` wins, then the model's `backend`, then the fastest one
+    /// present. A `backend` that is missing here falls back with a warning, since both engines
+    /// read the same ONNX file.
     pub fn for_model(&self, config: &ModelConfig) -> Arc<dyn Engine> {
+        if is_tflite(config) {
+            if let Some(tract) = &self.tract {
+                return tract.clone();
+            }
+            tracing::warn!(model = %config.name, "a TFLite model needs the tract engine, which this build lacks");
+        }
         let preferred = match self.choice {
             EngineChoice::OnnxRuntime => self.onnxruntime.as_ref(),
             EngineChoice::Tract => self.tract.as_ref(),

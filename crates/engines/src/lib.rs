@@ -14,4 +14,4 @@ pub mod onnxruntime;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use choice::{EngineChoice, Engines};
+pub use choice::{is_tflite, EngineChoice, Engines, TFLITE_FILENAME};

@@ -54,8 +54,11 @@ fn model_path(model: &str) -> PathBuf {
 }
 
 fn expected(model: &str) -> Value {
-    let path = repo_root().join(format!("tests/data/expected/{model}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    read_json(&repo_root().join(format!("tests/data/expected/{model}.json")))
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).expect("valid JSON")
 }
 
@@ -97,14 +100,20 @@ fn values(t: &Tensor) -> Vec<f64> {
 /// Runs `model`, loaded with `options`, on the expected inputs and compares every output within
 /// `1e-4` (relative for large values).
 fn check_against_expected(engine: &dyn Engine, model: &str, options: &LoadOptions) {
-    let case = expected(model);
+    check_file(engine, &model_path(model), &expected(model), options);
+}
+
+/// Runs the model file on a case's inputs and compares every output within `1e-4` (relative
+/// for large values).
+fn check_file(engine: &dyn Engine, path: &Path, case: &Value, options: &LoadOptions) {
+    let model = path.display();
     let inputs: Vec<NamedTensor> =
         case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
     let wanted: Vec<NamedTensor> =
         case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
     let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
 
-    let mut instance = engine.load(&model_path(model), options).expect("load");
+    let mut instance = engine.load(path, options).expect("load");
     let got = instance.infer(&inputs, &names).expect("infer");
     let model = format!("{}: {model}", engine.name());
     assert_eq!(got.len(), wanted.len(), "{model}");
@@ -445,4 +454,44 @@ fn onnxruntime_engines_share_the_process_runtime() {
     let first = OrtEngine::new(&OrtOptions::default()).expect("first engine");
     let second = OrtEngine::new(&OrtOptions::default()).expect("second engine");
     assert_eq!(second.library(), first.library());
+}
+
+fn edge_model(name: &str) -> PathBuf {
+    repo_root().join("examples/edge").join(name)
+}
+
+/// A float TFLite file (a Keras CNN converted by TensorFlow, `scripts/edge/tflite_zoo.py`) on
+/// tract, against Google's interpreter (LiteRT) on the same file and input.
+#[test]
+fn tflite_float_matches_litert() {
+    let engine = TractEngine;
+    let path = edge_model("fashion_cnn_float.tflite");
+    let signature = engine.signature(&path).expect("signature");
+    assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Fp32, &[1, 28, 28, 1])]);
+    // Outputs keep the file's tensor names, as LiteRT reports them.
+    assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Fp32, &[1, 10])]);
+    let case = read_json(&edge_model("refs/fashion_cnn_float.expected.json"));
+    check_file(&engine, &path, &case, &LoadOptions::default());
+}
+
+/// TFLite files tract cannot run are load errors that name the file and what failed, not
+/// panics: an INT8 graph, a real-world file from a registry package (MediaPipe's face
+/// detector, fp16 weights), a truncated flatbuffer.
+#[test]
+fn tflite_files_tract_cannot_run_are_clear_errors() {
+    let engine = TractEngine;
+    for (file, says) in
+        [("fashion_cnn_int8.tflite", "FULLY_CONNECTED"), ("face_detection_short_range.tflite", "Unsupported")]
+    {
+        let err = engine.prepare(&edge_model(file)).err().expect("not supported by tract-tflite 0.23");
+        assert!(err.0.contains(file) && err.0.contains(says), "{err}");
+    }
+    let dir = std::env::temp_dir().join(format!("rtserve-tflite-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let bytes = std::fs::read(edge_model("fashion_cnn_float.tflite")).expect("read");
+    let truncated = dir.join("truncated.tflite");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).expect("write");
+    let err = engine.prepare(&truncated).err().expect("truncated");
+    assert!(err.0.contains("truncated.tflite"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,12 +44,16 @@ impl RunModel {
             return Err(failed("no such model file".into()));
         }
         let (declared, folder) = declared_config(options)?;
-        let base = declared.clone().unwrap_or_else(|| ModelConfig {
+        let mut base = declared.clone().unwrap_or_else(|| ModelConfig {
             name: model_name(options.model),
             platform: "onnxruntime_onnx".to_string(),
-            default_model_filename: DEFAULT_MODEL_FILENAME.to_string(),
             ..ModelConfig::default()
         });
+        // The file given is the model, whatever a config calls it: a `.tflite` one goes to tract.
+        base.default_model_filename = options
+            .model
+            .file_name()
+            .map_or_else(|| DEFAULT_MODEL_FILENAME.to_string(), |f| f.to_string_lossy().into_owned());
         let engines = Engines::new(options.engine, options.ort_library.clone())
             .map_err(|e| RunError::Failed(e.to_string()))?;
         let engine = engines.for_model(&base);

@@ -24,6 +24,7 @@ mod server;
 mod shutdown;
 mod stamp_model;
 mod tensors;
+mod tflite;
 mod tls;
 
 use std::io::Write;

@@ -125,7 +125,12 @@ pub struct Case {
 /// Loads `tests/data/expected/<model>.json`.
 pub fn case(model: &str) -> Case {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../tests/data/expected/{model}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    case_from_file(model, &path)
+}
+
+/// Loads a case in the same format from `path`, for `model`.
+pub fn case_from_file(model: &str, path: &Path) -> Case {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let value: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
     let tensors = |key: &str| -> Vec<Tensor> {

@@ -1,10 +1,11 @@
-//! The tract engine: pure-Rust ONNX inference, always available, no setup.
+//! The tract engine: pure-Rust ONNX (and TFLite) inference, always available, no setup.
 //!
 //! A model is read, typed and optimized once, with a symbolic batch dimension, into one runnable
 //! plan that holds the weights; every instance shares that plan and keeps only its own run state
 //! (the buffers reused between inferences).
 
 mod convert;
+mod tflite;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,8 +24,13 @@ fn engine_error(context: &str, e: impl std::fmt::Display) -> EngineError {
     EngineError::new(format!("tract: {context}: {e}"))
 }
 
-/// Reads the model into tract's typed form, names kept.
+pub use tflite::is_tflite;
+
+/// Reads the model (ONNX, or TFLite by its extension) into tract's typed form, names kept.
 fn typed_model(path: &Path) -> Result<TypedModel, EngineError> {
+    if is_tflite(path) {
+        return tflite::typed_model(path);
+    }
     let model = tract_onnx::onnx()
         .model_for_path(path)
         .map_err(|e| engine_error(&format!("cannot read {}", path.display()), e))?;

@@ -9,6 +9,7 @@ use rtserve_core::{
     DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
     TimeoutAction, VersionPolicy,
 };
+use rtserve_engines::{is_tflite, TFLITE_FILENAME};
 use serde::Deserialize;
 
 use super::pbtxt;
@@ -365,9 +366,12 @@ impl RawConfig {
                 return Err("version_policy must hold exactly one of latest, all, specific".to_string())
             }
         };
-        Ok(ModelConfig {
+        let mut config = ModelConfig {
             name,
-            platform: self.platform.unwrap_or_else(|| "onnxruntime_onnx".to_string()),
+            platform: self.platform.unwrap_or_else(|| {
+                let tflite = self.backend.as_deref() == Some("tflite");
+                if tflite { "tensorflowlite" } else { "onnxruntime_onnx" }.to_string()
+            }),
             backend: self.backend,
             max_batch_size: self.max_batch_size.unwrap_or(0),
             inputs: tensors(self.input, "input")?,
@@ -377,10 +381,13 @@ impl RawConfig {
             response_cache: self.response_cache.is_some_and(|c| c.enable),
             parameters: with_preprocess(self.parameters, self.preprocess)?,
             version_policy,
-            default_model_filename: self
-                .default_model_filename
-                .unwrap_or_else(|| DEFAULT_MODEL_FILENAME.to_string()),
-        })
+            default_model_filename: self.default_model_filename.unwrap_or_default(),
+        };
+        if config.default_model_filename.is_empty() {
+            let file = if is_tflite(&config) { TFLITE_FILENAME } else { DEFAULT_MODEL_FILENAME };
+            config.default_model_filename = file.to_string();
+        }
+        Ok(config)
     }
 }
 
@@ -475,6 +482,19 @@ mod tests {
         assert_eq!(config.version_policy, VersionPolicy::Specific(vec![1, 3]));
         assert!(config.response_cache);
         assert_eq!(config.default_model_filename, DEFAULT_MODEL_FILENAME);
+    }
+
+    #[test]
+    fn tflite_configs_name_their_file_and_platform_as_triton_does() {
+        for text in ["backend: \"tflite\"", "platform: \"tensorflowlite\""] {
+            let config = parse_pbtxt(text, "m").expect("valid");
+            assert_eq!(config.default_model_filename, TFLITE_FILENAME, "{text}");
+            assert_eq!(config.platform, "tensorflowlite", "{text}");
+        }
+        let config =
+            parse_pbtxt("backend: \"tflite\"\ndefault_model_filename: \"net.tflite\"", "m").expect("valid");
+        assert_eq!(config.default_model_filename, "net.tflite");
+        assert_eq!(parse_pbtxt("", "m").expect("valid").default_model_filename, DEFAULT_MODEL_FILENAME);
     }
 
     #[test]

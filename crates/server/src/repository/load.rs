@@ -9,7 +9,7 @@ use rtserve_core::{
     intra_op_threads_for, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature, PredictionCache,
     PreparedModel, Scheduler, SchedulerOptions, TensorSpec,
 };
-use rtserve_engines::Engines;
+use rtserve_engines::{Engines, TFLITE_FILENAME};
 
 use crate::classification::read_labels;
 use crate::metrics::StageMetrics;
@@ -46,11 +46,21 @@ pub fn load_model(
         Some(config) => Some(config),
         None => read_config(dir, name).map_err(LoadError::Config)?,
     };
-    let base = declared.clone().unwrap_or_else(|| ModelConfig {
-        name: name.to_string(),
-        platform: "onnxruntime_onnx".to_string(),
-        default_model_filename: DEFAULT_MODEL_FILENAME.to_string(),
-        ..ModelConfig::default()
+    let base = declared.clone().unwrap_or_else(|| {
+        // Without a config: ONNX files, or TFLite files where there is no ONNX one.
+        let tflite =
+            version_dirs(dir, DEFAULT_MODEL_FILENAME).is_err() && version_dirs(dir, TFLITE_FILENAME).is_ok();
+        let (platform, file) = if tflite {
+            ("tensorflowlite", TFLITE_FILENAME)
+        } else {
+            ("onnxruntime_onnx", DEFAULT_MODEL_FILENAME)
+        };
+        ModelConfig {
+            name: name.to_string(),
+            platform: platform.to_string(),
+            default_model_filename: file.to_string(),
+            ..ModelConfig::default()
+        }
     });
     let available = version_dirs(dir, &base.default_model_filename)?;
     let selected = base.version_policy.select(&available.keys().copied().collect::<Vec<_>>());

@@ -1,0 +1,68 @@
+//! A TFLite model served over HTTP and gRPC: found without a config (`model.tflite`) and with
+//! Triton's `backend: "tflite"`, run on tract whatever `--engine` says, answers checked against
+//! Google's interpreter (LiteRT) on the same file and input (`examples/edge/refs`, written by
+//! `scripts/edge/tflite_zoo.py refs`). A TFLite file tract cannot run fails to load with a
+//! reason and leaves the rest serving.
+
+use std::path::{Path, PathBuf};
+
+use crate::client::{
+    get, grpc, grpc_infer, http_infer_binary, http_infer_json, infer_path, json_body, post_json, Contents,
+};
+use crate::server::Engine;
+use crate::tensors::{assert_matches_reference, case_from_file};
+use crate::{engine_tests, start_server};
+
+fn edge(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/edge").join(file)
+}
+
+fn add_tflite(repository: &Path, name: &str, file: &str, config: Option<&str>) {
+    let version = repository.join(name).join("1");
+    std::fs::create_dir_all(&version).expect("version folder");
+    std::fs::copy(edge(file), version.join("model.tflite")).expect("copy model");
+    if let Some(config) = config {
+        std::fs::write(repository.join(name).join("config.pbtxt"), config).expect("write config");
+    }
+}
+
+engine_tests!(serves_tflite);
+
+async fn serves_tflite(engine: Engine) {
+    let repository = tempfile::tempdir().expect("temporary folder");
+    add_tflite(repository.path(), "fashion", "fashion_cnn_float.tflite", None);
+    add_tflite(
+        repository.path(),
+        "fashion_cfg",
+        "fashion_cnn_float.tflite",
+        Some("name: \"fashion_cfg\"\nbackend: \"tflite\"\n"),
+    );
+    add_tflite(repository.path(), "fashion_int8", "fashion_cnn_int8.tflite", None);
+    let Some(server) = start_server(repository.path(), engine, &[]) else { return };
+    let http = reqwest::Client::new();
+    let mut grpc = grpc(&server).await;
+
+    for model in ["fashion", "fashion_cfg"] {
+        let mut case = case_from_file(model, &edge("refs/fashion_cnn_float.expected.json"));
+        case.model = model.to_string();
+        let metadata = get(&http, &server, &format!("/v2/models/{model}")).await.json();
+        assert_eq!(metadata["platform"], "tensorflowlite", "{metadata}");
+        assert_eq!(metadata["inputs"][0]["name"], "serving_default_image:0", "{metadata}");
+        let got = http_infer_json(&http, &server, model, &case.inputs).await;
+        assert_matches_reference(&case, &got, "HTTP JSON");
+        let got = http_infer_binary(&http, &server, model, &case.inputs).await;
+        assert_matches_reference(&case, &got, "HTTP binary");
+        let got = grpc_infer(&mut grpc, model, &case.inputs, Contents::Raw).await;
+        assert_matches_reference(&case, &got, "gRPC");
+    }
+
+    // tract-tflite 0.23 cannot run the INT8 file: not ready, with the reason, and the rest serves.
+    let reply = get(&http, &server, "/v2/models/fashion_int8/ready").await;
+    assert_ne!(reply.status.as_u16(), 200, "the INT8 model must not be ready");
+    let log = server.log();
+    assert!(log.contains("fashion_int8") && log.contains("FULLY_CONNECTED"), "{log}");
+    let case = case_from_file("fashion", &edge("refs/fashion_cnn_float.expected.json"));
+    let reply = post_json(&http, &server, &infer_path("fashion"), &json_body(&case.inputs)).await;
+    assert_eq!(reply.status.as_u16(), 200);
+    server.stop().await;
+}
