@@ -1,6 +1,7 @@
 //! `rtserve`: one binary, thin over the library crates.
 
 mod bench;
+#[cfg(feature = "optimize")]
 mod optimize;
 mod run;
 mod serve;
@@ -27,6 +28,7 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation, training, pruning,
     /// distillation, quantization-aware training.
+    #[cfg(feature = "optimize")]
     Optimize(optimize::OptimizeArgs),
     /// Run a model once on input files (.npy, .npz, images, stdin) and print or save its
     /// outputs, without a server. Exit code 2: bad input; 1: the model failed.
@@ -43,6 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Run(args) => return run::main(*args),
         Command::Serve(args) => serve::run(args),
         Command::Bench(args) => bench::run(*args),
+        #[cfg(feature = "optimize")]
         Command::Optimize(args) => optimize::run(args),
     };
     match result {
