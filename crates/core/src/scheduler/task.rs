@@ -87,8 +87,9 @@ pub struct Scheduler {
 impl Scheduler {
     /// Starts the instance threads and the timer task for `config`. With
     /// `warm_up_rounds > 0` it first runs a warm-up on one instance to seed the latency
-    /// profile (when batching or an SLO needs one) and one untimed run on every other, which blocks: call it where model loading runs (`spawn_blocking`). Must be
-    /// called inside a tokio runtime.
+    /// profile (when batching or an SLO needs one) and one untimed run on every other instance,
+    /// which blocks: call it where model loading runs (`spawn_blocking`). Must be called inside
+    /// a tokio runtime.
     pub fn start(
         config: &ModelConfig,
         mut instances: Vec<Box<dyn ModelInstance>>,
