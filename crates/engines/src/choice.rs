@@ -33,11 +33,13 @@ impl std::str::FromStr for EngineChoice {
 
 /// The file a TFLite model's version folder holds, as Triton's TFLite backend names it.
 pub const TFLITE_FILENAME: &str = "model.tflite";
+/// The platform a TFLite model reports in its metadata, as Triton's.
+pub const TFLITE_PLATFORM: &str = "tensorflowlite";
 
 /// Whether a model config describes a TFLite model: Triton's `platform: "tensorflowlite"` or
 /// `backend: "tflite"`, or a model file named `*.tflite`.
 pub fn is_tflite(config: &ModelConfig) -> bool {
-    matches!(config.platform.as_str(), "tensorflowlite" | "tflite")
+    matches!(config.platform.as_str(), TFLITE_PLATFORM | "tflite")
         || config.backend.as_deref() == Some("tflite")
         || config.default_model_filename.to_ascii_lowercase().ends_with(".tflite")
 }

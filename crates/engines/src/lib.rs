@@ -11,7 +11,9 @@
 mod choice;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+#[cfg(any(feature = "tract", feature = "onnxruntime"))]
+mod panic;
 #[cfg(feature = "tract")]
 pub mod tract;
 
-pub use choice::{is_tflite, EngineChoice, Engines, TFLITE_FILENAME};
+pub use choice::{is_tflite, EngineChoice, Engines, TFLITE_FILENAME, TFLITE_PLATFORM};

@@ -15,6 +15,7 @@ use ort::logging::LogLevel;
 use rtserve_core::EngineError;
 
 use super::library::locate_library;
+use crate::panic::panic_message;
 
 /// The loaded library and the process's environment.
 pub(crate) struct Runtime {
@@ -100,12 +101,7 @@ fn warn_if_other(requested: Option<&Path>, loaded: &Path) {
 /// Runs `f`, turning a panic inside `ort` into an error naming what was being done.
 pub(crate) fn catch_panic<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, EngineError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|panic| {
-        let detail = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        EngineError::new(format!("onnxruntime failed while {what}: {detail}"))
+        EngineError::new(format!("onnxruntime failed while {what}: {}", panic_message(panic.as_ref())))
     })
 }
 

@@ -13,6 +13,8 @@ use rtserve_core::EngineError;
 use tract_tflite::internal::TfliteProtoModel;
 use tract_tflite::prelude::{Framework, TractResult, TypedModel};
 
+use crate::panic::panic_message;
+
 /// Whether `path` names a TFLite file (by its extension).
 pub fn is_tflite(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tflite"))
@@ -39,12 +41,7 @@ pub(super) fn typed_model(path: &Path) -> Result<TypedModel, EngineError> {
         // tract's error chain, on one line.
         Ok(Err(e)) => format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" "),
         Err(panic) => {
-            let detail = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            format!("the TFLite reader failed on this file ({detail})")
+            format!("the TFLite reader failed on this file ({})", panic_message(panic.as_ref()))
         }
     };
     Err(EngineError::new(format!("tract: cannot read {}: {failure}", path.display())))

@@ -9,7 +9,7 @@ use rtserve_core::{
     DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
     TimeoutAction, VersionPolicy,
 };
-use rtserve_engines::{is_tflite, TFLITE_FILENAME};
+use rtserve_engines::{is_tflite, TFLITE_FILENAME, TFLITE_PLATFORM};
 use serde::Deserialize;
 
 use super::pbtxt;
@@ -370,7 +370,7 @@ impl RawConfig {
             name,
             platform: self.platform.unwrap_or_else(|| {
                 let tflite = self.backend.as_deref() == Some("tflite");
-                if tflite { "tensorflowlite" } else { "onnxruntime_onnx" }.to_string()
+                if tflite { TFLITE_PLATFORM } else { "onnxruntime_onnx" }.to_string()
             }),
             backend: self.backend,
             max_batch_size: self.max_batch_size.unwrap_or(0),

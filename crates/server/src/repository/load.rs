@@ -9,7 +9,7 @@ use rtserve_core::{
     intra_op_threads_for, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature, PredictionCache,
     PreparedModel, Scheduler, SchedulerOptions, TensorSpec,
 };
-use rtserve_engines::{Engines, TFLITE_FILENAME};
+use rtserve_engines::{Engines, TFLITE_FILENAME, TFLITE_PLATFORM};
 
 use crate::classification::read_labels;
 use crate::metrics::StageMetrics;
@@ -51,7 +51,7 @@ pub fn load_model(
         let tflite =
             version_dirs(dir, DEFAULT_MODEL_FILENAME).is_err() && version_dirs(dir, TFLITE_FILENAME).is_ok();
         let (platform, file) = if tflite {
-            ("tensorflowlite", TFLITE_FILENAME)
+            (TFLITE_PLATFORM, TFLITE_FILENAME)
         } else {
             ("onnxruntime_onnx", DEFAULT_MODEL_FILENAME)
         };
