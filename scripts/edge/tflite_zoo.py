@@ -294,7 +294,7 @@ def refs(args):
         with open(os.path.join(out_dir, stem + ".json"), "w") as f:
             json.dump(meta, f, indent=1)
             f.write("\n")
-        if stem == "fashion_cnn_float":
+        if stem.startswith("fashion_cnn"):
             write_expected(os.path.join(out_dir, stem + ".expected.json"), stem, inp, q[:1], outs, results)
         print(f"{stem}: input {q.dtype}{list(q.shape)} -> " + ", ".join(f"{np.stack(r).dtype}{list(np.stack(r).shape)}" for r in results))
     return 0

@@ -1,13 +1,14 @@
-"""tritonclient against a TFLite model (docs/edge.md): a repository whose version folder holds
-`model.tflite` (TensorFlow's conversion of a Keras CNN, examples/edge), served over HTTP and
-gRPC; every reference image answers as Google's interpreter (LiteRT) did on the same file
-(examples/edge/refs/fashion_cnn_float.npz, written by scripts/edge/tflite_zoo.py refs).
+"""tritonclient against TFLite models (docs/edge.md): a repository whose version folders hold
+`model.tflite` files made by TensorFlow's converter (a Keras CNN, float and full INT8) and one
+from a registry package (MediaPipe's face detector), served over HTTP and gRPC; every reference
+input answers as Google's interpreter (LiteRT) did on the same file (examples/edge/refs/*.npz,
+written by scripts/edge/tflite_zoo.py refs): floats within 1e-4, INT8 within one quantization
+step.
 """
 
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,32 +18,48 @@ import tritonclient.http as httpclient
 from conftest import REPO_ROOT, serve_command, start_server, stop_server
 
 EDGE = REPO_ROOT / "examples" / "edge"
+MODELS = ["fashion_cnn_float", "fashion_cnn_int8", "face_detection_short_range"]
+DATATYPES = {np.dtype("float32"): "FP32", np.dtype("int8"): "INT8"}
 
 
 @pytest.fixture(scope="module")
 def tflite_server(tmp_path_factory):
     repository = tmp_path_factory.mktemp("tflite-repository")
-    (repository / "fashion" / "1").mkdir(parents=True)
-    shutil.copy(EDGE / "fashion_cnn_float.tflite", repository / "fashion" / "1" / "model.tflite")
+    for model in MODELS:
+        (repository / model / "1").mkdir(parents=True)
+        shutil.copy(EDGE / f"{model}.tflite", repository / model / "1" / "model.tflite")
     server = start_server(serve_command(repository=repository))
     yield server
     stop_server(server)
 
 
-def test_tflite_model_answers_as_litert_over_http_and_grpc(tflite_server):
-    refs = np.load(EDGE / "refs" / "fashion_cnn_float.npz")
-    images, wanted = refs["input"], refs["output"]
+def assert_as_litert(got, want):
+    if want.dtype == np.int8:
+        steps = np.abs(got.astype(np.int16) - want.astype(np.int16))
+        assert steps.max() <= 1, f"{steps.max()} quantization steps off"
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_tflite_model_answers_as_litert_over_http_and_grpc(tflite_server, model):
+    refs = np.load(EDGE / "refs" / f"{model}.npz")
+    inputs = refs["input"]
+    outputs = [refs["output"]] if "output" in refs else [refs[f"output_{i}"] for i in range(len(refs.files) - 1)]
     http = httpclient.InferenceServerClient(tflite_server.http_url)
     grpc = grpcclient.InferenceServerClient(tflite_server.grpc_url)
-    metadata = http.get_model_metadata("fashion")
+    metadata = http.get_model_metadata(model)
     assert metadata["platform"] == "tensorflowlite"
-    (inp,), (out,) = metadata["inputs"], metadata["outputs"]
-    assert (inp["datatype"], inp["shape"]) == ("FP32", [1, 28, 28, 1])
-    for image, want in zip(images, wanted):
-        x = image[None].astype(np.float32)
+    (inp,), outs = metadata["inputs"], metadata["outputs"]
+    datatype = DATATYPES[inputs.dtype]
+    assert (inp["datatype"], inp["shape"]) == (datatype, [1, *inputs.shape[1:]])
+    assert len(outs) == len(outputs)
+    for row, x in enumerate(inputs):
+        x = x[None]
         for client, module in ((http, httpclient), (grpc, grpcclient)):
-            tensor = module.InferInput(inp["name"], list(x.shape), "FP32")
+            tensor = module.InferInput(inp["name"], list(x.shape), datatype)
             tensor.set_data_from_numpy(x)
-            got = client.infer("fashion", [tensor]).as_numpy(out["name"])
-            np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-4)
+            result = client.infer(model, [tensor])
+            for out, want in zip(outs, outputs):
+                assert_as_litert(result.as_numpy(out["name"])[0], want[row])
     grpc.close()

@@ -116,6 +116,9 @@ fn npy_of(tensor: &Value) -> Vec<u8> {
         }
         DataType::Int64 => data.iter().flat_map(|v| v.as_i64().expect("int").to_le_bytes()).collect(),
         DataType::Bool => data.iter().map(|v| u8::from(v.as_bool().expect("bool"))).collect(),
+        DataType::Int8 => {
+            data.iter().map(|v| i8::try_from(v.as_i64().expect("int")).expect("int8") as u8).collect()
+        }
         other => panic!("no reference tensors of {other}"),
     };
     write_npy(datatype, &shape(&tensor["shape"]), &raw).expect("npy")
@@ -134,7 +137,8 @@ fn write_npz(path: &Path, arrays: &[(&str, Vec<u8>)]) {
 }
 
 /// Asserts that the JSON outputs of a run are the reference outputs, within `TOLERANCE` for
-/// floats and exactly otherwise.
+/// floats, one quantization step for INT8 (issue 17's measure against LiteRT) and exactly
+/// otherwise.
 fn assert_matches(outputs: &Value, reference: &Value, what: &str) {
     let outputs = outputs.as_array().expect("outputs");
     let reference = reference.as_array().expect("reference outputs");
@@ -146,6 +150,10 @@ fn assert_matches(outputs: &Value, reference: &Value, what: &str) {
         if want["datatype"] == "FP32" {
             for (g, w) in f64s(&got["data"]).iter().zip(f64s(&want["data"])) {
                 assert!((g - w).abs() <= TOLERANCE * (1.0 + w.abs()), "{what}: {g} vs {w}");
+            }
+        } else if want["datatype"] == "INT8" {
+            for (g, w) in f64s(&got["data"]).iter().zip(f64s(&want["data"])) {
+                assert!((g - w).abs() <= 1.0, "{what}: {g} vs {w}");
             }
         } else {
             assert_eq!(got["data"], want["data"], "{what}");
@@ -432,34 +440,40 @@ fn help_explains_each_flag() {
     }
 }
 
-/// A float TFLite file (`examples/edge`, converted by TensorFlow) runs on tract whatever
-/// `--engine` says, and matches Google's interpreter (LiteRT) on the same input; one tract-tflite
-/// cannot run (INT8) and a truncated flatbuffer fail as models do (exit 1), naming the cause.
+/// TFLite files (`examples/edge`, converted by TensorFlow) run on tract whatever `--engine`
+/// says and match Google's interpreter (LiteRT) on the same input: the float CNN and its full
+/// INT8 conversion (int8 tensors in and out). A file tract-tflite cannot read (a run-time batch)
+/// and a truncated flatbuffer fail as models do (exit 1), naming the cause.
 #[test]
 fn tflite_models_run_on_tract_and_match_litert() {
     let dir = tempfile::tempdir().expect("tempdir");
     let edge = root().join("examples/edge");
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(edge.join("refs/fashion_cnn_float.expected.json")).expect("reference"),
-    )
-    .expect("reference JSON");
-    let input = dir.path().join("image.npy");
-    std::fs::write(&input, npy_of(&reference["inputs"][0])).expect("write npy");
-    let model = edge.join("fashion_cnn_float.tflite");
-    for engine in ["auto", "onnxruntime", "tract"] {
-        let out = rtserve(&["--engine", engine, "--model", s(&model), s(&input)], None);
-        if !engine_present(&out) {
-            continue;
+    let mut input = PathBuf::new();
+    for stem in ["fashion_cnn_float", "fashion_cnn_int8"] {
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(edge.join(format!("refs/{stem}.expected.json"))).expect("reference"),
+        )
+        .expect("reference JSON");
+        input = dir.path().join(format!("{stem}.npy"));
+        std::fs::write(&input, npy_of(&reference["inputs"][0])).expect("write npy");
+        let model = edge.join(format!("{stem}.tflite"));
+        for engine in ["auto", "onnxruntime", "tract"] {
+            let out = rtserve(&["--engine", engine, "--model", s(&model), s(&input)], None);
+            if !engine_present(&out) {
+                continue;
+            }
+            assert_matches(
+                &lines(&out)[0]["outputs"],
+                &reference["outputs"],
+                &format!("{stem}, --engine {engine}"),
+            );
         }
-        assert_matches(
-            &lines(&out)[0]["outputs"],
-            &reference["outputs"],
-            &format!("TFLite, --engine {engine}"),
-        );
     }
 
-    let err = fails(&rtserve(&["--model", s(&edge.join("fashion_cnn_int8.tflite")), s(&input)], None), 1);
-    assert!(err.contains("fashion_cnn_int8.tflite") && err.contains("FULLY_CONNECTED"), "{err}");
+    let unreadable = edge.join("fashion_cnn_int8_dynamic_batch.tflite");
+    let err = fails(&rtserve(&["--model", s(&unreadable), s(&input)], None), 1);
+    assert!(err.contains("fashion_cnn_int8_dynamic_batch.tflite") && err.contains("STRIDED_SLICE"), "{err}");
+    let model = edge.join("fashion_cnn_float.tflite");
     let bytes = std::fs::read(&model).expect("read model");
     let truncated = dir.path().join("truncated.tflite");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");

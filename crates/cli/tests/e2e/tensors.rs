@@ -24,6 +24,7 @@ pub enum Values {
     Fp32(Vec<f32>),
     Int64(Vec<i64>),
     Bool(Vec<bool>),
+    Int8(Vec<i8>),
 }
 
 /// A named tensor.
@@ -51,6 +52,9 @@ impl Tensor {
             "FP32" => Values::Fp32(data.iter().map(|v| v.as_f64().expect("number") as f32).collect()),
             "INT64" => Values::Int64(data.iter().map(|v| v.as_i64().expect("integer")).collect()),
             "BOOL" => Values::Bool(data.iter().map(|v| v.as_bool().expect("boolean")).collect()),
+            "INT8" => Values::Int8(
+                data.iter().map(|v| i8::try_from(v.as_i64().expect("integer")).expect("int8")).collect(),
+            ),
             other => panic!("tensor '{name}': datatype {other} is not used by the test models"),
         };
         Tensor { name, datatype, shape, values }
@@ -73,6 +77,7 @@ impl Tensor {
                     })
                     .collect(),
             ),
+            "INT8" => Values::Int8(raw.iter().map(|&b| b as i8).collect()),
             other => panic!("tensor '{name}': datatype {other} is not used by the test models"),
         };
         let tensor = Tensor { name: name.to_string(), datatype: datatype.to_string(), shape, values };
@@ -91,6 +96,7 @@ impl Tensor {
             Values::Fp32(v) => json!(v),
             Values::Int64(v) => json!(v),
             Values::Bool(v) => json!(v),
+            Values::Int8(v) => json!(v),
         };
         json!({ "name": self.name, "datatype": self.datatype, "shape": self.shape, "data": data })
     }
@@ -101,6 +107,7 @@ impl Tensor {
             Values::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Values::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             Values::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+            Values::Int8(v) => v.iter().map(|&x| x as u8).collect(),
         }
     }
 
@@ -110,6 +117,10 @@ impl Tensor {
             Values::Fp32(v) => InferTensorContents { fp32_contents: v.clone(), ..Default::default() },
             Values::Int64(v) => InferTensorContents { int64_contents: v.clone(), ..Default::default() },
             Values::Bool(v) => InferTensorContents { bool_contents: v.clone(), ..Default::default() },
+            Values::Int8(v) => InferTensorContents {
+                int_contents: v.iter().map(|&x| i32::from(x)).collect(),
+                ..Default::default()
+            },
         }
     }
 }
@@ -174,6 +185,16 @@ pub fn assert_matches_reference(case: &Case, got: &[Tensor], how: &str) {
                     assert!(
                         (g - w).abs() <= bound,
                         "{label}: element {i} is {g}, reference {w} (allowed ±{bound})"
+                    );
+                }
+            }
+            // One quantization step, issue 17's measure against LiteRT.
+            (Values::Int8(got), Values::Int8(want)) => {
+                assert_eq!(got.len(), want.len(), "{label}: element count");
+                for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        (i16::from(g) - i16::from(w)).abs() <= 1,
+                        "{label}: element {i} is {g}, reference {w}"
                     );
                 }
             }

@@ -8,9 +8,10 @@ use rtserve_core::{BatchInput, DataType, EngineError, Tensor, TensorData};
 use tract_onnx::prelude::{f16, Datum, DatumType, Tensor as TractTensor};
 use tract_onnx::tract_core::ndarray::{ArrayD, IxDyn};
 
-/// The rtserve type of a tract datum type, if rtserve carries it.
+/// The rtserve type of a tract datum type, if rtserve carries it. A quantized type (a TFLite
+/// INT8 tensor) travels as its integers, its zero point and scale being the model's business.
 pub fn data_type(datum: DatumType) -> Option<DataType> {
-    Some(match datum {
+    Some(match datum.unquantized() {
         DatumType::Bool => DataType::Bool,
         DatumType::U8 => DataType::Uint8,
         DatumType::U16 => DataType::Uint16,
@@ -33,9 +34,9 @@ fn conversion_error(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// A tract tensor of `input`'s elements, decoded from its requests' bytes straight into tract's
-/// own (aligned) buffer: one copy.
-fn decode<T: Element + Datum>(input: &BatchInput<'_>) -> Result<TractTensor, EngineError> {
-    let mut tensor = TractTensor::zero_dt(T::datum_type(), input.shape()).map_err(conversion_error)?;
+/// own (aligned) buffer: one copy. `datum` is `T`'s type, or a quantized type over it.
+fn decode<T: Element + Datum>(input: &BatchInput<'_>, datum: DatumType) -> Result<TractTensor, EngineError> {
+    let mut tensor = TractTensor::zero_dt(datum, input.shape()).map_err(conversion_error)?;
     {
         let mut plain = tensor.try_as_plain_ram_mut().map_err(conversion_error)?;
         let mut slots = plain.as_slice_mut::<T>().map_err(conversion_error)?.iter_mut();
@@ -49,21 +50,22 @@ fn decode<T: Element + Datum>(input: &BatchInput<'_>) -> Result<TractTensor, Eng
     Ok(tensor)
 }
 
-/// Builds a tract tensor. Booleans are normalized (any non-zero byte is true).
-pub fn to_tract(input: &BatchInput<'_>) -> Result<TractTensor, EngineError> {
+/// Builds a tract tensor of the model's input type `datum` (whose rtserve type is `input`'s,
+/// checked by the caller). Booleans are normalized (any non-zero byte is true).
+pub fn to_tract(input: &BatchInput<'_>, datum: DatumType) -> Result<TractTensor, EngineError> {
     match input.datatype() {
-        DataType::Bool => decode::<bool>(input),
-        DataType::Uint8 => decode::<u8>(input),
-        DataType::Int8 => decode::<i8>(input),
-        DataType::Uint16 => decode::<u16>(input),
-        DataType::Uint32 => decode::<u32>(input),
-        DataType::Uint64 => decode::<u64>(input),
-        DataType::Int16 => decode::<i16>(input),
-        DataType::Int32 => decode::<i32>(input),
-        DataType::Int64 => decode::<i64>(input),
-        DataType::Fp16 => decode::<f16>(input),
-        DataType::Fp32 => decode::<f32>(input),
-        DataType::Fp64 => decode::<f64>(input),
+        DataType::Bool => decode::<bool>(input, datum),
+        DataType::Uint8 => decode::<u8>(input, datum),
+        DataType::Int8 => decode::<i8>(input, datum),
+        DataType::Uint16 => decode::<u16>(input, datum),
+        DataType::Uint32 => decode::<u32>(input, datum),
+        DataType::Uint64 => decode::<u64>(input, datum),
+        DataType::Int16 => decode::<i16>(input, datum),
+        DataType::Int32 => decode::<i32>(input, datum),
+        DataType::Int64 => decode::<i64>(input, datum),
+        DataType::Fp16 => decode::<f16>(input, datum),
+        DataType::Fp32 => decode::<f32>(input, datum),
+        DataType::Fp64 => decode::<f64>(input, datum),
         DataType::Bytes => {
             let strings = input
                 .strings()

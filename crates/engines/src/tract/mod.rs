@@ -1,12 +1,14 @@
 //! The tract engine: pure-Rust ONNX (and TFLite) inference, always available, no setup.
 //!
-//! A model is read, typed and optimized once, with a symbolic batch dimension, into one runnable
-//! plan that holds the weights; every instance shares that plan and keeps only its own run state
-//! (the buffers reused between inferences).
+//! A model is read and typed once into optimized plans that hold the weights (one per batch size
+//! where the batch is the only run-time dimension: `plans.rs`); every instance shares them and
+//! keeps only its own run state per plan (the buffers reused between inferences).
 
 mod convert;
+mod plans;
 mod tflite;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -15,6 +17,8 @@ use rtserve_core::{
     Tensor, TensorSpec,
 };
 use tract_onnx::prelude::*;
+
+use plans::{PlanKey, Plans};
 
 /// The tract engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -81,16 +85,26 @@ impl Engine for TractEngine {
     fn prepare(&self, path: &Path) -> Result<Box<dyn PreparedModel>, EngineError> {
         let typed = typed_model(path)?;
         let signature = signature_of(&typed)?;
-        let optimized = typed.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
-        let plan = optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))?;
-        Ok(Box::new(TractModel { plan, signature }))
+        let input_types = input_types(&typed)?;
+        let plans = Arc::new(Plans::new(typed)?);
+        Ok(Box::new(TractModel { plans, signature, input_types }))
     }
 }
 
-/// A model's optimized plan, shared by its instances.
+/// The tract type of each input, in order (a quantized type carries its zero point and scale).
+fn input_types(model: &TypedModel) -> Result<Vec<DatumType>, EngineError> {
+    let outlets = model.input_outlets().map_err(|e| engine_error("inputs", e))?;
+    outlets
+        .iter()
+        .map(|outlet| Ok(model.outlet_fact(*outlet).map_err(|e| engine_error("input fact", e))?.datum_type))
+        .collect()
+}
+
+/// A model's optimized plans, shared by its instances.
 struct TractModel {
-    plan: Arc<TypedRunnableModel>,
+    plans: Arc<Plans>,
     signature: ModelSignature,
+    input_types: Vec<DatumType>,
 }
 
 impl PreparedModel for TractModel {
@@ -100,18 +114,36 @@ impl PreparedModel for TractModel {
 
     /// tract runs an inference on the calling thread: the options do not apply.
     fn instance(&self, _options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
-        let state = self.plan.spawn().map_err(|e| engine_error("cannot start the model", e))?;
-        Ok(Box::new(TractInstance { state, signature: self.signature.clone() }))
+        let mut instance = TractInstance {
+            plans: self.plans.clone(),
+            states: HashMap::new(),
+            signature: self.signature.clone(),
+            input_types: self.input_types.clone(),
+        };
+        instance.state(self.plans.key(1))?;
+        Ok(Box::new(instance))
     }
 }
 
-/// One tract instance: its run state over the shared plan.
+/// One tract instance: its run state over each of the shared plans it has run.
 struct TractInstance {
-    state: TypedSimpleState,
+    plans: Arc<Plans>,
+    states: HashMap<PlanKey, TypedSimpleState>,
     signature: ModelSignature,
+    input_types: Vec<DatumType>,
 }
 
 impl TractInstance {
+    /// The run state for the plan `key` asks for, started on first use.
+    fn state(&mut self, key: PlanKey) -> Result<&mut TypedSimpleState, EngineError> {
+        if !self.states.contains_key(&key) {
+            let plan = self.plans.plan(key)?;
+            let state = plan.spawn().map_err(|e| engine_error("cannot start the model", e))?;
+            self.states.insert(key, state);
+        }
+        self.states.get_mut(&key).ok_or_else(|| EngineError::new("tract: no run state"))
+    }
+
     /// Orders the given tensors as the model's inputs; a name the model does not have is an error.
     fn ordered_inputs(&self, inputs: &[BatchInput<'_>]) -> Result<TVec<TValue>, EngineError> {
         if let Some(unknown) = inputs.iter().find(|t| !self.signature.inputs.iter().any(|s| s.name == t.name))
@@ -126,7 +158,8 @@ impl TractInstance {
         self.signature
             .inputs
             .iter()
-            .map(|spec| {
+            .zip(&self.input_types)
+            .map(|(spec, &datum)| {
                 let given = inputs
                     .iter()
                     .find(|t| t.name == spec.name)
@@ -139,7 +172,7 @@ impl TractInstance {
                         spec.data_type
                     )));
                 }
-                convert::to_tract(given).map(TValue::from)
+                convert::to_tract(given, datum).map(TValue::from)
             })
             .collect()
     }
@@ -157,7 +190,9 @@ impl ModelInstance for TractInstance {
         outputs: &[String],
     ) -> Result<Vec<NamedTensor>, EngineError> {
         let values = self.ordered_inputs(inputs)?;
-        let results = self.state.run(values).map_err(|e| engine_error("inference failed", e))?;
+        let rows = values.first().and_then(|v| v.shape().first().copied()).unwrap_or(1);
+        let key = self.plans.key(rows);
+        let results = self.state(key)?.run(values).map_err(|e| engine_error("inference failed", e))?;
         let mut results: Vec<Option<TValue>> = results.into_iter().map(Some).collect();
         let mut converted: Vec<Option<Tensor>> = vec![None; results.len()];
         let wanted: Vec<&str> = if outputs.is_empty() {
