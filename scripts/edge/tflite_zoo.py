@@ -11,7 +11,7 @@ Run by hand only, never in CI, from the venv of scripts/edge/requirements.txt:
   $PY scripts/edge/tflite_zoo.py mobilenet DIR      # DIR/mobilenet_v2_{float,int8}.tflite (not committed, ~14 + ~4 MB)
   $PY scripts/edge/tflite_zoo.py mediapipe          # examples/edge/face_detection_short_range.tflite, from the mediapipe wheel
   $PY scripts/edge/tflite_zoo.py refs [--dir D]     # D/refs/<model>.{npz,json} for every D/*.tflite (D = examples/edge)
-  $PY scripts/edge/tflite_zoo.py bench MODEL...     # LiteRT invoke() latency, num_threads=1, 50 runs (p50/p90)
+  $PY scripts/edge/tflite_zoo.py bench MODEL...     # LiteRT invoke() latency, num_threads=1, 50 runs (p50/p99, runs/s, peak RSS)
 
 Every written .tflite is hashed and compared with EXPECTED_SHA256 below: a mismatch is reported
 (exit status 1) but the file is kept, so a new TensorFlow version shows up as a checksum change.
@@ -300,11 +300,21 @@ def refs(args):
     return 0
 
 
+def peak_rss_mib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def bench(args):
+    """LiteRT's invoke() at one thread on one seeded input per model; with --save-input DIR the
+    input is also written as DIR/<model>.npy, for `rtserve run` to time the same tensor. The peak
+    RSS is this process's (Python, NumPy and LiteRT; TensorFlow is not imported here)."""
     for path in args.models:
         it = interpreter(path)
         (inp,) = it.get_input_details()
         x = quantize(np.random.default_rng(SEED).uniform(-1, 1, inp["shape"]).astype(np.float32), inp)
+        if args.save_input:
+            np.save(os.path.join(args.save_input, os.path.basename(path)[: -len(".tflite")] + ".npy"), x)
         it.set_tensor(inp["index"], x)
         for _ in range(args.warmup):
             it.invoke()
@@ -313,8 +323,9 @@ def bench(args):
             t = time.perf_counter()
             it.invoke()
             times.append((time.perf_counter() - t) * 1e3)
-        p50, p90 = np.percentile(times, [50, 90])
-        print(f"{os.path.basename(path)}: LiteRT num_threads=1 invoke p50 {p50:.3f} ms p90 {p90:.3f} ms ({args.runs} runs)")
+        p50, p99 = np.percentile(times, [50, 99], method="inverted_cdf")
+        print(f"{os.path.basename(path)}: LiteRT num_threads=1 invoke ({args.runs} runs): p50 {p50:.3f} ms, "
+              f"p99 {p99:.3f} ms, {1e3 * len(times) / sum(times):.1f} runs/s; peak RSS {peak_rss_mib():.1f} MiB")
     return 0
 
 
@@ -337,6 +348,7 @@ def main():
     s.add_argument("models", nargs="+")
     s.add_argument("--runs", type=int, default=50)
     s.add_argument("--warmup", type=int, default=5)
+    s.add_argument("--save-input", metavar="DIR", help="also write each model's input as DIR/<model>.npy")
     s.set_defaults(fn=bench)
     args = p.parse_args()
     sys.exit(args.fn(args))

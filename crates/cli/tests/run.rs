@@ -250,7 +250,12 @@ fn stdin_out_files_and_repeat() {
     let run = rtserve(&["--engine", "tract", "--model", s(&mlp), "--repeat", "5", s(&input)], None);
     assert_eq!(lines(&run).len(), 1);
     let err = stderr(&run);
-    assert!(err.contains("engine time (tract, 5 runs): p50 ") && err.contains(" ms, p99 "), "{err}");
+    assert!(
+        err.contains("engine time (tract, 5 runs): p50 ")
+            && err.contains(" ms, p99 ")
+            && err.contains(" runs/s"),
+        "{err}"
+    );
     assert!(err.contains("peak RSS (VmHWM): ") && err.contains(" MiB"), "{err}");
 }
 

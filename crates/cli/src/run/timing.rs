@@ -13,13 +13,16 @@ impl Timings {
         self.runs.push(time);
     }
 
-    /// Prints p50 and p99 of the engine time and the peak RSS to stderr.
+    /// Prints p50 and p99 of the engine time, the runs per second of engine time (one after
+    /// another, on one instance) and the peak RSS to stderr.
     pub fn report(&self, engine: &str) {
         let mut sorted = self.runs.clone();
         sorted.sort_unstable();
         let ms = |p: f64| percentile(&sorted, p).as_secs_f64() * 1e3;
+        let total = sorted.iter().sum::<Duration>().as_secs_f64();
+        let per_second = if total > 0.0 { sorted.len() as f64 / total } else { 0.0 };
         eprintln!(
-            "engine time ({engine}, {} runs): p50 {:.3} ms, p99 {:.3} ms",
+            "engine time ({engine}, {} runs): p50 {:.3} ms, p99 {:.3} ms, {per_second:.1} runs/s",
             sorted.len(),
             ms(0.50),
             ms(0.99)

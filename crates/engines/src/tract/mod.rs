@@ -1,8 +1,8 @@
 //! The tract engine: pure-Rust ONNX (and TFLite) inference, always available, no setup.
 //!
-//! A model is read and typed once into optimized plans that hold the weights (one per batch size
-//! where the batch is the only run-time dimension: `plans.rs`); every instance shares them and
-//! keeps only its own run state per plan (the buffers reused between inferences).
+//! A model is read and typed into optimized plans that hold the weights (one for batch 1 where
+//! the batch is the only run-time dimension, one for any shape: `plans.rs`); every instance shares
+//! them and keeps only its own run state per plan (the buffers reused between inferences).
 
 mod convert;
 mod plans;
@@ -86,7 +86,7 @@ impl Engine for TractEngine {
         let typed = typed_model(path)?;
         let signature = signature_of(&typed)?;
         let input_types = input_types(&typed)?;
-        let plans = Arc::new(Plans::new(typed)?);
+        let plans = Arc::new(Plans::new(typed, path)?);
         Ok(Box::new(TractModel { plans, signature, input_types }))
     }
 }

@@ -1,40 +1,40 @@
-//! A model's optimized plans: one per batch size when the batch is the graph's only run-time
-//! dimension.
+//! A model's optimized plans: a plan made for batch 1 where the batch is the graph's only
+//! run-time dimension, and a plan for any shape.
 //!
 //! tract optimizes a graph far better when every dimension is known. On the 2-vCPU development
 //! machine, one thread, the zoo's MobileNetV2 runs a batch of one in 13 ms on a plan made for
 //! batch 1 and in 122 ms on a plan whose batch is symbolic; ResNet-50 in 55 ms against 143 ms
 //! (docs/edge.md, "tract and the batch dimension"). So a model whose inputs all lead with the same
-//! symbolic dimension, and have no other, gets a plan per batch size, made on first use and
-//! shared by every instance; past [`MAX_BATCH_PLANS`] sizes, the symbolic plan serves the rest
-//! (each plan holds its own packed copy of the weights). Any other model has one plan, made at
-//! load.
+//! symbolic dimension, and have no other, gets a batch-1 plan at load: the lone request, and
+//! every run of `rtserve run` on one image. Larger batches take the plan for any shape, made
+//! from the file the first time one comes (the graph is not kept in memory meanwhile). A plan per
+//! batch size would be faster still for batches, but each plan holds its own packed copy of the
+//! weights: ResNet-50 with `max_batch_size` 16 peaked at 541 MiB that way, against 259 MiB with
+//! one plan. Any other model has one plan, made at load.
 
-use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use rtserve_core::EngineError;
 use tract_onnx::prelude::*;
 
-use super::engine_error;
+use super::{engine_error, typed_model};
 
-/// The most batch sizes that get a plan of their own.
-pub const MAX_BATCH_PLANS: usize = 8;
-
-/// Which plan a run takes: the one made for its batch size, or the one for any shape.
+/// Which plan a run takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PlanKey {
-    Batch(usize),
+    /// The plan made for one row.
+    BatchOne,
+    /// The plan for any shape.
     AnyShape,
 }
 
 /// The plans of one model.
 pub struct Plans {
-    /// The decluttered graph every plan is made from.
-    typed: TypedModel,
-    /// The symbolic batch dimension, when it is the graph's only run-time dimension.
-    batch: Option<Symbol>,
-    made: Mutex<HashMap<PlanKey, Arc<TypedRunnableModel>>>,
+    /// The model file, read again for the plan for any shape.
+    path: PathBuf,
+    batch_one: Option<Arc<TypedRunnableModel>>,
+    any_shape: Mutex<Option<Arc<TypedRunnableModel>>>,
 }
 
 /// The symbol that leads every input's shape, when no other input dimension is symbolic.
@@ -51,60 +51,56 @@ fn batch_symbol(model: &TypedModel) -> TractResult<Option<Symbol>> {
     Ok(batch)
 }
 
+fn optimized(model: TypedModel) -> Result<Arc<TypedRunnableModel>, EngineError> {
+    let optimized = model.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
+    optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))
+}
+
 impl Plans {
-    /// Declutters the graph and makes the plan every model needs at load: batch 1 when the batch
-    /// gets plans of its own, else the one plan.
-    pub fn new(typed: TypedModel) -> Result<Self, EngineError> {
-        let typed = typed.into_decluttered().map_err(|e| engine_error("cannot optimize the model", e))?;
+    /// Makes the plan every model needs at load from `typed`, read from `path`: batch 1 where
+    /// the batch is the only run-time dimension, else the plan for any shape.
+    pub fn new(typed: TypedModel, path: &Path) -> Result<Self, EngineError> {
         let batch = batch_symbol(&typed).map_err(|e| engine_error("cannot read the inputs", e))?;
-        let plans = Plans { typed, batch, made: Mutex::new(HashMap::new()) };
-        plans.plan(plans.key(1))?;
-        Ok(plans)
+        let (batch_one, any_shape) = match batch {
+            Some(symbol) => {
+                let one = typed
+                    .set_symbols(&[(symbol, TDim::Val(1))].into_iter().collect())
+                    .map_err(|e| engine_error("cannot fix the batch size", e))?;
+                // Not kept while the plan is made: the peak would hold both graphs.
+                drop(typed);
+                (Some(optimized(one)?), None)
+            }
+            None => (None, Some(optimized(typed)?)),
+        };
+        Ok(Plans { path: path.to_path_buf(), batch_one, any_shape: Mutex::new(any_shape) })
     }
 
-    /// The plan for a run whose inputs lead with `batch` rows.
-    pub fn key(&self, batch: usize) -> PlanKey {
-        if self.batch.is_some() {
-            PlanKey::Batch(batch)
+    /// The plan for a run whose inputs lead with `rows` rows.
+    pub fn key(&self, rows: usize) -> PlanKey {
+        if rows == 1 && self.batch_one.is_some() {
+            PlanKey::BatchOne
         } else {
             PlanKey::AnyShape
         }
     }
 
-    /// The plan for `key`, made now if it is new. A batch size past the limit takes the
-    /// symbolic plan.
+    /// The plan for `key`; the plan for any shape is made now if this is its first run.
     pub fn plan(&self, key: PlanKey) -> Result<Arc<TypedRunnableModel>, EngineError> {
-        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
-        let batch_plans = made.keys().filter(|k| matches!(k, PlanKey::Batch(_))).count();
-        let key = match key {
-            PlanKey::Batch(_) if !made.contains_key(&key) && batch_plans >= MAX_BATCH_PLANS => {
-                PlanKey::AnyShape
-            }
-            key => key,
-        };
-        if let Some(plan) = made.get(&key) {
+        if let (PlanKey::BatchOne, Some(plan)) = (key, &self.batch_one) {
             return Ok(plan.clone());
         }
-        let model = match (key, &self.batch) {
-            (PlanKey::Batch(rows), Some(symbol)) => {
-                let rows = i64::try_from(rows).map_err(|e| engine_error("batch size", e))?;
-                self.typed
-                    .set_symbols(&HashMap::from([(symbol.clone(), TDim::Val(rows))]))
-                    .map_err(|e| engine_error("cannot fix the batch size", e))?
-            }
-            _ => self.typed.clone(),
-        };
-        let optimized = model.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
-        let plan = optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))?;
-        made.insert(key, plan.clone());
+        let mut any_shape = self.any_shape.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plan) = any_shape.as_ref() {
+            return Ok(plan.clone());
+        }
+        let plan = optimized(typed_model(&self.path)?)?;
+        *any_shape = Some(plan.clone());
         Ok(plan)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
-
     use super::*;
 
     fn example(model: &str) -> PathBuf {
@@ -113,7 +109,8 @@ mod tests {
     }
 
     fn plans(model: &str) -> Plans {
-        Plans::new(super::super::typed_model(&example(model)).expect("reads")).expect("plans")
+        let path = example(model);
+        Plans::new(typed_model(&path).expect("reads"), &path).expect("plans")
     }
 
     fn run(plan: Arc<TypedRunnableModel>, rows: usize) -> Vec<f32> {
@@ -124,30 +121,22 @@ mod tests {
         outputs[0].to_plain_array_view::<f32>().expect("floats").iter().copied().collect()
     }
 
-    fn made(plans: &Plans) -> Vec<PlanKey> {
-        plans.made.lock().expect("not poisoned").keys().copied().collect()
+    fn any_shape_made(plans: &Plans) -> bool {
+        plans.any_shape.lock().expect("not poisoned").is_some()
     }
 
     #[test]
-    fn a_batch_only_model_gets_a_plan_per_batch_size_up_to_the_limit() {
+    fn a_batch_only_model_gets_a_batch_one_plan_and_the_other_when_a_batch_comes() {
         let plans = plans("mlp");
-        assert_eq!(made(&plans), vec![PlanKey::Batch(1)], "batch 1 is made at load");
-        for rows in 2..=MAX_BATCH_PLANS + 2 {
-            plans.plan(plans.key(rows)).expect("plan");
-        }
-        let made = made(&plans);
-        assert_eq!(made.iter().filter(|k| matches!(k, PlanKey::Batch(_))).count(), MAX_BATCH_PLANS);
-        assert!(made.contains(&PlanKey::AnyShape), "past the limit the symbolic plan serves");
-        assert!(!made.contains(&PlanKey::Batch(MAX_BATCH_PLANS + 1)));
-    }
-
-    #[test]
-    fn the_plan_for_a_batch_size_answers_as_the_symbolic_plan() {
-        let plans = plans("mlp");
-        let fixed = run(plans.plan(PlanKey::Batch(3)).expect("plan"), 3);
-        let symbolic = run(plans.plan(PlanKey::AnyShape).expect("plan"), 3);
-        assert_eq!(fixed.len(), symbolic.len());
-        for (a, b) in fixed.iter().zip(&symbolic) {
+        assert_eq!(plans.key(1), PlanKey::BatchOne);
+        assert_eq!(plans.key(3), PlanKey::AnyShape);
+        assert!(!any_shape_made(&plans), "made on first use only");
+        let batch = run(plans.plan(PlanKey::AnyShape).expect("plan"), 3);
+        assert!(any_shape_made(&plans));
+        // Row 0 of the batch answers as the batch-1 plan does on that row alone.
+        let one = run(plans.plan(PlanKey::BatchOne).expect("plan"), 1);
+        assert_eq!(one.len() * 3, batch.len());
+        for (a, b) in one.iter().zip(&batch) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
         }
     }
@@ -155,7 +144,7 @@ mod tests {
     #[test]
     fn a_model_with_another_run_time_dimension_has_one_plan() {
         let plans = plans("dynamic_seq");
-        assert_eq!(plans.key(4), PlanKey::AnyShape);
-        assert_eq!(made(&plans), vec![PlanKey::AnyShape]);
+        assert_eq!(plans.key(1), PlanKey::AnyShape);
+        assert!(any_shape_made(&plans), "made at load");
     }
 }

@@ -1,10 +1,11 @@
 //! TFLite files on tract: the flatbuffer read by `tract-tflite` into the same typed graph as an
 //! ONNX file.
 //!
-//! `tract-tflite` 0.23 runs simple float CNNs with a fixed batch; it refuses quantized (int8)
-//! graphs, fp16-weight graphs and run-time shapes with an error that names the operator, and
-//! panics on some files (an absent bias, for one): the panic is caught here and turned into a
-//! load error. docs/edge.md lists what was tried.
+//! `tract-tflite` 0.23.9, with the fixes in vendor/ (vendor/README.md), runs float and INT8
+//! (int8/uint8, per-tensor and per-axis scales) image models with a fixed batch; what it cannot
+//! read (a run-time batch, for one) is refused with an error that names the operator, and a
+//! panic of the reader is caught here and turned into a load error. docs/edge.md lists what was
+//! tried.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

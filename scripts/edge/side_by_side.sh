@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The same TFLite files on rtserve's edge engine (`rtserve run`, tract) and on Google's LiteRT
+# interpreter, one thread each, the same input (docs/edge.md, "Side by side with LiteRT"):
+#
+#   scripts/edge/side_by_side.sh [RUNS] MODEL.tflite...
+#
+# Per model: `rtserve run --threads 1 --repeat RUNS` (engine time of each run; the process's
+# peak RSS) and `tflite_zoo.py bench --runs RUNS` (LiteRT's invoke() at num_threads=1; the peak
+# RSS of a Python process holding NumPy and LiteRT), alternated twice; then the file size.
+# Needs the venv of scripts/edge/requirements.txt (scripts/edge/.venv) and a release build
+# (RTSERVE_BIN, default target/release/rtserve). Run by hand, never in CI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${RTSERVE_BIN:-target/release/rtserve}
+PY=${PY:-scripts/edge/.venv/bin/python}
+RUNS=${1:?usage: side_by_side.sh RUNS MODEL.tflite...}
+shift
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+for model in "$@"; do
+  stem=$(basename "$model" .tflite)
+  "$PY" scripts/edge/tflite_zoo.py bench --runs 1 --warmup 0 --save-input "$WORK" "$model" > /dev/null 2>&1
+  echo "== $stem ($(stat -c %s "$model") bytes)"
+  for round in 1 2; do
+    "$BIN" run --model "$model" --threads 1 --repeat "$RUNS" "$WORK/$stem.npy" 2>&1 > /dev/null \
+      | grep -E '^(engine time|peak RSS)' | paste -sd ' ' | sed 's/^/rtserve run (tract): /'
+    "$PY" scripts/edge/tflite_zoo.py bench --runs "$RUNS" "$model" 2>/dev/null | grep LiteRT
+  done
+done
