@@ -72,8 +72,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 
-    /// Run each input N times and print the p50 and p99 engine time and the peak resident
-    /// memory of the process (VmHWM) to stderr. The outputs are those of the last run.
+    /// Run each input N times and print the p50 and p99 engine time, the runs per second of
+    /// engine time and the peak resident memory of the process (VmHWM) to stderr. The outputs
+    /// are those of the last run.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     repeat: Option<u32>,
 
