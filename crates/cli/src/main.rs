@@ -1,9 +1,11 @@
 //! `rtserve`: one binary, thin over the library crates.
 
+#[cfg(feature = "serve")]
 mod bench;
 #[cfg(feature = "optimize")]
 mod optimize;
 mod run;
+#[cfg(feature = "serve")]
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -23,8 +25,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the models of one or more model repositories.
+    #[cfg(feature = "serve")]
     Serve(serve::ServeArgs),
     /// Load a server with inference requests and report latency percentiles and throughput.
+    #[cfg(feature = "serve")]
     Bench(Box<bench::BenchArgs>),
     /// Optimize ONNX models: INT8 quantization, FP16 conversion, evaluation, training, pruning,
     /// distillation, quantization-aware training.
@@ -37,17 +41,28 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    #[cfg(feature = "serve")]
     let access_log = matches!(&cli.command, Command::Serve(args) if args.access_log);
+    #[cfg(not(feature = "serve"))]
+    let access_log = false;
     // A one-shot run logs warnings only, unless RUST_LOG says otherwise.
     let default_level = if matches!(cli.command, Command::Run(_)) { "warn" } else { "info" };
     init_logging(&cli.log_format, access_log, default_level);
-    let result = match cli.command {
-        Command::Run(args) => return run::main(*args),
-        Command::Serve(args) => serve::run(args),
-        Command::Bench(args) => bench::run(*args),
+    match cli.command {
+        Command::Run(args) => run::main(*args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => exit_code(serve::run(args)),
+        #[cfg(feature = "serve")]
+        Command::Bench(args) => exit_code(bench::run(*args)),
         #[cfg(feature = "optimize")]
-        Command::Optimize(args) => optimize::run(args),
-    };
+        Command::Optimize(args) => exit_code(optimize::run(args)),
+    }
+}
+
+/// The exit status of a subcommand other than `run` (which has its own codes); an error is logged
+/// and printed.
+#[cfg(any(feature = "serve", feature = "optimize"))]
+fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
