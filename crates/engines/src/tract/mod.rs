@@ -8,7 +8,7 @@ mod convert;
 mod plans;
 mod tflite;
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -136,12 +136,13 @@ struct TractInstance {
 impl TractInstance {
     /// The run state for the plan `key` asks for, started on first use.
     fn state(&mut self, key: PlanKey) -> Result<&mut TypedSimpleState, EngineError> {
-        if !self.states.contains_key(&key) {
-            let plan = self.plans.plan(key)?;
-            let state = plan.spawn().map_err(|e| engine_error("cannot start the model", e))?;
-            self.states.insert(key, state);
+        match self.states.entry(key) {
+            Entry::Occupied(state) => Ok(state.into_mut()),
+            Entry::Vacant(slot) => {
+                let plan = self.plans.plan(key)?;
+                Ok(slot.insert(plan.spawn().map_err(|e| engine_error("cannot start the model", e))?))
+            }
         }
-        self.states.get_mut(&key).ok_or_else(|| EngineError::new("tract: no run state"))
     }
 
     /// Orders the given tensors as the model's inputs; a name the model does not have is an error.
