@@ -218,7 +218,10 @@ fn stdin_out_files_and_repeat() {
     let args = ["--engine", "tract", "--model", s(&mlp), "--shape", "784", "-"];
     let row = lines(&rtserve(&args, Some(&raw[..784 * 4])));
     assert_eq!(row[0]["outputs"][0]["shape"], serde_json::json!([1, 10]));
-    assert_eq!(f64s(&row[0]["outputs"][0]["data"]), f64s(&output["data"])[..10]);
+    // (Within the tolerance: tract runs one row on a plan made for batch 1, with other kernels.)
+    for (one, batched) in f64s(&row[0]["outputs"][0]["data"]).iter().zip(&f64s(&output["data"])[..10]) {
+        assert!((one - batched).abs() <= TOLERANCE * (1.0 + batched.abs()), "{one} vs {batched}");
+    }
 
     // --out: one .npy per output that parses back to the printed values; nothing else left.
     let out_dir = dir.path().join("out");
