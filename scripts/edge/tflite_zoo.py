@@ -71,7 +71,6 @@ output is a softmax over 1000 classes with scale 1/256, so nearly every element 
 weak check; the float model is the real one.
 """
 import argparse
-import gzip
 import hashlib
 import json
 import os
@@ -84,8 +83,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 EDGE = os.path.join(ROOT, "examples", "edge")
-DATA = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 SEED = 0
+
+# The Fashion-MNIST reader of `rtserve optimize`'s scripts (numpy only; honours $FASHION_MNIST_DIR).
+sys.path.insert(0, os.path.join(ROOT, "scripts", "optimize"))
+import fashion_mnist  # noqa: E402
 
 MEDIAPIPE_WHEEL = "mediapipe==0.10.14"
 MEDIAPIPE_MEMBER = "mediapipe/modules/face_detection/face_detection_short_range.tflite"
@@ -116,11 +118,9 @@ def check(path, pinned=True):
 
 
 def read_fashion(kind):
-    with gzip.open(os.path.join(DATA, f"{kind}-images-idx3-ubyte.gz")) as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    with gzip.open(os.path.join(DATA, f"{kind}-labels-idx1-ubyte.gz")) as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+    """Images [N,28,28,1] (NHWC) float32 in [0,1] and labels int64."""
+    images, labels = fashion_mnist.read(kind)
+    return images.reshape(-1, 28, 28, 1), labels
 
 
 def seed_tf():
