@@ -30,6 +30,9 @@ DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "rtserve-dashboard.json"
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$model": ".*"}
 
 METRIC_RE = re.compile(r"(?<![\w:])rtserve_\w+(?![\w:])")
+# Triton's GPU families (crates/server/src/gpu_metrics.rs), exported only where NVML loads.
+GPU_METRIC_RE = re.compile(r"(?<![\w:])nv_\w+(?![\w:])")
+GPU_METRICS_SOURCE = REPO_ROOT / "crates" / "server" / "src" / "gpu_metrics.rs"
 RECORDED_RE = re.compile(r"(?<![\w:])[a-zA-Z_]\w*:[\w:]+")  # level:metric:operations
 QUOTED_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
 TYPE_RE = re.compile(r"^# TYPE (\S+) (\S+)\s*$", re.MULTILINE)
@@ -130,6 +133,11 @@ def test_dashboard_has_the_structure_grafana_imports():
         grid = p.get("gridPos", {})
         assert all(isinstance(grid.get(k), int) for k in "hwxy"), f"{where}: gridPos {grid}"
         assert grid["x"] + grid["w"] <= 24, f"{where}: wider than Grafana's 24 columns: {grid}"
+        if p["type"] == "row":
+            # A row header: full width, one unit high; an expanded row's panels follow it.
+            assert (grid["x"], grid["w"], grid["h"]) == (0, 24, 1), f"{where}: row gridPos {grid}"
+            assert p.get("panels") == [] and p.get("collapsed") is False, f"{where}: expanded row"
+            continue
         assert p.get("targets"), f"{where}: no targets"
         for t in p["targets"]:
             assert t.get("expr", "").strip() and t.get("refId"), f"{where}: target {t}"
@@ -154,6 +162,9 @@ def test_rules_and_dashboard_query_only_metrics_the_server_exports(metrics_after
     assert used, "no rtserve_ metric found in the rules or the dashboard"
     exported = exported_series(metrics_after_inference)
     missing = sorted(used - exported)
+    gpu_used = {m for t in metric_texts for m in GPU_METRIC_RE.findall(t)}
+    if any(name.startswith("nv_") for name in exported):  # NVML loaded: a GPU host
+        missing += sorted(gpu_used - exported)
     assert not missing, (
         f"queried but not exported by GET /metrics: {missing}\n"
         f"exported series: {sorted(exported)}"
@@ -161,6 +172,16 @@ def test_rules_and_dashboard_query_only_metrics_the_server_exports(metrics_after
     used_records = {r for t in texts for r in RECORDED_RE.findall(QUOTED_RE.sub('""', t))}
     undefined = sorted(used_records - recorded)
     assert not undefined, f"recorded series used but not defined in {RULES.name}: {undefined}"
+
+
+def test_dashboard_queries_only_gpu_metrics_the_server_defines():
+    """The nv_ families exist only where NVML loads, so the server here may not export them:
+    check the dashboard's names against those the server's source declares."""
+    defined = set(re.findall(r'"(nv_\w+)"', GPU_METRICS_SOURCE.read_text()))
+    assert defined, f"no nv_ metric name in {GPU_METRICS_SOURCE}"
+    used = {m for t in dashboard_queries().values() for m in GPU_METRIC_RE.findall(t)}
+    assert used, "the dashboard has no GPU panel"
+    assert used <= defined, f"not defined in {GPU_METRICS_SOURCE.name}: {sorted(used - defined)}"
 
 
 def test_slo_gauge_joins_the_latency_histogram(metrics_after_inference):

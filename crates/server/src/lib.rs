@@ -7,6 +7,7 @@ pub mod classification;
 mod codec;
 mod connection;
 mod error;
+mod gpu_metrics;
 pub mod grpc;
 pub mod http;
 mod listeners;

@@ -1,7 +1,8 @@
 //! Prometheus metrics on `GET /metrics`: histograms fed as requests and batches happen, plus
 //! the collectors registered at start-up (`crate::scrape`: counters and gauges read from the
 //! schedulers, the cache and the process at scrape time). A leaf: it knows requests, batches and
-//! errors, not the repository. Every name starts with `rtserve_`; docs/monitoring.md lists them all.
+//! errors, not the repository. Every name starts with `rtserve_` but the GPU families, which keep
+//! Triton's (`crate::gpu_metrics`); docs/monitoring.md lists them all.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

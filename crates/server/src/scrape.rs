@@ -18,13 +18,13 @@ pub struct ScrapeCollector {
     cache: PredictionCache,
 }
 
-/// One metric family under construction.
-struct Family {
-    family: MetricFamily,
+/// One metric family under construction (also used by `crate::gpu_metrics`).
+pub(crate) struct Family {
+    pub(crate) family: MetricFamily,
 }
 
 impl Family {
-    fn new(name: &str, help: &str, kind: MetricType) -> Family {
+    pub(crate) fn new(name: &str, help: &str, kind: MetricType) -> Family {
         let mut family = MetricFamily::default();
         family.set_name(name.to_string());
         family.set_help(help.to_string());
@@ -32,7 +32,7 @@ impl Family {
         Family { family }
     }
 
-    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
         let mut metric = Metric::default();
         metric.set_label(
             labels

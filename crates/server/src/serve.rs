@@ -9,6 +9,7 @@ use rtserve_core::{CacheOptions, PredictionCache, SchedulerOptions};
 
 use crate::auth::{Auth, AuthConfig, TokenFileError};
 use crate::connection::{ConnectionLimits, ConnectionMetrics};
+use crate::gpu_metrics::GpuCollector;
 use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
@@ -123,6 +124,9 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
         config.model_control.clone(),
     ));
     metrics.register(Box::new(ScrapeCollector::new(repository.clone(), cache)))?;
+    if let Some(gpus) = GpuCollector::from_nvml() {
+        metrics.register(Box::new(gpus))?;
+    }
     let connections = ConnectionMetrics::register(&metrics)?;
     let state = Arc::new(
         ServerState::new(repository.clone(), config.max_request_bytes, metrics)

@@ -108,11 +108,9 @@ async fn metrics_port_serves_metrics_alone() {
     let http = reqwest::Client::new();
     let scrape = http.get(format!("http://{addr}/metrics")).send().await.expect("scrape");
     assert_eq!(scrape.status(), 200);
-    assert!(scrape
-        .text()
-        .await
-        .expect("text")
-        .contains("rtserve_model_loaded{model=\"mlp\",version=\"1\"} 1"));
+    let text = scrape.text().await.expect("text");
+    assert!(text.contains("rtserve_model_loaded{model=\"mlp\",version=\"1\"} 1"));
+    assert_gpu_metrics_follow_nvml(&log, &text);
     let other = http.get(format!("http://{addr}/v2/models/mlp")).send().await.expect("request");
     assert_eq!(other.status(), 404, "only /metrics on the metrics port");
     server.stop().await;
@@ -144,4 +142,24 @@ async fn replies_carry_their_stage_times() {
             "{name}: {parameter:?}"
         );
     }
+}
+
+/// Triton's GPU families are there exactly where NVML loaded, which the server logs at start:
+/// on a host without the NVIDIA driver it starts all the same, with no `nv_` series.
+fn assert_gpu_metrics_follow_nvml(log: &str, text: &str) {
+    let gpu_lines: Vec<&str> =
+        text.lines().filter(|l| l.contains("nv_gpu_") || l.contains("nv_energy")).collect();
+    if log.contains("no GPU metrics: NVML did not load") {
+        assert!(gpu_lines.is_empty(), "GPU series without NVML: {gpu_lines:?}");
+        return;
+    }
+    let gpus = log
+        .split("GPU metrics (nv_gpu_*) from NVML: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("the log says neither that NVML loaded nor why not:\n{log}"));
+    let totals =
+        gpu_lines.iter().filter(|l| l.starts_with("nv_gpu_memory_total_bytes{gpu_uuid=\"GPU-")).count();
+    assert_eq!(totals, gpus, "one memory total per GPU: {gpu_lines:?}");
 }
