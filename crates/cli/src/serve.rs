@@ -8,8 +8,8 @@ use clap::Args;
 use rtserve_engines::EngineChoice;
 use rtserve_server::preprocess::DEFAULT_MAX_IMAGE_PIXELS;
 use rtserve_server::{
-    AuthConfig, CacheOptions, ConnectionLimits, ModelControl, ModelControlMode, RedisOptions, RedisTls,
-    ServerConfig, TlsConfig,
+    AuthConfig, CacheOptions, ConnectionLimits, GpuDefaults, ModelControl, ModelControlMode, RedisOptions,
+    RedisTls, ServerConfig, TlsConfig,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::SignalStream;
@@ -62,6 +62,17 @@ pub struct ServeArgs {
     /// `onnxruntime` Python package, then the system library path.
     #[arg(long, env = "RTSERVE_ORT_LIBRARY")]
     ort_library: Option<PathBuf>,
+
+    /// The GPUs (CUDA indices, comma-separated) that a model's `instance_group { kind: KIND_GPU }`
+    /// without `gpus: [...]` places its instances on. Default: every GPU found.
+    #[arg(long, env = "RTSERVE_GPUS", value_delimiter = ',')]
+    gpus: Option<Vec<u32>>,
+
+    /// Folder where TensorRT keeps the engines it builds for models with a `tensorrt`
+    /// gpu_execution_accelerator, so that a restart does not build them again (a model's own
+    /// `trt_engine_cache_path` wins). Default: no cache.
+    #[arg(long, env = "RTSERVE_TENSORRT_CACHE")]
+    tensorrt_cache: Option<PathBuf>,
 
     /// Largest request body (HTTP) or message (gRPC) accepted, in bytes.
     #[arg(long, env = "RTSERVE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024 * 1024)]
@@ -277,6 +288,7 @@ impl ServeArgs {
             listen_when_ready: self.listen_when_ready,
             engine: self.engine,
             ort_library: self.ort_library,
+            gpus: GpuDefaults { ids: self.gpus, tensorrt_cache: self.tensorrt_cache },
             max_request_bytes: self.max_request_bytes,
             drain,
             shutdown_timeout,

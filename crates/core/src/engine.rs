@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::batch_input::join_inputs;
-use crate::{BatchInput, NamedTensor, TensorSpec};
+use crate::{BatchInput, Device, GpuPlacement, NamedTensor, TensorSpec};
 
 /// An engine failure: loading a model or running it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,6 +33,8 @@ pub struct LoadOptions {
     /// back-to-back runs of an expensive model, at the price of cores kept busy. Engines without
     /// such a thread pool ignore it.
     pub allow_spinning: bool,
+    /// Where the instance runs.
+    pub device: Device,
 }
 
 /// An inference engine (tract, ONNX Runtime, ...). Shared by all the models it loads.
@@ -47,6 +49,19 @@ pub trait Engine: Send + Sync {
     /// Reads the inputs and outputs a model file declares, full shapes with the batch dimension.
     fn signature(&self, path: &Path) -> Result<ModelSignature, EngineError> {
         Ok(self.prepare(path)?.signature().clone())
+    }
+
+    /// The GPUs this engine can place instances on (CUDA's indices), or why it has none. By
+    /// default an engine runs on the CPU only.
+    fn gpus(&self) -> Result<Vec<u32>, EngineError> {
+        Err(EngineError::new(format!("the {} engine runs on the CPU only", self.name())))
+    }
+
+    /// Checks that an instance can run on `gpu` with what its config asks for (the GPU exists, the
+    /// providers are there and load); the error says what is missing.
+    fn check_gpu(&self, gpu: &GpuPlacement) -> Result<(), EngineError> {
+        let _ = gpu;
+        self.gpus().map(drop)
     }
 
     /// Prepares a model for one instance only, as tools that run a model once do.

@@ -4,7 +4,8 @@
 //!   ([`DataType`], little-endian elements, the BYTES layout) is the [`wire`] crate, re-exported.
 //! - [`InferRequest`] / [`InferResponse`]: one inference, protocol-independent.
 //! - [`ModelConfig`]: a model's validated configuration, from any config format.
-//! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait.
+//! - [`Engine`] / [`ModelInstance`]: the synchronous engine trait; [`Device`]: where an instance
+//!   runs, with the GPU settings of its config.
 //! - [`Scheduler`]: admission control, priority queue and SLO-aware dynamic batching in front
 //!   of a model's instances; its policy is the pure [`BatchPlanner`] (see [`scheduler`]).
 //! - [`PredictionCache`]: the reply cache ([`cache_key`], local tier, single-flight, Redis tier).
@@ -14,6 +15,7 @@ compile_error!("rtserve keeps tensors in host order, which must be the little-en
 
 mod batch_input;
 mod cache;
+mod device;
 mod engine;
 mod error;
 mod model_config;
@@ -27,6 +29,9 @@ pub use batch_input::{batch_inputs, concat_rows, BatchError, BatchInput};
 pub use cache::{
     cache_enabled, cache_key, CacheError, CacheKey, CacheOptions, CacheOutcome, CacheStats, CachedOutputs,
     LatencySnapshot, PredictionCache, RedisOptions, RedisTls, CACHE_PARAMETER, LOOKUP_BUCKETS,
+};
+pub use device::{
+    ConvAlgoSearch, CudaOptions, Device, GpuAcceleration, GpuPlacement, Precision, TensorRtOptions,
 };
 pub use engine::{
     intra_op_threads_for, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, PreparedModel,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::DataType;
+use crate::{DataType, GpuAcceleration};
 
 /// The name, type and shape of one model input or output. When the model batches
 /// (`max_batch_size > 0`) the dims leave out the batch dimension, as in Triton. `-1` is dynamic.
@@ -39,8 +39,12 @@ impl InstanceKind {
 /// A group of identical model instances.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstanceGroup {
+    /// Instances per device: per listed GPU for `KIND_GPU`.
     pub count: u32,
     pub kind: InstanceKind,
+    /// `KIND_GPU`: the GPUs to place `count` instances on each of; empty: every GPU (or the
+    /// server's `--gpus`).
+    pub gpus: Vec<u32>,
 }
 
 /// What a queued request whose timeout expires gets.
@@ -119,6 +123,8 @@ pub struct ModelConfig {
     pub version_policy: VersionPolicy,
     /// File name inside each version folder.
     pub default_model_filename: String,
+    /// `optimization { execution_accelerators { gpu_execution_accelerator ... } }`.
+    pub gpu: GpuAcceleration,
 }
 
 impl ModelConfig {

@@ -107,7 +107,14 @@ fn engines(c: &mut Criterion) {
             for engine in &engines {
                 for threads in THREADS {
                     let mut instance = engine
-                        .load(&path, &LoadOptions { intra_op_threads: threads, allow_spinning: false })
+                        .load(
+                            &path,
+                            &LoadOptions {
+                                intra_op_threads: threads,
+                                allow_spinning: false,
+                                ..LoadOptions::default()
+                            },
+                        )
                         .unwrap_or_else(|e| panic!("{model} on {}: {e}", engine.name()));
                     let id = BenchmarkId::new(engine.name(), format!("batch={batch}/threads={threads}"));
                     group.bench_function(id, |b| {

@@ -130,6 +130,8 @@ fn tract_engine() -> Option<Arc<dyn Engine>> {
 fn onnxruntime_engine(library: Option<PathBuf>) -> Result<Arc<dyn Engine>, String> {
     use crate::onnxruntime::{OrtEngine, OrtOptions};
     let engine = OrtEngine::new(&OrtOptions { library }).map_err(|e| e.to_string())?;
+    // Says at start what there is for GPUs (the probe logs it), before a model asks.
+    engine.gpu_facts();
     Ok(Arc::new(engine))
 }
 

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use half::f16;
 use onnx_writer::{elem, identity_model, Dim, Io};
 use rtserve_core::{
-    DataType, Engine, LoadOptions, ModelInstance, NamedTensor, Tensor, TensorData, TensorSpec,
+    DataType, Device, Engine, GpuPlacement, LoadOptions, ModelInstance, NamedTensor, Tensor, TensorData,
+    TensorSpec,
 };
 use rtserve_engines::tract::TractEngine;
 use serde_json::Value;
@@ -186,10 +187,29 @@ fn thread_settings_change_speed_not_answers() {
     for engine in engines() {
         for (intra_op_threads, allow_spinning) in [(1, false), (2, false), (2, true)] {
             for model in ["mlp", "cnn"] {
-                let options = LoadOptions { intra_op_threads, allow_spinning };
+                let options = LoadOptions { intra_op_threads, allow_spinning, ..LoadOptions::default() };
                 check_against_expected(engine.as_ref(), model, &options);
             }
         }
+    }
+}
+
+/// On a host without a GPU (or a GPU build of ONNX Runtime) an instance asked for on a GPU is
+/// an error that says so, from both engines; never a panic, never a silent CPU instance.
+#[test]
+fn a_gpu_instance_without_a_gpu_is_an_error() {
+    for engine in engines() {
+        if engine.gpus().is_ok() {
+            eprintln!("{}: this host has a usable GPU; skipping", engine.name());
+            continue;
+        }
+        let prepared = engine.prepare(&model_path("mlp")).expect("prepare");
+        let options = LoadOptions { device: Device::Gpu(GpuPlacement::default()), ..LoadOptions::default() };
+        let err = prepared.instance(&options).err().expect("a GPU instance must fail here");
+        let text = err.to_string();
+        let expected = if engine.name() == "tract" { "runs on the CPU only" } else { "CUDA" };
+        assert!(text.contains(expected), "{}: {text}", engine.name());
+        assert!(!text.contains("panicked"), "{text}");
     }
 }
 
@@ -205,7 +225,10 @@ fn output_selection_order_and_repeats_on(engine: &dyn Engine) {
     let inputs: Vec<NamedTensor> =
         case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
     let mut instance = engine
-        .load(&model_path("two_io"), &LoadOptions { intra_op_threads: 1, allow_spinning: false })
+        .load(
+            &model_path("two_io"),
+            &LoadOptions { intra_op_threads: 1, allow_spinning: false, ..LoadOptions::default() },
+        )
         .expect("load");
     let names = |out: &[NamedTensor]| out.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
     let ask = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -435,7 +458,11 @@ fn instances_run_on_their_own_threads_on(engine: &dyn Engine) {
     let handles: Vec<_> = (0..3)
         .map(|_| {
             let mut instance: Box<dyn ModelInstance> = prepared
-                .instance(&LoadOptions { intra_op_threads: 1, allow_spinning: false })
+                .instance(&LoadOptions {
+                    intra_op_threads: 1,
+                    allow_spinning: false,
+                    ..LoadOptions::default()
+                })
                 .expect("instance");
             let inputs = inputs.clone();
             std::thread::spawn(move || (0..20).map(|_| instance.infer(&inputs, &[]).expect("infer")).last())

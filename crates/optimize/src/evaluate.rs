@@ -126,7 +126,11 @@ pub fn evaluate(
             OptimizeError::model(format!("{}: the model has no outputs", reference.display()))
         })?,
     };
-    let load = LoadOptions { intra_op_threads: options.intra_op_threads, allow_spinning: false };
+    let load = LoadOptions {
+        intra_op_threads: options.intra_op_threads,
+        allow_spinning: false,
+        ..LoadOptions::default()
+    };
     let mut ref_model = engine.load(reference, &load)?;
     let mut cand_model = engine.load(candidate, &load)?;
     let names = [output.clone()];

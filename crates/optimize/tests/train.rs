@@ -193,8 +193,9 @@ fn shaped_cnn(seed: u64) -> ModelProto {
 }
 
 fn run_file(engine: &dyn Engine, path: &Path, inputs: &[(&str, &[f32], &[usize])]) -> Vec<f32> {
-    let mut instance =
-        engine.load(path, &LoadOptions { intra_op_threads: 1, allow_spinning: false }).expect("load");
+    let mut instance = engine
+        .load(path, &LoadOptions { intra_op_threads: 1, allow_spinning: false, ..LoadOptions::default() })
+        .expect("load");
     let feeds: Vec<NamedTensor> = inputs
         .iter()
         .map(|(n, v, d)| NamedTensor {

@@ -26,7 +26,7 @@ mod triton_stats;
 pub use auth::{AuthConfig, TokenFileError};
 pub use connection::ConnectionLimits;
 pub use error::ServerError;
-pub use repository::{ModelControl, ModelControlMode};
+pub use repository::{GpuDefaults, ModelControl, ModelControlMode};
 pub use rtserve_core::{CacheOptions, RedisOptions, RedisTls};
 pub use serve::{serve, ServerConfig, StartError};
 pub use state::ServerState;

@@ -13,7 +13,7 @@ use crate::gpu_metrics::GpuCollector;
 use crate::listeners::{Listeners, Port};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
-use crate::repository::{ModelControl, ModelRepository, Serving};
+use crate::repository::{GpuDefaults, ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 use crate::tls::{Tls, TlsConfig, TlsError};
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub listen_when_ready: bool,
     pub engine: EngineChoice,
     pub ort_library: Option<PathBuf>,
+    /// `--gpus` and `--tensorrt-cache`.
+    pub gpus: GpuDefaults,
     pub max_request_bytes: usize,
     /// How long the server stays up, not ready but serving, after a shutdown signal, so that
     /// balancers see it go and send no more.
@@ -120,6 +122,7 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
             cache: cache.clone(),
             images,
             loads: metrics.model_loads(),
+            gpus: config.gpus.clone(),
         },
         config.model_control.clone(),
     ));

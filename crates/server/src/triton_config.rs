@@ -185,6 +185,7 @@ pub fn config_proto(config: &ModelConfig) -> proto::ModelConfig {
                 name: format!("{}_{i}", config.name),
                 kind: kind(g.kind),
                 count: g.count as i32,
+                gpus: g.gpus.iter().map(|&id| id as i32).collect(),
                 ..Default::default()
             })
             .collect(),

@@ -68,7 +68,11 @@ impl RunModel {
             None => configured_threads(&config).map_err(|e| failed(e.to_string()))?.unwrap_or(0),
         };
         let instance = prepared
-            .instance(&LoadOptions { intra_op_threads: threads, allow_spinning: false })
+            .instance(&LoadOptions {
+                intra_op_threads: threads,
+                allow_spinning: false,
+                ..LoadOptions::default()
+            })
             .map_err(|e| failed(e.to_string()))?;
         let outputs = config.outputs.iter().map(|o| o.name.clone()).collect();
         Ok(RunModel { config, preprocess, folder, engine, instance, outputs })

@@ -12,6 +12,7 @@ mod batching;
 mod cache;
 mod client;
 mod errors;
+mod gpu;
 mod grpc;
 mod http;
 mod images;

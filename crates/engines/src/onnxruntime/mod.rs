@@ -8,11 +8,16 @@
 //! - `runtime`: loading it once per process and the one ONNX Runtime environment.
 //! - `convert`: rtserve tensors to and from ONNX Runtime values.
 //! - `instance`: a loaded session as a [`ModelInstance`].
+//! - `gpu`: whether a GPU instance can run here, and why not; `wheels`: the CUDA libraries of
+//!   the PyPI wheels; `providers`: the CUDA and TensorRT providers of a GPU instance.
 
 mod convert;
+mod gpu;
 mod instance;
 mod library;
+mod providers;
 mod runtime;
+mod wheels;
 
 use std::path::{Path, PathBuf};
 
@@ -20,14 +25,17 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{Outlet, ValueType};
 use rtserve_core::{
-    Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, PreparedModel, TensorSpec,
+    Device, Engine, EngineError, GpuPlacement, LoadOptions, ModelInstance, ModelSignature, PreparedModel,
+    TensorSpec,
 };
 
+pub use gpu::GpuFacts;
 pub use library::{
     locate_library, FROM_ENV, FROM_EXPLICIT_PATH, FROM_PYTHON_PACKAGE, FROM_SYSTEM, LIBRARY_ENV,
 };
 
 use self::instance::OrtInstance;
+use self::providers::execution_providers;
 use self::runtime::{catch_panic, runtime, Runtime};
 
 /// How to set up ONNX Runtime.
@@ -63,14 +71,22 @@ impl OrtEngine {
     pub fn found_by(&self) -> &'static str {
         self.runtime.found_by
     }
+
+    /// What this host and library offer for GPUs (probed once per process).
+    pub fn gpu_facts(&self) -> &'static GpuFacts {
+        GpuFacts::of(self.runtime)
+    }
 }
 
 /// How to build one session.
-struct SessionSettings {
+struct SessionSettings<'a> {
     optimization: GraphOptimizationLevel,
     /// Threads per inference; 0: ONNX Runtime's default, one per physical core.
     intra_threads: usize,
     spinning: bool,
+    /// The GPU and its providers, with the model's inputs (for TensorRT's profile); `None`:
+    /// the CPU.
+    gpu: Option<(&'a GpuPlacement, &'a [TensorSpec])>,
 }
 
 /// Creates a session for the model at `path` with sequential graph execution.
@@ -83,6 +99,9 @@ fn session(runtime: &Runtime, path: &Path, settings: &SessionSettings) -> Result
         builder = builder.with_intra_op_spinning(settings.spinning).map_err(text)?;
         if settings.intra_threads > 0 {
             builder = builder.with_intra_threads(settings.intra_threads).map_err(text)?;
+        }
+        if let Some((gpu, inputs)) = settings.gpu {
+            builder = builder.with_execution_providers(execution_providers(gpu, inputs)).map_err(text)?;
         }
         builder.commit_from_file(path).map_err(|e| e.to_string())
     };
@@ -103,6 +122,7 @@ impl Engine for OrtEngine {
             optimization: GraphOptimizationLevel::Disable,
             intra_threads: 1,
             spinning: false,
+            gpu: None,
         };
         let declared = session(self.runtime, path, &reading)?;
         let specs = |outlets: &[Outlet], what: &str| -> Result<Vec<TensorSpec>, EngineError> {
@@ -113,6 +133,15 @@ impl Engine for OrtEngine {
             outputs: specs(declared.outputs(), "output")?,
         };
         Ok(Box::new(OrtModel { runtime: self.runtime, path: path.to_path_buf(), signature }))
+    }
+
+    /// The GPUs NVML counts, when this library has a CUDA provider that loads.
+    fn gpus(&self) -> Result<Vec<u32>, EngineError> {
+        self.gpu_facts().gpus().map_err(EngineError::new)
+    }
+
+    fn check_gpu(&self, gpu: &GpuPlacement) -> Result<(), EngineError> {
+        self.gpu_facts().check(gpu).map_err(EngineError::new)
     }
 }
 
@@ -134,10 +163,15 @@ impl PreparedModel for OrtModel {
     /// prepacked-weights container saved nothing measurable (docs/scheduling.md, "One model,
     /// several instances").
     fn instance(&self, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+        let gpu = match &options.device {
+            Device::Cpu => None,
+            Device::Gpu(gpu) => Some((gpu, self.signature.inputs.as_slice())),
+        };
         let settings = SessionSettings {
             optimization: GraphOptimizationLevel::All,
             intra_threads: options.intra_op_threads,
             spinning: options.allow_spinning,
+            gpu,
         };
         let session = session(self.runtime, &self.path, &settings)?;
         Ok(Box::new(OrtInstance::new(session)))

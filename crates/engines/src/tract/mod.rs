@@ -13,8 +13,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rtserve_core::{
-    BatchInput, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor, PreparedModel,
-    Tensor, TensorSpec,
+    BatchInput, Device, Engine, EngineError, LoadOptions, ModelInstance, ModelSignature, NamedTensor,
+    PreparedModel, Tensor, TensorSpec,
 };
 use tract_onnx::prelude::*;
 
@@ -113,7 +113,14 @@ impl PreparedModel for TractModel {
     }
 
     /// tract runs an inference on the calling thread: the options do not apply.
-    fn instance(&self, _options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+    /// An instance on the CPU (tract has no GPU backend: a GPU device is an error).
+    fn instance(&self, options: &LoadOptions) -> Result<Box<dyn ModelInstance>, EngineError> {
+        if let Device::Gpu(gpu) = &options.device {
+            return Err(EngineError::new(format!(
+                "the tract engine runs on the CPU only, not on gpu {}",
+                gpu.id
+            )));
+        }
         let mut instance = TractInstance {
             plans: self.plans.clone(),
             states: HashMap::new(),

@@ -16,7 +16,7 @@ use super::{app, HEADER_LENGTH};
 use crate::auth::{Auth, AuthConfig};
 use crate::metrics::Metrics;
 use crate::preprocess::ImagePool;
-use crate::repository::{ModelControl, ModelRepository, Serving};
+use crate::repository::{GpuDefaults, ModelControl, ModelRepository, Serving};
 use crate::scrape::ScrapeCollector;
 use crate::state::ServerState;
 use crate::ServerError;
@@ -39,6 +39,7 @@ async fn state_with_auth(max_request_bytes: usize, auth: Auth) -> Arc<ServerStat
         cache: cache.clone(),
         images: Arc::new(ImagePool::new(1, 1 << 20).expect("image pool")),
         loads: metrics.model_loads(),
+        gpus: GpuDefaults::default(),
     };
     let engines = Engines::new(EngineChoice::Tract, None).expect("tract");
     let repository = Arc::new(ModelRepository::new(vec![root], engines, serving, ModelControl::default()));

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rtserve_core::{
-    DataType, DynamicBatching, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy, TensorSpec,
-    TimeoutAction, VersionPolicy,
+    DataType, DynamicBatching, GpuAcceleration, InstanceGroup, InstanceKind, ModelConfig, QueuePolicy,
+    TensorSpec, TimeoutAction, VersionPolicy,
 };
 use rtserve_engines::{is_tflite, TFLITE_FILENAME, TFLITE_PLATFORM};
 use serde::Deserialize;
 
+use super::accelerators::RawOptimization;
 use super::pbtxt;
 
 /// The file name the model is loaded from when a config does not say.
@@ -34,6 +35,7 @@ struct RawConfig {
     default_model_filename: Option<String>,
     /// rtserve's `[preprocess]` table: the same keys as the `preprocess.<key>` parameters.
     preprocess: Option<BTreeMap<String, RawValue>>,
+    optimization: Option<RawOptimization>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,7 +104,7 @@ struct RawSpecific {
 /// A parameter value: config.pbtxt gives strings, config.toml may give numbers or booleans.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum RawScalar {
+pub(super) enum RawScalar {
     String(String),
     Int(i64),
     Float(f64),
@@ -151,7 +153,7 @@ fn with_preprocess(
 }
 
 impl RawScalar {
-    fn into_string(self) -> String {
+    pub(super) fn into_string(self) -> String {
         match self {
             RawScalar::String(s) => s,
             RawScalar::Int(i) => i.to_string(),
@@ -162,11 +164,21 @@ impl RawScalar {
 }
 
 /// Fields that text format may give once but that are lists.
-const REPEATED: &[&str] =
-    &["input", "output", "instance_group", "dims", "preferred_batch_size", "versions", "gpus"];
+const REPEATED: &[&str] = &[
+    "input",
+    "output",
+    "instance_group",
+    "dims",
+    "preferred_batch_size",
+    "versions",
+    "gpus",
+    "gpu_execution_accelerator",
+    "cpu_execution_accelerator",
+];
 
 /// Makes the schema-less text-format tree fit the schema: singletons of repeated fields become
-/// lists, and Triton's `parameters { key value { string_value } }` entries become a map.
+/// lists, and Triton's `parameters { key value { string_value } }` entries (or `{ key value }`
+/// with a plain string, as an accelerator's parameters are written) become a map.
 fn normalize(value: &mut serde_json::Value) {
     let serde_json::Value::Object(map) = value else { return };
     for (key, field) in map.iter_mut() {
@@ -192,7 +204,8 @@ fn parameter_map(value: serde_json::Value) -> serde_json::Value {
         .into_iter()
         .filter_map(|entry| {
             let key = entry.get("key")?.as_str()?.to_string();
-            let value = entry.get("value").and_then(|v| v.get("string_value")).cloned().unwrap_or_default();
+            let value = entry.get("value")?;
+            let value = if value.is_string() { value.clone() } else { value.get("string_value")?.clone() };
             Some((key, value))
         })
         .collect();
@@ -346,10 +359,13 @@ impl RawConfig {
                     ))
                     }
                 };
-                if !g.gpus.is_empty() || g.name.is_some() {
-                    tracing::debug!(model = dir_name, "instance_group name/gpus are accepted but not used");
+                if !g.gpus.is_empty() && kind != InstanceKind::Gpu {
+                    return Err(format!("instance_group gpus {:?} need kind KIND_GPU", g.gpus));
                 }
-                Ok(InstanceGroup { count: g.count.unwrap_or(1), kind })
+                if g.name.is_some() {
+                    tracing::debug!(model = dir_name, "instance_group name is accepted but not used");
+                }
+                Ok(InstanceGroup { count: g.count.unwrap_or(1), kind, gpus: g.gpus })
             })
             .collect::<Result<Vec<_>, String>>()?;
         let dynamic_batching = self.dynamic_batching.map(|d| d.validate()).transpose()?;
@@ -382,6 +398,11 @@ impl RawConfig {
             parameters: with_preprocess(self.parameters, self.preprocess)?,
             version_policy,
             default_model_filename: self.default_model_filename.unwrap_or_default(),
+            gpu: GpuAcceleration::default(),
+        };
+        config.gpu = match self.optimization {
+            Some(optimization) => optimization.validate(&config.name, config.max_batch_size)?,
+            None => GpuAcceleration::default(),
         };
         if config.default_model_filename.is_empty() {
             let file = if is_tflite(&config) { TFLITE_FILENAME } else { DEFAULT_MODEL_FILENAME };
@@ -471,7 +492,10 @@ mod tests {
             vec![TensorSpec { name: "x".into(), data_type: DataType::Fp32, dims: vec![3, -1] }]
         );
         assert_eq!(config.outputs[0].dims, vec![3]);
-        assert_eq!(config.instance_group, vec![InstanceGroup { count: 2, kind: InstanceKind::Cpu }]);
+        assert_eq!(
+            config.instance_group,
+            vec![InstanceGroup { count: 2, kind: InstanceKind::Cpu, gpus: vec![] }]
+        );
         let batching = config.dynamic_batching.expect("dynamic batching");
         assert_eq!(batching.preferred_batch_size, vec![4, 8]);
         assert_eq!(batching.max_queue_delay_microseconds, 100);

@@ -18,6 +18,9 @@ pub enum LoadError {
     /// A model parameter (threads, spinning, preprocessing) with a value it cannot take.
     #[error("{0}")]
     Parameter(String),
+    /// An instance group that cannot be placed (no GPU, no GPU provider, a missing library).
+    #[error("{0}")]
+    Placement(String),
     /// The config declares what the graph does not have.
     #[error("{0}")]
     Mismatch(String),

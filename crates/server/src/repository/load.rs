@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use rtserve_core::scheduler::one_row_time;
 use rtserve_core::{
-    intra_op_threads_for, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature, PredictionCache,
-    PreparedModel, Scheduler, SchedulerOptions, TensorSpec,
+    intra_op_threads_for, Device, Engine, LoadOptions, ModelConfig, ModelInstance, ModelSignature,
+    PredictionCache, PreparedModel, Scheduler, SchedulerOptions, TensorSpec,
 };
 use rtserve_engines::{Engines, TFLITE_FILENAME, TFLITE_PLATFORM};
 
@@ -18,6 +18,7 @@ use crate::preprocess::{preprocess_spec, ImagePool, Preprocessor};
 
 use super::config_file::{read_config, DEFAULT_MODEL_FILENAME};
 use super::content::content_identity;
+use super::placement::{placements, GpuDefaults};
 use super::LoadError;
 use crate::model::LoadedModel;
 
@@ -94,6 +95,8 @@ pub struct Serving {
     pub images: Arc<ImagePool>,
     /// Loads by model and outcome (`rtserve_model_loads_total`).
     pub loads: prometheus::IntCounterVec,
+    /// Where `KIND_GPU` instances go when their config does not say.
+    pub gpus: GpuDefaults,
 }
 
 /// Adds the model's preprocessing (from its config) and labels.
@@ -125,8 +128,9 @@ fn load_version(
         Some(config) => check_against_signature(config, signature).map_err(LoadError::Mismatch)?,
         None => infer_config(base.clone(), signature),
     };
-    let count = config.instance_count();
-    let Instances { instances, threads, spinning } = load_instances(prepared.as_ref(), &config, count)?;
+    let devices = placements(&config, engine, &serving.gpus)?;
+    let count = devices.len();
+    let Instances { instances, threads, spinning } = load_instances(prepared.as_ref(), &config, &devices)?;
     // A file written while the engine read it would be served under the wrong identity.
     if content_identity(path.parent().unwrap_or(path))? != content {
         return Err(LoadError::Layout(format!(
@@ -140,8 +144,9 @@ fn load_version(
     };
     let scheduler = Scheduler::start(&config, instances, &scheduling)?;
     let policy = scheduler.policy();
+    let devices: Vec<String> = devices.iter().map(Device::describe).collect();
     tracing::info!(
-        model = %config.name, version, engine = engine.name(), instances = count,
+        model = %config.name, version, engine = engine.name(), instances = count, devices = ?devices,
         threads, spinning, batching = policy.batching, slo = ?policy.slo,
         cache = config.response_cache, content = %content, "loaded {}", path.display()
     );
@@ -173,17 +178,19 @@ struct Instances {
     spinning: bool,
 }
 
-/// Starts `count` instances of a prepared model. Threads: the `intra_op_threads` parameter, else chosen by [`intra_op_threads_for`]
+/// Starts one instance of a prepared model per device. Threads: the `intra_op_threads` parameter, else chosen by [`intra_op_threads_for`]
 /// from a timed one-row run on an instance given the cores split across instances (one thread
 /// for a cheap model, those cores for an expensive one). Spinning: only with `allow_spinning`.
 fn load_instances(
     model: &dyn PreparedModel,
     config: &ModelConfig,
-    count: usize,
+    devices: &[Device],
 ) -> Result<Instances, LoadError> {
+    let count = devices.len();
     let spinning = allow_spinning(config)?;
-    let load =
-        |intra_op_threads: usize| model.instance(&LoadOptions { intra_op_threads, allow_spinning: spinning });
+    let load = |intra_op_threads: usize, device: &Device| {
+        model.instance(&LoadOptions { intra_op_threads, allow_spinning: spinning, device: device.clone() })
+    };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cores_each = (cores / count.max(1)).max(1);
     let mut instances = Vec::with_capacity(count);
@@ -191,7 +198,7 @@ fn load_instances(
         Some(threads) => threads,
         None if cores_each == 1 => 1,
         None => {
-            let mut probe = load(cores_each)?;
+            let mut probe = load(cores_each, &devices[0])?;
             let threads = match one_row_time(probe.as_mut(), config, THREAD_CHOICE_ROUNDS) {
                 Ok(one_row) => {
                     let threads = intra_op_threads_for(one_row, cores_each);
@@ -212,8 +219,8 @@ fn load_instances(
             threads
         }
     };
-    while instances.len() < count {
-        instances.push(load(threads)?);
+    for device in &devices[instances.len()..] {
+        instances.push(load(threads, device)?);
     }
     Ok(Instances { instances, threads, spinning })
 }
@@ -389,8 +396,8 @@ mod tests {
     fn loads(parameters: &[(&str, &str)], count: usize, run: Duration) -> Result<Vec<(usize, bool)>, String> {
         let signature = ModelSignature { inputs: Vec::new(), outputs: Vec::new() };
         let engine = Recorder { loads: Mutex::new(Vec::new()), run, signature };
-        let Instances { instances, threads, spinning } = load_instances(&engine, &config(parameters), count)
-            .map_err(|e| match e {
+        let Instances { instances, threads, spinning } =
+            load_instances(&engine, &config(parameters), &vec![Device::Cpu; count]).map_err(|e| match e {
                 LoadError::Parameter(reason) => reason,
                 other => panic!("a bad parameter is a LoadError::Parameter, not {other:?}"),
             })?;

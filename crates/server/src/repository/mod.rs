@@ -2,6 +2,7 @@
 //! load and unload. A model that fails to load is reported and the others keep serving; a
 //! reload that fails leaves the previous versions serving.
 
+mod accelerators;
 mod config_file;
 mod content;
 mod control;
@@ -9,6 +10,7 @@ mod error;
 mod load;
 mod load_request;
 mod pbtxt;
+mod placement;
 mod poll;
 
 use std::collections::BTreeMap;
@@ -24,6 +26,7 @@ pub use control::{ModelControl, ModelControlMode, StartupModels};
 pub use error::LoadError;
 pub use load::{check_against_signature, configured_threads, infer_config, Serving, INFERRED_MAX_BATCH_SIZE};
 pub use load_request::RepositoryParameter;
+pub use placement::{GpuDefaults, ALLOW_CPU_FALLBACK_PARAMETER};
 
 use load_request::{LoadRequest, UnloadRequest};
 

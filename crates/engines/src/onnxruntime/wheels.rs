@@ -1,0 +1,186 @@
+//! Finding the CUDA, cuDNN and TensorRT libraries where their PyPI wheels put them.
+//!
+//! `pip install onnxruntime-gpu nvidia-cudnn-cu12 tensorrt-cu12-libs ...` puts ONNX Runtime in
+//! `site-packages/onnxruntime/capi/`, NVIDIA's libraries in `site-packages/nvidia/<part>/lib/`
+//! and TensorRT's in `site-packages/tensorrt_libs/`. None of those folders is on the dynamic
+//! loader's path, and the provider libraries (`libonnxruntime_providers_cuda.so`, `..._tensorrt.so`)
+//! ask for them by soname (`libcudnn.so.9`). Loading them by full path first makes the loader
+//! find them by soname, which is what ONNX Runtime's own Python package does
+//! (`onnxruntime.preload_dylibs`). Libraries on the system path need none of this.
+
+use std::path::{Path, PathBuf};
+
+/// The `site-packages/nvidia/<part>/lib` folders that the CUDA and TensorRT providers draw on,
+/// in the order they are loaded (dependencies first).
+const NVIDIA_PARTS: &[&str] =
+    &["cuda_runtime", "cuda_nvrtc", "nvjitlink", "cublas", "cufft", "curand", "cudnn"];
+/// TensorRT's wheel (`tensorrt-cu12-libs`) keeps its libraries here, beside `nvidia/`.
+const TENSORRT_FOLDER: &str = "tensorrt_libs";
+
+/// The wheel library folders that exist beside the ONNX Runtime library at `ort_library`: the
+/// `site-packages` holding it is the nearest ancestor with an `nvidia/` or `tensorrt_libs/`
+/// folder. Empty when ONNX Runtime is not installed from a wheel.
+pub fn wheel_library_dirs(ort_library: &Path) -> Vec<PathBuf> {
+    let Some(site) = ort_library
+        .ancestors()
+        .skip(1)
+        .take(4)
+        .find(|dir| dir.join("nvidia").is_dir() || dir.join(TENSORRT_FOLDER).is_dir())
+    else {
+        return Vec::new();
+    };
+    NVIDIA_PARTS
+        .iter()
+        .map(|part| site.join("nvidia").join(part).join("lib"))
+        .chain(std::iter::once(site.join(TENSORRT_FOLDER)))
+        .filter(|dir| dir.is_dir())
+        .collect()
+}
+
+/// Shared libraries (`lib*.so*`) in `dirs`, in folder order then name order.
+pub fn libraries_in(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        let mut names: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("lib") && n.contains(".so"))
+            })
+            .collect();
+        names.sort();
+        found.extend(names);
+    }
+    found
+}
+
+/// Loads every library with `load`, again and again while some load that did not before (one
+/// may need another that comes later in the list). Returns the ones that never loaded, each
+/// with its last error.
+pub fn preload(
+    libraries: Vec<PathBuf>,
+    mut load: impl FnMut(&Path) -> Result<(), String>,
+) -> Vec<(PathBuf, String)> {
+    let mut pending: Vec<(PathBuf, String)> = libraries.into_iter().map(|p| (p, String::new())).collect();
+    loop {
+        let before = pending.len();
+        pending.retain_mut(|(path, error)| match load(path) {
+            Ok(()) => false,
+            Err(e) => {
+                *error = e;
+                true
+            }
+        });
+        if pending.is_empty() || pending.len() == before {
+            return pending;
+        }
+    }
+}
+
+/// The PyPI package that ships a library the dynamic loader could not find, read from its
+/// message (`libcudnn.so.9: cannot open shared object file: ...`): the soname and the package.
+pub fn missing_library(loader_error: &str) -> Option<(String, &'static str)> {
+    const PACKAGES: &[(&str, &str)] = &[
+        ("libcudnn", "nvidia-cudnn-cu12"),
+        ("libcublas", "nvidia-cublas-cu12"),
+        ("libcudart", "nvidia-cuda-runtime-cu12"),
+        ("libcufft", "nvidia-cufft-cu12"),
+        ("libcurand", "nvidia-curand-cu12"),
+        ("libnvrtc", "nvidia-cuda-nvrtc-cu12"),
+        ("libnvJitLink", "nvidia-nvjitlink-cu12"),
+        ("libnvinfer", "tensorrt-cu12-libs"),
+        ("libnvonnxparser", "tensorrt-cu12-libs"),
+    ];
+    let (soname, _) = loader_error.split_once(": cannot open shared object file")?;
+    let soname = soname.rsplit(": ").next().unwrap_or(soname).trim().to_string();
+    let package = PACKAGES.iter().find(|(prefix, _)| soname.starts_with(prefix)).map(|(_, p)| *p)?;
+    Some((soname, package))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rtserve-wheels-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, b"x").expect("write");
+    }
+
+    #[test]
+    fn finds_the_wheels_beside_onnxruntime() {
+        let site = temp_dir("layout");
+        let ort = site.join("onnxruntime/capi/libonnxruntime.so.1.23.2");
+        touch(&ort);
+        touch(&site.join("nvidia/cudnn/lib/libcudnn.so.9"));
+        touch(&site.join("nvidia/cudnn/lib/libcudnn_ops.so.9"));
+        touch(&site.join("nvidia/cuda_runtime/lib/libcudart.so.12"));
+        touch(&site.join("nvidia/nccl/lib/libnccl.so.2"));
+        touch(&site.join("nvidia/cudnn/include/cudnn.h"));
+        touch(&site.join("tensorrt_libs/libnvinfer.so.10"));
+
+        let dirs = wheel_library_dirs(&ort);
+        let expected: Vec<PathBuf> = ["nvidia/cuda_runtime/lib", "nvidia/cudnn/lib", "tensorrt_libs"]
+            .iter()
+            .map(|d| site.join(d))
+            .collect();
+        assert_eq!(dirs, expected, "dependencies first, parts the providers do not use left out");
+        let names: Vec<String> = libraries_in(&dirs)
+            .iter()
+            .map(|p| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(names, ["libcudart.so.12", "libcudnn.so.9", "libcudnn_ops.so.9", "libnvinfer.so.10"]);
+
+        let elsewhere = temp_dir("system");
+        touch(&elsewhere.join("lib/libonnxruntime.so"));
+        assert!(wheel_library_dirs(&elsewhere.join("lib/libonnxruntime.so")).is_empty());
+        let _ = std::fs::remove_dir_all(&site);
+        let _ = std::fs::remove_dir_all(&elsewhere);
+    }
+
+    #[test]
+    fn preload_retries_until_dependencies_are_in() {
+        // c needs b, b needs a; listed in the wrong order. d never loads.
+        let libraries: Vec<PathBuf> = ["c", "b", "d", "a"].iter().map(PathBuf::from).collect();
+        let mut loaded: Vec<String> = Vec::new();
+        let failed = preload(libraries, |path| {
+            let name = path.to_string_lossy().to_string();
+            let needs = match name.as_str() {
+                "c" => Some("b"),
+                "b" => Some("a"),
+                "d" => return Err("d: cannot open shared object file".to_string()),
+                _ => None,
+            };
+            match needs {
+                Some(dep) if !loaded.iter().any(|l| l == dep) => Err(format!("{dep} missing")),
+                _ => {
+                    loaded.push(name);
+                    Ok(())
+                }
+            }
+        });
+        assert_eq!(loaded, ["a", "b", "c"]);
+        assert_eq!(failed, vec![(PathBuf::from("d"), "d: cannot open shared object file".to_string())]);
+    }
+
+    #[test]
+    fn names_the_missing_library_and_its_wheel() {
+        let glibc = "/site/onnxruntime/capi/libonnxruntime_providers_cuda.so: libcudnn.so.9: \
+                     cannot open shared object file: No such file or directory";
+        assert_eq!(missing_library(glibc), Some(("libcudnn.so.9".to_string(), "nvidia-cudnn-cu12")));
+        let trt = "libnvinfer.so.10: cannot open shared object file: No such file or directory";
+        assert_eq!(missing_library(trt), Some(("libnvinfer.so.10".to_string(), "tensorrt-cu12-libs")));
+        assert_eq!(missing_library("libfoo.so.1: cannot open shared object file"), None);
+        assert_eq!(missing_library("undefined symbol: cudaGraphExecUpdate"), None);
+    }
+}
