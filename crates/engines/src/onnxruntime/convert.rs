@@ -66,7 +66,7 @@ pub(crate) fn to_input<'a>(input: &BatchInput<'a>) -> Result<SessionInputValue<'
         DataType::Fp16 => decode_input::<f16>(shape, input)?,
         DataType::Fp32 => decode_input::<f32>(shape, input)?,
         DataType::Fp64 => decode_input::<f64>(shape, input)?,
-        DataType::Bytes => return strings_to_input(shape, input),
+        DataType::Bytes => strings_input(shape, input)?,
     };
     Ok(SessionInputValue::Owned(value))
 }
@@ -89,13 +89,10 @@ impl Utf8Data for ByteString {
     }
 }
 
-fn strings_to_input(
-    shape: Vec<usize>,
-    input: &BatchInput<'_>,
-) -> Result<SessionInputValue<'static>, EngineError> {
+pub(crate) fn strings_input(shape: Vec<usize>, input: &BatchInput<'_>) -> Result<DynValue, EngineError> {
     let items: Vec<ByteString> = input.strings().cloned().map(ByteString).collect();
     OrtTensor::from_string_array((shape, &items[..]))
-        .map(|t| SessionInputValue::Owned(t.into_dyn()))
+        .map(OrtTensor::into_dyn)
         .map_err(|e| EngineError::new(format!("onnxruntime: building a string tensor: {e}")))
 }
 

@@ -9,7 +9,8 @@
 //! - `convert`: rtserve tensors to and from ONNX Runtime values.
 //! - `instance`: a loaded session as a [`ModelInstance`].
 //! - `gpu`: whether a GPU instance can run here, and why not; `wheels`: the CUDA libraries of
-//!   the PyPI wheels; `providers`: the CUDA and TensorRT providers of a GPU instance.
+//!   the PyPI wheels; `providers`: the CUDA and TensorRT providers of a GPU instance;
+//!   `staging`: its batches through pinned host memory and I/O binding.
 
 mod convert;
 mod gpu;
@@ -17,6 +18,7 @@ mod instance;
 mod library;
 mod providers;
 mod runtime;
+mod staging;
 mod wheels;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ pub use library::{
 use self::instance::OrtInstance;
 use self::providers::execution_providers;
 use self::runtime::{catch_panic, runtime, Runtime};
+use self::staging::Staging;
 
 /// How to set up ONNX Runtime.
 #[derive(Debug, Clone, Default)]
@@ -174,7 +177,14 @@ impl PreparedModel for OrtModel {
             gpu,
         };
         let session = session(self.runtime, &self.path, &settings)?;
-        Ok(Box::new(OrtInstance::new(session)))
+        let instance = OrtInstance::new(session);
+        Ok(match options.device {
+            Device::Cpu => Box::new(instance),
+            Device::Gpu(_) => {
+                let staging = Staging::pinned(instance.session())?;
+                Box::new(instance.with_staging(staging))
+            }
+        })
     }
 }
 
