@@ -198,7 +198,7 @@ mod tests {
                     assert_eq!(w.tensor.raw(), g.tensor.raw(), "{model} output {}", w.name);
                 }
             }
-            let err = staged.infer_batch(&batch, &["nope".to_string()]).err().expect("an unknown output");
+            let err = staged.infer_batch(&batch, &["nope".to_string()]).expect_err("an unknown output");
             assert!(err.to_string().contains("the model has no output 'nope'"), "{err}");
         }
     }
