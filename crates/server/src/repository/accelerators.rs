@@ -105,6 +105,9 @@ fn tensorrt(parameters: BTreeMap<String, String>) -> Result<TensorRtOptions, Str
             "max_workspace_size_bytes" => options.max_workspace_bytes = Some(number(key, value)?),
             "minimum_segment_size" => options.minimum_segment_size = Some(number(key, value)?),
             "trt_engine_cache_enable" => options.engine_cache = Some(boolean(key, value)?),
+            "trt_engine_cache_path" if value.contains('\0') => {
+                return Err("trt_engine_cache_path holds a NUL byte".to_string())
+            }
             "trt_engine_cache_path" => options.engine_cache_path = Some(PathBuf::from(value)),
             other => return Err(unknown(other, TENSORRT_KEYS)),
         }
