@@ -333,7 +333,7 @@ fn images_through_preprocessing_to_top_k_labels() {
 }
 
 #[test]
-fn bad_inputs_exit_2_and_a_bad_model_1() {
+fn bad_inputs_and_bad_model_files_exit_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mlp = example("mlp");
     let path = |name: &str| dir.path().join(name);
@@ -403,7 +403,7 @@ fn bad_inputs_exit_2_and_a_bad_model_1() {
     assert!(err.contains("wrong_shape.npy: input 'input' has shape"), "{err}");
     assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).expect("dir").next().is_none());
 
-    // A config that does not fit the graph is the model's failure: exit code 1. The same
+    // A config that does not fit the graph is bad input too: exit code 2. The same
     // config fitted to the graph, given by path for a model file outside any repository, runs.
     let loose = path("loose.onnx");
     std::fs::copy(&mlp, &loose).expect("copy model");
@@ -411,17 +411,24 @@ fn bad_inputs_exit_2_and_a_bad_model_1() {
     let mlp_config = std::fs::read_to_string(root().join("examples/model_repository/mlp/config.pbtxt"))
         .expect("mlp config");
     std::fs::write(&config, mlp_config.replace("dims: [ 784 ]", "dims: [ 100 ]")).expect("write");
-    let err = fails(&run(&["--model", s(&loose), "--config", s(&config), s(&good)]), 1);
+    let err = fails(&run(&["--model", s(&loose), "--config", s(&config), s(&good)]), 2);
     assert!(err.contains("config input 'input' has shape [-1, 100] (batch included)"), "{err}");
     std::fs::write(&config, &mlp_config).expect("write");
     assert!(run(&["--model", s(&loose), "--config", s(&config), s(&good)]).status.success());
 
-    // The model file itself: exit code 1.
+    // The model file itself: not ONNX, of no type run reads, missing: exit code 2.
     let garbage = path("garbage.onnx");
     std::fs::write(&garbage, b"\xff\xff\xff\xff not protobuf").expect("write");
-    let err = fails(&run(&["--model", s(&garbage), s(&good)]), 1);
+    let err = fails(&run(&["--model", s(&garbage), s(&good)]), 2);
     assert!(err.contains("garbage.onnx"), "{err}");
-    let err = fails(&run(&["--model", s(&path("nowhere.onnx")), s(&good)]), 1);
+    let unknown = path("model.bin");
+    std::fs::write(&unknown, b"\xff\xff\xff\xff not protobuf").expect("write");
+    let err = fails(&run(&["--model", s(&unknown), s(&good)]), 2);
+    assert!(
+        err.contains("model.bin") && err.contains("reads ONNX (.onnx) and TFLite (.tflite) model files"),
+        "{err}"
+    );
+    let err = fails(&run(&["--model", s(&path("nowhere.onnx")), s(&good)]), 2);
     assert!(err.contains("nowhere.onnx: no such model file"), "{err}");
 }
 
@@ -451,7 +458,7 @@ fn help_explains_each_flag() {
 /// TFLite files (`examples/edge`, converted by TensorFlow) run on tract whatever `--engine`
 /// says and match Google's interpreter (LiteRT) on the same input: the float CNN and its full
 /// INT8 conversion (int8 tensors in and out). A file tract-tflite cannot read (a run-time batch)
-/// and a truncated flatbuffer fail as models do (exit 1), naming the cause.
+/// and a truncated flatbuffer are bad input (exit 2), naming the cause.
 #[test]
 fn tflite_models_run_on_tract_and_match_litert() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -479,12 +486,12 @@ fn tflite_models_run_on_tract_and_match_litert() {
     }
 
     let unreadable = edge.join("fashion_cnn_int8_dynamic_batch.tflite");
-    let err = fails(&rtserve(&["--model", s(&unreadable), s(&input)], None), 1);
+    let err = fails(&rtserve(&["--model", s(&unreadable), s(&input)], None), 2);
     assert!(err.contains("fashion_cnn_int8_dynamic_batch.tflite") && err.contains("STRIDED_SLICE"), "{err}");
     let model = edge.join("fashion_cnn_float.tflite");
     let bytes = std::fs::read(&model).expect("read model");
     let truncated = dir.path().join("truncated.tflite");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    let err = fails(&rtserve(&["--model", s(&truncated), s(&input)], None), 1);
+    let err = fails(&rtserve(&["--model", s(&truncated), s(&input)], None), 2);
     assert!(err.contains("truncated.tflite"), "{err}");
 }

@@ -22,7 +22,7 @@ use timing::Timings;
 /// `rtserve run` flags.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The ONNX model file.
+    /// The model file: ONNX (.onnx) or TFLite (.tflite, run on tract).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
 
@@ -97,10 +97,13 @@ pub struct RunArgs {
 /// Why a run failed; each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// An input (or a flag about inputs) that cannot be run: exit code 2.
+    /// What the user gave cannot be used: an input or a flag about inputs, a model or config
+    /// file that is missing, unreadable (a corrupt flatbuffer, not an ONNX file) or does not fit
+    /// the graph: exit code 2.
     #[error("{0}")]
     Input(String),
-    /// The model does not load or run, or an output cannot be written: exit code 1.
+    /// The engine cannot start, an instance cannot be made, inference fails, or an output cannot
+    /// be written: exit code 1.
     #[error("{0}")]
     Failed(String),
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rtserve_core::{Engine, LoadOptions, ModelConfig, ModelInstance, NamedTensor};
+use rtserve_core::{Engine, EngineError, LoadOptions, ModelConfig, ModelInstance, NamedTensor};
 use rtserve_engines::{EngineChoice, Engines};
 use rtserve_server::preprocess::{preprocess_spec, PreprocessSpec};
 use rtserve_server::repository::{
@@ -37,11 +37,14 @@ pub struct RunModel {
 }
 
 impl RunModel {
-    /// Reads the config and loads one instance. Every failure here is the model's (exit 1).
+    /// Reads the config and loads one instance. A model or config file that is missing, cannot
+    /// be read or does not fit is the user's input (exit 2); an engine that cannot start or an
+    /// instance that cannot be made is a failure (exit 1).
     pub fn load(options: &ModelOptions<'_>) -> Result<RunModel, RunError> {
+        let bad = |e: String| RunError::Input(format!("{}: {e}", options.model.display()));
         let failed = |e: String| RunError::Failed(format!("{}: {e}", options.model.display()));
         if !options.model.is_file() {
-            return Err(failed("no such model file".into()));
+            return Err(bad("no such model file".into()));
         }
         let (declared, folder) = declared_config(options)?;
         let mut base = declared.clone().unwrap_or_else(|| ModelConfig {
@@ -57,15 +60,15 @@ impl RunModel {
         let engines = Engines::new(options.engine, options.ort_library.clone())
             .map_err(|e| RunError::Failed(e.to_string()))?;
         let engine = engines.for_model(&base);
-        let prepared = engine.prepare(options.model).map_err(|e| failed(e.to_string()))?;
+        let prepared = engine.prepare(options.model).map_err(|e| bad(unreadable(options.model, e)))?;
         let config = match declared {
-            Some(config) => check_against_signature(config, prepared.signature()).map_err(failed)?,
+            Some(config) => check_against_signature(config, prepared.signature()).map_err(bad)?,
             None => infer_config(base, prepared.signature()),
         };
-        let preprocess = preprocess_spec(&config).map_err(failed)?;
+        let preprocess = preprocess_spec(&config).map_err(bad)?;
         let threads = match options.threads {
             Some(threads) => threads,
-            None => configured_threads(&config).map_err(|e| failed(e.to_string()))?.unwrap_or(0),
+            None => configured_threads(&config).map_err(|e| bad(e.to_string()))?.unwrap_or(0),
         };
         let instance = prepared
             .instance(&LoadOptions {
@@ -103,18 +106,32 @@ impl RunModel {
     }
 }
 
+/// The engine's reason a model file cannot be read, with the file types `run` reads when the
+/// name says neither.
+fn unreadable(model: &Path, e: EngineError) -> String {
+    let known = model
+        .extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| x.eq_ignore_ascii_case("onnx") || x.eq_ignore_ascii_case("tflite"));
+    if known {
+        e.to_string()
+    } else {
+        format!("{e} (rtserve run reads ONNX (.onnx) and TFLite (.tflite) model files)")
+    }
+}
+
 /// The config the user gave or the repository holds (`None`: infer it), and the model folder.
 fn declared_config(options: &ModelOptions<'_>) -> Result<(Option<ModelConfig>, PathBuf), RunError> {
     let model_dir = options.model.parent().map(Path::to_path_buf).unwrap_or_default();
     if let Some(path) = options.config {
-        let config = read_config_file(path).map_err(RunError::Failed)?;
+        let config = read_config_file(path).map_err(RunError::Input)?;
         let folder = path.parent().map(Path::to_path_buf).unwrap_or_default();
         return Ok((Some(config), folder));
     }
     match repository_folder(options.model) {
         Some((folder, name)) => {
             let config = read_config(&folder, &name)
-                .map_err(|e| RunError::Failed(format!("{}: {e}", folder.display())))?;
+                .map_err(|e| RunError::Input(format!("{}: {e}", folder.display())))?;
             Ok((config, folder))
         }
         None => Ok((None, model_dir)),
