@@ -539,15 +539,31 @@ fn tflite_face_detector_runs() {
     assert_eq!(shapes, vec![("regressors", &[1, 896, 16][..]), ("classificators", &[1, 896, 1][..])]);
 }
 
+/// The CNN converted with a run-time batch (`shape_signature` -1; Flatten's shape computed at
+/// run time with SHAPE, STRIDED_SLICE `shrink_axis_mask` and PACK, which the vendored reader
+/// decodes): a symbolic batch dimension, and eight examples in one batch within one step of
+/// LiteRT, which ran them one by one.
+#[test]
+fn tflite_run_time_batch_matches_litert() {
+    let engine = TractEngine;
+    let path = edge_model("fashion_cnn_int8_dynamic_batch.tflite");
+    let signature = engine.signature(&path).expect("signature");
+    assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Int8, &[-1, 28, 28, 1])]);
+    assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Int8, &[-1, 10])]);
+    let case = read_json(&edge_model("refs/fashion_cnn_int8_dynamic_batch.expected.json"));
+    assert_eq!(case["inputs"][0]["shape"][0], 8, "the reference is a batch of eight");
+    check_file(&engine, &path, &case, &LoadOptions::default(), 1.0);
+}
+
 /// TFLite files tract cannot run are load errors that name the file and what failed, not
-/// panics: a graph with an operator option the reader lacks (a run-time batch: STRIDED_SLICE
-/// with `shrink_axis_mask`), a truncated flatbuffer.
+/// panics: an operator the reader lacks (CUMSUM, `tflite_zoo.py unsupported`), a truncated
+/// flatbuffer.
 #[test]
 fn tflite_files_tract_cannot_run_are_clear_errors() {
     let engine = TractEngine;
-    let file = "fashion_cnn_int8_dynamic_batch.tflite";
-    let err = engine.prepare(&edge_model(file)).err().expect("not supported by tract-tflite 0.23");
-    assert!(err.0.contains(file) && err.0.contains("STRIDED_SLICE"), "{err}");
+    let file = "cumsum.tflite";
+    let err = engine.prepare(&edge_model(file)).err().expect("CUMSUM is not supported by tract-tflite");
+    assert!(err.0.contains(file) && err.0.contains("CUMSUM"), "{err}");
     let dir = std::env::temp_dir().join(format!("rtserve-tflite-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let bytes = std::fs::read(edge_model("fashion_cnn_float.tflite")).expect("read");

@@ -87,7 +87,26 @@ impl Framework<TfliteProtoModel, TypedModel> for Tflite {
         let mut mapping = HashMap::new();
         for input in main.inputs().context("No inputs in Tflite model")? {
             if !flat_tensor_uses_per_axis_q(main, input) {
-                let (fact, name) = flat_tensor_to_tract_fact(&root, main, input)?;
+                let (mut fact, name) = flat_tensor_to_tract_fact(&root, main, input)?;
+                // rtserve: a dimension the converter marks -1 in `shape_signature` (a run-time
+                // batch) becomes a symbol, not the 1 that `shape` holds.
+                let signature = main.tensors().context("No tensors")?.get(input as _).shape_signature();
+                if let Some(signature) = signature.filter(|s| s.len() == fact.rank()) {
+                    let dims: TVec<TDim> = signature
+                        .iter()
+                        .zip(fact.shape.iter())
+                        .enumerate()
+                        .map(|(ix, (wanted, dim))| {
+                            if wanted < 0 {
+                                let name = if ix == 0 { "N".to_string() } else { format!("S{ix}") };
+                                target.symbols.sym(&name).into()
+                            } else {
+                                dim.clone()
+                            }
+                        })
+                        .collect();
+                    fact.shape = dims.into();
+                }
                 let it = target.add_source(name, fact)?;
                 mapping.insert(input, it);
             }

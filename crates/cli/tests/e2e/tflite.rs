@@ -1,7 +1,7 @@
 //! A TFLite model served over HTTP and gRPC: found without a config (`model.tflite`) and with
 //! Triton's `backend: "tflite"`, run on tract whatever `--engine` says, answers checked against
 //! Google's interpreter (LiteRT) on the same file and input (`examples/edge/refs`, written by
-//! `scripts/edge/tflite_zoo.py refs`), float and full INT8. A TFLite file tract cannot run fails
+//! `scripts/edge/tflite_zoo.py refs`), float, full INT8, and INT8 with a run-time batch (eight examples in one request). A TFLite file tract cannot run fails
 //! to load with a reason and leaves the rest serving.
 
 use std::path::{Path, PathBuf};
@@ -38,12 +38,19 @@ async fn serves_tflite(engine: Engine) {
         Some("name: \"fashion_cfg\"\nbackend: \"tflite\"\n"),
     );
     add_tflite(repository.path(), "fashion_int8", "fashion_cnn_int8.tflite", None);
-    add_tflite(repository.path(), "unreadable", "fashion_cnn_int8_dynamic_batch.tflite", None);
+    add_tflite(repository.path(), "fashion_batch", "fashion_cnn_int8_dynamic_batch.tflite", None);
+    add_tflite(repository.path(), "unreadable", "cumsum.tflite", None);
     let Some(server) = start_server(repository.path(), engine, &[]) else { return };
     let http = reqwest::Client::new();
     let mut grpc = grpc(&server).await;
 
-    for (model, reference) in [("fashion", "float"), ("fashion_cfg", "float"), ("fashion_int8", "int8")] {
+    let cases = [
+        ("fashion", "float"),
+        ("fashion_cfg", "float"),
+        ("fashion_int8", "int8"),
+        ("fashion_batch", "int8_dynamic_batch"),
+    ];
+    for (model, reference) in cases {
         let mut case = case_from_file(model, &edge(&format!("refs/fashion_cnn_{reference}.expected.json")));
         case.model = model.to_string();
         let metadata = get(&http, &server, &format!("/v2/models/{model}")).await.json();
@@ -57,11 +64,14 @@ async fn serves_tflite(engine: Engine) {
         assert_matches_reference(&case, &got, "gRPC");
     }
 
-    // tract-tflite cannot read a run-time batch: not ready, with the reason, and the rest serves.
+    // The run-time batch file batches: eight examples in one request above, and its config says so.
+    let config = get(&http, &server, "/v2/models/fashion_batch/config").await.json();
+    assert!(config["max_batch_size"].as_u64().unwrap_or_default() >= 8, "{config}");
+    // An operator tract-tflite lacks: not ready, with the reason, and the rest serves.
     let reply = get(&http, &server, "/v2/models/unreadable/ready").await;
     assert_ne!(reply.status.as_u16(), 200, "the model must not be ready");
     let log = server.log();
-    assert!(log.contains("unreadable") && log.contains("STRIDED_SLICE"), "{log}");
+    assert!(log.contains("unreadable") && log.contains("CUMSUM"), "{log}");
     let case = case_from_file("fashion", &edge("refs/fashion_cnn_float.expected.json"));
     let reply = post_json(&http, &server, &infer_path("fashion"), &json_body(&case.inputs)).await;
     assert_eq!(reply.status.as_u16(), 200);

@@ -2,8 +2,8 @@
 //! ONNX file.
 //!
 //! `tract-tflite` 0.23.9, with the fixes in vendor/ (vendor/README.md), runs float and INT8
-//! (int8/uint8, per-tensor and per-axis scales) image models with a fixed batch; what it cannot
-//! read (a run-time batch, for one) is refused with an error that names the operator, and a
+//! (int8/uint8, per-tensor and per-axis scales) image models, with a fixed or a run-time batch;
+//! what it cannot read (an operator it lacks) is refused with an error that names it, and a
 //! panic of the reader is caught here and turned into a load error. docs/edge.md lists what was
 //! tried.
 

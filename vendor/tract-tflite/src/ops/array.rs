@@ -26,6 +26,7 @@ pub fn register_all(reg: &mut Registry) {
     reg.reg_to_tract(BuiltinOperator::BROADCAST_TO, de_broadcast_to);
     reg.reg_to_tract(BuiltinOperator::CONCATENATION, de_concat);
     reg.reg_to_tract(BuiltinOperator::EXPAND_DIMS, de_expand_dims);
+    reg.reg_to_tract(BuiltinOperator::PACK, de_pack);
     reg.reg_to_tract(BuiltinOperator::PAD, de_pad);
     reg.reg_to_tract(BuiltinOperator::PADV2, de_padv2);
     reg.reg_to_tract(BuiltinOperator::RESHAPE, de_reshape);
@@ -72,6 +73,25 @@ fn de_expand_dims(op: &mut DeserOp) -> TractResult<TVec<OutletId>> {
             op.ctx.target.wire_node(format!("{prefix}.{ix}"), AxisOp::Add(axis as usize), &wire)?;
     }
     Ok(wire)
+}
+
+/// rtserve: PACK stacks its inputs along a new axis (TensorFlow's `tf.stack`), as Keras writes
+/// `[batch, features]` shapes for a RESHAPE whose batch is known only at run time. Each input
+/// gets the axis, all are cast to their super type (a symbolic batch dimension and an I32
+/// constant make a TDim shape), and they are concatenated; constant inputs fold to a constant.
+fn de_pack(op: &mut DeserOp) -> TractResult<TVec<OutletId>> {
+    let options = builtin!(op, builtin_options_as_pack_options);
+    let facts = op.facts()?;
+    let rank = facts.first().context("PACK without inputs")?.rank() as i32 + 1;
+    let axis = if options.axis() < 0 { rank + options.axis() } else { options.axis() } as usize;
+    let dt = DatumType::super_type_for(facts.iter().map(|f| f.datum_type)).context("PACK: no super type")?;
+    let inputs = wire_cast(format!("{}.cast", op.prefix), op.ctx.target, op.inputs, dt)?;
+    let mut expanded = tvec!();
+    for (ix, input) in inputs.iter().enumerate() {
+        let name = format!("{}.add_axis.{ix}", op.prefix);
+        expanded.push(op.ctx.target.wire_node(name, AxisOp::Add(axis), &[*input])?[0]);
+    }
+    op.ctx.target.wire_node(op.prefix, TypedConcat::new(axis), &expanded)
 }
 
 fn de_pad(op: &mut DeserOp) -> TractResult<TVec<OutletId>> {
@@ -154,7 +174,8 @@ fn de_squeeze(op: &mut DeserOp) -> TractResult<TVec<OutletId>> {
 
 fn de_strided_slice(op: &mut DeserOp) -> TractResult<TVec<OutletId>> {
     let options = builtin!(op, builtin_options_as_strided_slice_options);
-    ensure!(options.new_axis_mask() == 0 && options.shrink_axis_mask() == 0);
+    // rtserve: tract-core's StridedSlice removes the shrunk axes itself.
+    ensure!(options.new_axis_mask() == 0, "STRIDED_SLICE with new_axis_mask is not supported");
     let slice = tract_core::ops::array::StridedSlice {
         begin_mask: options.begin_mask() as _,
         end_mask: options.end_mask() as _,
