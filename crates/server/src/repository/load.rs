@@ -187,6 +187,7 @@ fn load_instances(
     devices: &[Device],
 ) -> Result<Instances, LoadError> {
     let count = devices.len();
+    let first = devices.first().ok_or_else(|| LoadError::Placement("no instance to start".to_string()))?;
     let spinning = allow_spinning(config)?;
     let load = |intra_op_threads: usize, device: &Device| {
         model.instance(&LoadOptions { intra_op_threads, allow_spinning: spinning, device: device.clone() })
@@ -198,7 +199,7 @@ fn load_instances(
         Some(threads) => threads,
         None if cores_each == 1 => 1,
         None => {
-            let mut probe = load(cores_each, &devices[0])?;
+            let mut probe = load(cores_each, first)?;
             let threads = match one_row_time(probe.as_mut(), config, THREAD_CHOICE_ROUNDS) {
                 Ok(one_row) => {
                     let threads = intra_op_threads_for(one_row, cores_each);
