@@ -229,7 +229,7 @@ mod tests {
         assert!(err.starts_with("no GPU found") && err.contains("no CUDA provider"), "{err}");
 
         let no_cudnn = GpuFacts {
-            cuda_loads: Err("libcudnn.so.9 is missing (pip install nvidia-cudnn-cu12, …)".into()),
+            cuda_loads: Err("libcudnn.so.9 is missing (pip install nvidia-cudnn-cu13, …)".into()),
             ..gpu_host()
         };
         assert!(no_cudnn

@@ -1,8 +1,10 @@
 //! Finding the CUDA, cuDNN and TensorRT libraries where their PyPI wheels put them.
 //!
-//! `pip install onnxruntime-gpu nvidia-cudnn-cu12 tensorrt-cu12-libs ...` puts ONNX Runtime in
-//! `site-packages/onnxruntime/capi/`, NVIDIA's libraries in `site-packages/nvidia/<part>/lib/`
-//! and TensorRT's in `site-packages/tensorrt_libs/`. None of those folders is on the dynamic
+//! `pip install onnxruntime-gpu nvidia-cudnn-cu13 tensorrt-cu13-libs ...` puts ONNX Runtime in
+//! `site-packages/onnxruntime/capi/`, NVIDIA's libraries in `site-packages/nvidia/cu13/lib/`
+//! (the CUDA 13 wheels: runtime, cuBLAS, cuFFT, cuRAND, NVRTC share one folder) or
+//! `site-packages/nvidia/<part>/lib/` (the CUDA 12 `-cu12` wheels, one folder each), cuDNN's in
+//! `site-packages/nvidia/cudnn/lib/`, and TensorRT's in `site-packages/tensorrt_libs/`. None of those folders is on the dynamic
 //! loader's path, and the provider libraries (`libonnxruntime_providers_cuda.so`, `..._tensorrt.so`)
 //! ask for them by soname (`libcudnn.so.9`). Loading them by full path first makes the loader
 //! find them by soname, which is what ONNX Runtime's own Python package does
@@ -11,9 +13,10 @@
 use std::path::{Path, PathBuf};
 
 /// The `site-packages/nvidia/<part>/lib` folders that the CUDA and TensorRT providers draw on,
-/// in the order they are loaded (dependencies first).
+/// in the order they are loaded (dependencies first): CUDA 13's shared folder, CUDA 12's one per
+/// library, then cuDNN.
 const NVIDIA_PARTS: &[&str] =
-    &["cuda_runtime", "cuda_nvrtc", "nvjitlink", "cublas", "cufft", "curand", "cudnn"];
+    &["cu13", "cu12", "cuda_runtime", "cuda_nvrtc", "nvjitlink", "cublas", "cufft", "curand", "cudnn"];
 /// TensorRT's wheel (`tensorrt-cu12-libs`) keeps its libraries here, beside `nvidia/`.
 const TENSORRT_FOLDER: &str = "tensorrt_libs";
 
@@ -83,21 +86,32 @@ pub fn preload(
 
 /// The PyPI package that ships a library the dynamic loader could not find, read from its
 /// message (`libcudnn.so.9: cannot open shared object file: ...`): the soname and the package.
-pub fn missing_library(loader_error: &str) -> Option<(String, &'static str)> {
-    const PACKAGES: &[(&str, &str)] = &[
-        ("libcudnn", "nvidia-cudnn-cu12"),
-        ("libcublas", "nvidia-cublas-cu12"),
-        ("libcudart", "nvidia-cuda-runtime-cu12"),
-        ("libcufft", "nvidia-cufft-cu12"),
-        ("libcurand", "nvidia-curand-cu12"),
-        ("libnvrtc", "nvidia-cuda-nvrtc-cu12"),
-        ("libnvJitLink", "nvidia-nvjitlink-cu12"),
-        ("libnvinfer", "tensorrt-cu12-libs"),
-        ("libnvonnxparser", "tensorrt-cu12-libs"),
+/// CUDA libraries name their CUDA major version (`libcudart.so.13`) and so their wheel; cuDNN
+/// and TensorRT come in a wheel per CUDA version, which the message cannot tell.
+pub fn missing_library(loader_error: &str) -> Option<(String, String)> {
+    const CUDA: &[(&str, &str)] = &[
+        ("libcublas", "nvidia-cublas"),
+        ("libcudart", "nvidia-cuda-runtime"),
+        ("libcufft", "nvidia-cufft"),
+        ("libcurand", "nvidia-curand"),
+        ("libnvrtc", "nvidia-cuda-nvrtc"),
+        ("libnvJitLink", "nvidia-nvjitlink"),
     ];
     let (soname, _) = loader_error.split_once(": cannot open shared object file")?;
     let soname = soname.rsplit(": ").next().unwrap_or(soname).trim().to_string();
-    let package = PACKAGES.iter().find(|(prefix, _)| soname.starts_with(prefix)).map(|(_, p)| *p)?;
+    let package = if soname.starts_with("libcudnn") {
+        "nvidia-cudnn-cu13 (nvidia-cudnn-cu12 for a CUDA 12 build of onnxruntime-gpu)".to_string()
+    } else if soname.starts_with("libnvinfer") || soname.starts_with("libnvonnxparser") {
+        "tensorrt-cu13-libs (tensorrt-cu12-libs for a CUDA 12 build of onnxruntime-gpu)".to_string()
+    } else {
+        let (_, base) = CUDA.iter().find(|(prefix, _)| soname.starts_with(prefix))?;
+        // CUDA 12's wheels carry a -cu12 suffix; CUDA 13's do not.
+        if soname.ends_with(".so.12") || soname.contains(".so.12.") {
+            format!("{base}-cu12")
+        } else {
+            base.to_string()
+        }
+    };
     Some((soname, package))
 }
 
@@ -177,9 +191,23 @@ mod tests {
     fn names_the_missing_library_and_its_wheel() {
         let glibc = "/site/onnxruntime/capi/libonnxruntime_providers_cuda.so: libcudnn.so.9: \
                      cannot open shared object file: No such file or directory";
-        assert_eq!(missing_library(glibc), Some(("libcudnn.so.9".to_string(), "nvidia-cudnn-cu12")));
+        let (soname, package) = missing_library(glibc).expect("cudnn");
+        assert_eq!(soname, "libcudnn.so.9");
+        assert!(package.starts_with("nvidia-cudnn-cu13 (nvidia-cudnn-cu12 for a CUDA 12"), "{package}");
         let trt = "libnvinfer.so.10: cannot open shared object file: No such file or directory";
-        assert_eq!(missing_library(trt), Some(("libnvinfer.so.10".to_string(), "tensorrt-cu12-libs")));
+        let (soname, package) = missing_library(trt).expect("tensorrt");
+        assert_eq!(soname, "libnvinfer.so.10");
+        assert!(package.starts_with("tensorrt-cu13-libs"), "{package}");
+        let cuda13 = "libcublasLt.so.13: cannot open shared object file: No such file or directory";
+        assert_eq!(
+            missing_library(cuda13),
+            Some(("libcublasLt.so.13".to_string(), "nvidia-cublas".to_string()))
+        );
+        let cuda12 = "libcudart.so.12: cannot open shared object file: No such file or directory";
+        assert_eq!(
+            missing_library(cuda12),
+            Some(("libcudart.so.12".to_string(), "nvidia-cuda-runtime-cu12".to_string()))
+        );
         assert_eq!(missing_library("libfoo.so.1: cannot open shared object file"), None);
         assert_eq!(missing_library("undefined symbol: cudaGraphExecUpdate"), None);
     }
