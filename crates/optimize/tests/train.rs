@@ -22,12 +22,13 @@ use rtserve_optimize::onnx::{
     OperatorSetIdProto, TensorProto, TensorShapeProto,
 };
 use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
+use rtserve_optimize::prune::gradual::GradualChannels;
 use rtserve_optimize::prune::magnitude::{MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
 use rtserve_optimize::qat::{self, QatOptions};
 use rtserve_optimize::quantize::{quantize_static, QuantizeOptions};
 use rtserve_optimize::train::data::Dataset;
 use rtserve_optimize::train::distill::{self, DistillOptions, Distillation};
-use rtserve_optimize::train::trainer::{self, CrossEntropy, Objective, Plugins, TrainOptions};
+use rtserve_optimize::train::trainer::{self, CrossEntropy, Hook, Objective, Plugins, TrainOptions};
 use rtserve_optimize::train::{Mode, ParamKind, TrainGraph};
 
 fn ints(name: &str, values: &[i64]) -> AttributeProto {
@@ -646,6 +647,65 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
             .to_string();
         assert!(err.contains("between 0 and 1"), "{err}");
     }
+}
+
+/// Gradual channel pruning on the CNN with a residual Add, a depthwise conv and a Concat: the
+/// silenced share rises during training and holds; every edited slice of a silenced channel is
+/// zero at the end; the smaller model cut out of it computes what the trained, silenced model
+/// computes; and no epoch before the final sparsity is kept as the best one.
+#[test]
+fn gradual_channel_pruning_silences_then_cuts_the_same_channels() {
+    let data = toy_data(64, 3);
+    let g = TrainGraph::new(&cnn(6)).expect("graph");
+    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L2, round_to: 1 };
+    let mut pruner = GradualChannels::new(&g, options.clone()).expect("pruner");
+    let run = TrainOptions { epochs: 3, ..short_run() };
+    let steps = 3 * 64usize.div_ceil(run.batch_size);
+    assert!(!Hook::settled(&pruner), "nothing is silenced before training");
+    let stop = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let plugins = Plugins {
+        objective: &mut CrossEntropy,
+        hooks: vec![&mut pruner],
+        stop: &stop,
+        on_event: &mut |e| {
+            if let rtserve_optimize::train::trainer::Event::Epoch(f) = e {
+                seen.push(f.epoch)
+            }
+        },
+    };
+    let heldout = toy_data(32, 4);
+    let report = trainer::train(&g, &data, Some(&heldout), &run, plugins).expect("train");
+    assert_eq!(seen, [0, 1, 2]);
+    // The ramp ends at 70 % of the 12 steps (after the 9th): epochs 1 and 2 end before it, so
+    // only the third may be kept, whatever the held-out accuracies.
+    assert_eq!(report.best_epoch, Some(2));
+    assert!(Hook::settled(&pruner));
+    assert_eq!(pruner.sparsity_at(steps), 0.5);
+    assert!(pruner.sparsity_at(steps / 4) > 0.0 && pruner.sparsity_at(steps / 4) < 0.5);
+
+    let trained = g.to_model().expect("model");
+    let (pruned, reports) = pruner.finish(&g).expect("finish");
+    assert_eq!(reports.iter().filter(|r| r.kept < r.channels).count(), 3, "{reports:#?}");
+    // The consumers' weights of the channels the cut removes were zero already.
+    let (deps, selection, _) = channels::select(&trained, &options).expect("select");
+    let silenced = channels::mask_consumers(&trained, &deps, &selection).expect("mask");
+    assert_eq!(initializer_bytes(&silenced), initializer_bytes(&trained), "consumers already silenced");
+    let mut rng = StdRng::seed_from_u64(8);
+    let x = random(&mut rng, 2 * 3 * 16 * 16, 1.0);
+    let inputs = [("x", x.as_slice(), &[2usize, 3, 16, 16][..])];
+    assert_close(
+        &trainer_output(&pruned, &inputs),
+        &trainer_output(&trained, &inputs),
+        1e-4,
+        "cut vs silenced",
+    );
+    assert_close(
+        &engine_output(tract().as_ref(), &pruned, &inputs),
+        &trainer_output(&trained, &inputs),
+        1e-4,
+        "cut on tract vs silenced in the trainer",
+    );
 }
 
 #[test]

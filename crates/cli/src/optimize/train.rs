@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rtserve_optimize::model;
 use rtserve_optimize::onnx::ModelProto;
 use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
+use rtserve_optimize::prune::gradual::GradualChannels;
 use rtserve_optimize::prune::magnitude::{self, MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
 use rtserve_optimize::prune::target::{self, SpeedTarget};
 use rtserve_optimize::train::data::{self as train_data, Dataset, FASHION_MNIST_DIR};
@@ -130,7 +131,7 @@ enum ScopeName {
     Layer,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum SparsityScheduleName {
     Polynomial,
     Constant,
@@ -152,9 +153,12 @@ pub struct PruneArgs {
     /// Magnitude: one threshold for all weights (global) or one per layer.
     #[arg(long, value_enum, default_value = "global")]
     scope: ScopeName,
-    /// Magnitude: sparsity rising from 0 over 70 % of fine-tuning (polynomial) or at once.
-    #[arg(long, value_enum, default_value = "polynomial")]
-    sparsity_schedule: SparsityScheduleName,
+    /// Sparsity rising from 0 over 70 % of fine-tuning (polynomial: the smallest weights, or
+    /// whole channels, silenced step by step; channels are cut out at the end) or at once
+    /// (constant: channels are cut out before fine-tuning). Default: polynomial for magnitude,
+    /// constant for channels.
+    #[arg(long, value_enum)]
+    sparsity_schedule: Option<SparsityScheduleName>,
     /// Channels: importance by l2 or l1 norm of the producing weights, or bn (BatchNorm scale).
     #[arg(long, default_value = "l2")]
     criterion: String,
@@ -424,7 +428,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
                         ScopeName::Global => Scope::Global,
                         ScopeName::Layer => Scope::PerLayer,
                     },
-                    schedule: match a.sparsity_schedule {
+                    schedule: match a.sparsity_schedule.unwrap_or(SparsityScheduleName::Polynomial) {
                         SparsityScheduleName::Polynomial => SparsitySchedule::Polynomial,
                         SparsityScheduleName::Constant => SparsitySchedule::Constant,
                     },
@@ -464,13 +468,24 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            let (pruned, groups) = channels::prune_channels(&onnx, &channel_options)?;
-            report.groups = groups;
-            let graph = TrainGraph::new(&pruned)?;
-            if options.epochs > 0 {
-                report.fit = fit(&graph, &splits, &options, &mut CrossEntropy, Vec::new())?;
+            let gradual =
+                a.sparsity_schedule == Some(SparsityScheduleName::Polynomial) && options.epochs > 0;
+            if gradual {
+                // Silenced step by step while the whole model fine-tunes, then cut out.
+                let mut pruner = GradualChannels::new(&original, channel_options)?;
+                report.fit = fit(&original, &splits, &options, &mut CrossEntropy, vec![&mut pruner])?;
+                let (pruned, groups) = pruner.finish(&original)?;
+                report.groups = groups;
+                TrainGraph::new(&pruned)?
+            } else {
+                let (pruned, groups) = channels::prune_channels(&onnx, &channel_options)?;
+                report.groups = groups;
+                let graph = TrainGraph::new(&pruned)?;
+                if options.epochs > 0 {
+                    report.fit = fit(&graph, &splits, &options, &mut CrossEntropy, Vec::new())?;
+                }
+                graph
             }
-            graph
         }
     };
     if options.epochs == 0 {

@@ -171,7 +171,7 @@ pub fn select(
 }
 
 /// The positions along an edited axis that survive, in order.
-fn kept_positions(
+pub(super) fn kept_positions(
     deps: &Dependencies,
     layout: &Layout,
     selection: &Selection,

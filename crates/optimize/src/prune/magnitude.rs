@@ -79,6 +79,16 @@ fn targets(graph: &TrainGraph) -> Vec<usize> {
         .collect()
 }
 
+/// Zhu & Gupta's schedule as TF-MOT's `PolynomialDecay` from 0: the sparsity at `step` of
+/// `total`, rising as `final·(1 - (1 - t/T)³)` over the first 70 % of the steps in 20 updates,
+/// then `final` to the end.
+pub(crate) fn polynomial_sparsity(final_sparsity: f64, step: usize, total: usize) -> f64 {
+    let end = ((total as f64) * 0.7).ceil().max(1.0);
+    let every = (end / 20.0).ceil().max(1.0);
+    let t = ((step as f64 / every).floor() * every).min(end);
+    final_sparsity * (1.0 - (1.0 - t / end).powi(3))
+}
+
 /// The magnitude below which `sparsity` of `values` lie (the k-th smallest |value|).
 fn threshold(mut magnitudes: Vec<f32>, sparsity: f64) -> Option<f32> {
     let k = (magnitudes.len() as f64 * sparsity).floor() as usize;
@@ -108,12 +118,7 @@ impl MagnitudePruner {
         let s = self.options.sparsity;
         match self.options.schedule {
             SparsitySchedule::Constant => s,
-            SparsitySchedule::Polynomial => {
-                let end = ((self.total_steps as f64) * 0.7).ceil().max(1.0);
-                let every = (end / 20.0).ceil().max(1.0);
-                let t = ((step as f64 / every).floor() * every).min(end);
-                s * (1.0 - (1.0 - t / end).powi(3))
-            }
+            SparsitySchedule::Polynomial => polynomial_sparsity(s, step, self.total_steps),
         }
     }
 
@@ -184,6 +189,11 @@ impl Hook for MagnitudePruner {
             var.set(&(var.as_tensor() * mask)?)?;
         }
         Ok(())
+    }
+
+    /// Only weights at the final sparsity are a model worth keeping.
+    fn settled(&self) -> bool {
+        self.current >= self.options.sparsity
     }
 }
 

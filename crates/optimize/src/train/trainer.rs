@@ -84,6 +84,11 @@ pub trait Hook {
     }
     /// After each optimizer step (`step` counts from 0).
     fn after_step(&mut self, graph: &TrainGraph, step: usize) -> Result<()>;
+    /// Whether the weights as they are now may be kept as the best epoch (a pruner whose
+    /// schedule has not reached its final sparsity says no).
+    fn settled(&self) -> bool {
+        true
+    }
 }
 
 /// What the loop reports as it goes.
@@ -106,7 +111,8 @@ pub struct EpochFigures {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TrainReport {
     pub epochs: Vec<EpochFigures>,
-    /// The epoch whose weights the graph holds now (best held-out accuracy; the last without a
+    /// The epoch whose weights the graph holds now (best held-out accuracy among the epochs that
+    /// ended with every hook settled; the last without a
     /// held-out set); `None` when no epoch finished.
     pub best_epoch: Option<usize>,
     pub interrupted: bool,
@@ -254,7 +260,8 @@ pub fn train(
         };
         on_event(&Event::Epoch(figures.clone()));
         let score = heldout_accuracy.unwrap_or(epoch as f64);
-        if best.as_ref().is_none_or(|(s, _)| score > *s) {
+        let settled = hooks.iter().all(|h| h.settled());
+        if settled && best.as_ref().is_none_or(|(s, _)| score > *s) {
             best = Some((score, graph.snapshot()?));
             report.best_epoch = Some(epoch);
         }
