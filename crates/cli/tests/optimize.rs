@@ -471,8 +471,24 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     let small = dir.path().join("channels.onnx");
     let report = optimize_json(&["prune", "--method", "channels"], &cnn, &small, &common);
     assert!(report["params_after"].as_u64() < report["params_before"].as_u64(), "{report}");
+    let one_shot_params = report["params_after"].clone();
     assert_eq!(initializer_dims(&small, "conv1.weight")[0], conv[0] / 2, "{report}");
     evaluate(&cnn, &small, &data, "tract", &[]);
+    // Gradually: the same smaller shapes, through the whole model's fine-tuning.
+    let gradual = dir.path().join("gradual.onnx");
+    let report = optimize_json(
+        &["prune", "--method", "channels", "--sparsity-schedule", "polynomial"],
+        &cnn,
+        &gradual,
+        &common,
+    );
+    assert_eq!(
+        initializer_dims(&gradual, "conv1.weight"),
+        initializer_dims(&small, "conv1.weight"),
+        "{report}"
+    );
+    assert_eq!(report["params_after"], one_shot_params, "{report}");
+    evaluate(&cnn, &gradual, &data, "tract", &[]);
 
     let sparse = dir.path().join("magnitude.onnx");
     let report = optimize_json(&["prune", "--method", "magnitude"], &cnn, &sparse, &common);
