@@ -11,6 +11,7 @@ use rtserve_core::{CudaOptions, GpuAcceleration, TensorRtOptions};
 use serde::Deserialize;
 
 use super::config_file::RawScalar;
+use super::load::parse_bool;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
@@ -104,7 +105,7 @@ fn tensorrt(parameters: BTreeMap<String, String>) -> Result<TensorRtOptions, Str
             "precision_mode" => options.precision = value.parse()?,
             "max_workspace_size_bytes" => options.max_workspace_bytes = Some(number(key, value)?),
             "minimum_segment_size" => options.minimum_segment_size = Some(number(key, value)?),
-            "trt_engine_cache_enable" => options.engine_cache = Some(boolean(key, value)?),
+            "trt_engine_cache_enable" => options.engine_cache = Some(parse_bool(key, value)?),
             "trt_engine_cache_path" if value.contains('\0') => {
                 return Err("trt_engine_cache_path holds a NUL byte".to_string())
             }
@@ -120,10 +121,10 @@ fn cuda(parameters: BTreeMap<String, String>) -> Result<CudaOptions, String> {
     for (key, value) in &parameters {
         match key.as_str() {
             "cudnn_conv_algo_search" => options.conv_algo_search = Some(value.parse()?),
-            "cudnn_conv_use_max_workspace" => options.conv_max_workspace = Some(boolean(key, value)?),
-            "enable_cuda_graph" => options.cuda_graph = boolean(key, value)?,
+            "cudnn_conv_use_max_workspace" => options.conv_max_workspace = Some(parse_bool(key, value)?),
+            "enable_cuda_graph" => options.cuda_graph = parse_bool(key, value)?,
             "gpu_mem_limit" => options.memory_limit = Some(number(key, value)?),
-            "use_tf32" => options.tf32 = Some(boolean(key, value)?),
+            "use_tf32" => options.tf32 = Some(parse_bool(key, value)?),
             other => return Err(unknown(other, CUDA_KEYS)),
         }
     }
@@ -136,14 +137,6 @@ fn unknown(key: &str, known: &[&str]) -> String {
 
 fn number<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
     value.trim().parse().map_err(|_| format!("{key} '{value}' is not a whole number"))
-}
-
-fn boolean(key: &str, value: &str) -> Result<bool, String> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" => Ok(true),
-        "0" | "false" => Ok(false),
-        _ => Err(format!("{key} '{value}' is not true, false, 1 or 0")),
-    }
 }
 
 #[cfg(test)]
@@ -265,7 +258,7 @@ mod tests {
                 r#"{ name: "cuda" parameters { key: "cudnn_conv_algo_search" value: "7" } }"#,
                 "cudnn_conv_algo_search '7'",
             ),
-            (r#"{ name: "cuda" parameters { key: "use_tf32" value: "maybe" } }"#, "use_tf32 'maybe'"),
+            (r#"{ name: "cuda" parameters { key: "use_tf32" value: "maybe" } }"#, "use_tf32 'maybe' must be"),
         ];
         for (body, expected) in cases {
             let err = gpu(body);

@@ -243,15 +243,24 @@ pub fn configured_threads(config: &ModelConfig) -> Result<Option<usize>, LoadErr
 
 /// The `allow_spinning` parameter: `true`/`false` or `1`/`0`; absent: false.
 fn allow_spinning(config: &ModelConfig) -> Result<bool, LoadError> {
-    let Some(value) = config.parameters.get(ALLOW_SPINNING_PARAMETER) else {
-        return Ok(false);
-    };
+    bool_parameter(config, ALLOW_SPINNING_PARAMETER)
+}
+
+/// A model parameter that is `true`/`false` or `1`/`0`; absent: false.
+pub(super) fn bool_parameter(config: &ModelConfig, key: &str) -> Result<bool, LoadError> {
+    config
+        .parameters
+        .get(key)
+        .map_or(Ok(false), |value| parse_bool(key, value))
+        .map_err(|e| LoadError::Parameter(format!("parameter {e}")))
+}
+
+/// `true`/`false` or `1`/`0`, any case, spaces around ignored.
+pub(super) fn parse_bool(key: &str, value: &str) -> Result<bool, String> {
     match value.trim().to_ascii_lowercase().as_str() {
         "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(LoadError::Parameter(format!(
-            "parameter {ALLOW_SPINNING_PARAMETER} '{value}' must be true, false, 1 or 0"
-        ))),
+        _ => Err(format!("{key} '{value}' must be true, false, 1 or 0")),
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use rtserve_core::{Device, Engine, GpuPlacement, InstanceGroup, InstanceKind, ModelConfig};
 
+use super::load::bool_parameter;
 use super::LoadError;
 
 /// The parameter that lets a `KIND_GPU` group run on the CPU when it cannot be placed on a GPU.
@@ -29,7 +30,7 @@ pub fn placements(
     engine: &dyn Engine,
     defaults: &GpuDefaults,
 ) -> Result<Vec<Device>, LoadError> {
-    let fallback = allow_cpu_fallback(config)?;
+    let fallback = bool_parameter(config, ALLOW_CPU_FALLBACK_PARAMETER)?;
     let default_group = [InstanceGroup { count: 1, kind: InstanceKind::Auto, gpus: Vec::new() }];
     let groups = if config.instance_group.is_empty() { &default_group[..] } else { &config.instance_group };
     let mut devices = Vec::new();
@@ -97,20 +98,6 @@ fn gpu_devices(
             Ok(Device::Gpu(placement))
         })
         .collect()
-}
-
-/// The `allow_cpu_fallback` parameter: `true`/`false` or `1`/`0`; absent: false.
-fn allow_cpu_fallback(config: &ModelConfig) -> Result<bool, LoadError> {
-    let Some(value) = config.parameters.get(ALLOW_CPU_FALLBACK_PARAMETER) else {
-        return Ok(false);
-    };
-    match value.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(LoadError::Parameter(format!(
-            "parameter {ALLOW_CPU_FALLBACK_PARAMETER} '{value}' must be true, false, 1 or 0"
-        ))),
-    }
 }
 
 #[cfg(test)]
