@@ -468,8 +468,7 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            let gradual =
-                a.sparsity_schedule == Some(SparsityScheduleName::Polynomial) && options.epochs > 0;
+            let gradual = a.sparsity_schedule == Some(SparsityScheduleName::Polynomial) && options.epochs > 0;
             if gradual {
                 // Silenced step by step while the whole model fine-tunes, then cut out.
                 let mut pruner = GradualChannels::new(&original, channel_options)?;
