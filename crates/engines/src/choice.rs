@@ -88,6 +88,16 @@ impl Engines {
         self.default.clone()
     }
 
+    /// Logs the GPUs models can be placed on, or why there are none (ONNX Runtime probes them
+    /// once, on first use): what a server says at start, before a model asks.
+    pub fn log_gpus(&self) {
+        match self.onnxruntime.as_ref().map(|engine| engine.gpus()) {
+            Some(Ok(gpus)) => tracing::info!(?gpus, "GPUs for KIND_GPU and KIND_AUTO instances"),
+            Some(Err(reason)) => tracing::info!("no GPU instances: {reason}"),
+            None => tracing::info!("no GPU instances: ONNX Runtime is not loaded"),
+        }
+    }
+
     /// The engine for a model: a TFLite model goes to tract (the one engine that reads TFLite),
     /// else an explicit `--engine` wins, then the model's `backend`, then the fastest one
     /// present. A `backend` that is missing here falls back with a warning, since both engines
@@ -130,8 +140,6 @@ fn tract_engine() -> Option<Arc<dyn Engine>> {
 fn onnxruntime_engine(library: Option<PathBuf>) -> Result<Arc<dyn Engine>, String> {
     use crate::onnxruntime::{OrtEngine, OrtOptions};
     let engine = OrtEngine::new(&OrtOptions { library }).map_err(|e| e.to_string())?;
-    // Says at start what there is for GPUs (the probe logs it), before a model asks.
-    engine.gpu_facts();
     Ok(Arc::new(engine))
 }
 

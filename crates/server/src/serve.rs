@@ -101,6 +101,7 @@ pub async fn serve(config: ServerConfig, signals: impl Stream<Item = ()>) -> Res
     let auth = Arc::new(Auth::load(config.auth.clone())?);
     let engines = Engines::new(config.engine, config.ort_library.clone())
         .map_err(|e| StartError::Engine(e.to_string()))?;
+    engines.log_gpus();
     let scheduling = SchedulerOptions {
         default_max_queue_size: config.queue_capacity,
         warm_up_rounds: config.warm_up_rounds,
