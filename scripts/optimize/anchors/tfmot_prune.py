@@ -5,9 +5,9 @@ Runs in the anchors venv (see README.md), never in CI. Reads the splits written 
 `python scripts/optimize/fashion_cnn.py export DIR` and, by default, the starting weights of
 examples/optimize/fashion_cnn_init.onnx (the same numbers rtserve's trainer starts from):
 
-  1. builds fashion_cnn in tf-keras (channels-last; the stride-2 `down` conv is ZeroPadding2D(1) +
-     a 'valid' conv so it samples the same pixels as the ONNX Conv with pads 1), loads the ONNX
-     weights and checks its forward pass against the ONNX model (onnx.reference) on 16 test images;
+  1. builds fashion_cnn in tf-keras (fashion_cnn_keras.py: channels-last, the stride-2 `down` conv
+     as ZeroPadding2D(1) + a 'valid' conv), loads the ONNX weights and checks its forward pass
+     against the ONNX model (onnx.reference) on 16 test images;
   2. trains it dense for --epochs on train.npz (shuffled, --seed);
   3. wraps it in tfmot.sparsity.keras.prune_low_magnitude with ConstantSparsity(--sparsity, begin_step=0)
      (all Conv2D and Dense kernels), fine-tunes --finetune-epochs with UpdatePruningStep, strip_pruning;
@@ -30,73 +30,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from fashion_cnn_keras import accuracy, build_model, load_onnx_weights, load_split, onnx_parity  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_INIT = os.path.normpath(os.path.join(HERE, "..", "..", "..", "examples", "optimize", "fashion_cnn_init.onnx"))
-
-# (name, filters, stride, batchnorm name) for every convolution, in graph order (as fashion_cnn.py).
-CONVS = [
-    ("stem", 32, 1, "stem_bn"),
-    ("block.conv1", 32, 1, "block.bn1"),
-    ("block.conv2", 32, 1, "block.bn2"),
-    ("down", 64, 2, "down_bn"),
-    ("conv4", 64, 1, "conv4_bn"),
-]
-
-
-def load_split(directory, name, limit):
-    """(images NHWC float32, labels int64) of DIR/<name>.npz + DIR/<name>_labels.npy."""
-    x = np.load(os.path.join(directory, f"{name}.npz"))["input"]
-    y = np.load(os.path.join(directory, f"{name}_labels.npy"))
-    if limit is not None:
-        x, y = x[:limit], y[:limit]
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)), y.astype(np.int64)
-
-
-def build_model(keras):
-    """fashion_cnn in tf-keras, NHWC. Layer names follow the ONNX node names ('.' becomes '_')."""
-    L = keras.layers
-
-    def conv_bn(x, name, filters, stride, bn, relu):
-        if stride == 1:
-            x = L.Conv2D(filters, 3, padding="same", name=name.replace(".", "_"))(x)
-        else:  # ONNX pads 1 on every side; Keras 'same' would pad only bottom/right for even inputs
-            x = L.ZeroPadding2D(1, name=name.replace(".", "_") + "_pad")(x)
-            x = L.Conv2D(filters, 3, strides=stride, padding="valid", name=name.replace(".", "_"))(x)
-        x = L.BatchNormalization(epsilon=1e-5, momentum=0.9, name=bn.replace(".", "_"))(x)
-        return L.ReLU(name=relu)(x) if relu else x
-
-    inp = keras.Input((28, 28, 1), name="input")
-    x = conv_bn(inp, *CONVS[0], "stem_relu")
-    pool = L.MaxPooling2D(2, 2, name="pool")(x)
-    x = conv_bn(pool, *CONVS[1], "block_relu1")
-    x = conv_bn(x, *CONVS[2], None)
-    x = L.Add(name="block_add")([x, pool])
-    x = L.ReLU(name="block_relu")(x)
-    x = conv_bn(x, *CONVS[3], "down_relu")
-    x = conv_bn(x, *CONVS[4], "conv4_relu")
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    out = L.Dense(10, name="fc")(x)
-    return keras.Model(inp, out, name="fashion_cnn")
-
-
-def load_onnx_weights(model, path):
-    """Copy the initialisers of the ONNX fashion_cnn into the Keras model (OIHW -> HWIO, [10,64] -> [64,10])."""
-    import onnx
-    from onnx import numpy_helper
-
-    w = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-    for name, _, _, bn in CONVS:
-        model.get_layer(name.replace(".", "_")).set_weights([w[f"{name}.weight"].transpose(2, 3, 1, 0), w[f"{name}.bias"]])
-        model.get_layer(bn.replace(".", "_")).set_weights([w[f"{bn}.{k}"] for k in ("scale", "bias", "mean", "var")])
-    model.get_layer("fc").set_weights([w["fc.weight"].T, w["fc.bias"]])
-
-
-def onnx_parity(model, path, x_nhwc):
-    """Largest |Keras logits - ONNX logits| (onnx.reference.ReferenceEvaluator) on x_nhwc."""
-    from onnx.reference import ReferenceEvaluator
-
-    ref = ReferenceEvaluator(path).run(None, {"input": np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))})[0]
-    return float(np.max(np.abs(model(x_nhwc, training=False).numpy() - ref)))
 
 
 def make_optimizer(keras, args, lr):
@@ -112,11 +49,6 @@ def compile_model(keras, model, optimizer):
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-
-
-def accuracy(model, x, y, batch_size):
-    logits = model.predict(x, batch_size=max(batch_size, 512), verbose=0)
-    return float(np.mean(np.argmax(logits, 1) == y))
 
 
 def kernel_sparsity(model):
