@@ -27,9 +27,10 @@ pub struct GpuFacts {
     /// Whether the library was built with the CUDA / TensorRT providers.
     pub has_cuda: bool,
     pub has_tensorrt: bool,
-    /// Whether each provider's own library loads (its CUDA, cuDNN, TensorRT dependencies found).
+    /// Whether each provider's own library loads (its CUDA, cuDNN, TensorRT dependencies found):
+    /// CUDA's at the probe, TensorRT's (libnvinfer is large) only once a model asks for it.
     pub cuda_loads: Result<(), String>,
-    pub tensorrt_loads: Result<(), String>,
+    pub tensorrt_loads: OnceLock<Result<(), String>>,
 }
 
 static FACTS: OnceLock<GpuFacts> = OnceLock::new();
@@ -48,18 +49,11 @@ impl GpuFacts {
             .and_then(|nvml| nvml.device_count().map_err(|e| format!("NVML: {e}")));
         let has_cuda = CUDA::is_available().unwrap_or(false);
         let has_tensorrt = TensorRT::is_available().unwrap_or(false);
-        let folder = library.parent().unwrap_or(Path::new("."));
-        let (cuda_loads, tensorrt_loads) = if has_cuda && gpus.as_ref().is_ok_and(|&n| n > 0) {
+        let cuda_loads = if has_cuda && gpus.as_ref().is_ok_and(|&n| n > 0) {
             preload_wheels(library);
-            let tensorrt = if has_tensorrt {
-                load_provider(&folder.join(TENSORRT_PROVIDER_LIBRARY))
-            } else {
-                Err("not built in".to_string())
-            };
-            (load_provider(&folder.join(CUDA_PROVIDER_LIBRARY)), tensorrt)
+            load_provider(&provider_library(library, CUDA_PROVIDER_LIBRARY))
         } else {
-            let skipped = || Err("not tried".to_string());
-            (skipped(), skipped())
+            Err("not tried".to_string())
         };
         let facts = GpuFacts {
             library: library.to_path_buf(),
@@ -67,14 +61,22 @@ impl GpuFacts {
             has_cuda,
             has_tensorrt,
             cuda_loads,
-            tensorrt_loads,
+            tensorrt_loads: OnceLock::new(),
         };
         tracing::info!(
             gpus = ?facts.gpus, cuda = facts.has_cuda, tensorrt = facts.has_tensorrt,
-            cuda_loads = ?facts.cuda_loads, tensorrt_loads = ?facts.tensorrt_loads,
-            "onnxruntime GPU support"
+            cuda_loads = ?facts.cuda_loads, "onnxruntime GPU support"
         );
         facts
+    }
+
+    /// Whether TensorRT's provider library loads, tried the first time a model asks for it.
+    fn tensorrt_loads(&self) -> &Result<(), String> {
+        self.tensorrt_loads.get_or_init(|| {
+            let loads = load_provider(&provider_library(&self.library, TENSORRT_PROVIDER_LIBRARY));
+            tracing::info!(?loads, "onnxruntime TensorRT provider");
+            loads
+        })
     }
 
     /// The GPUs an instance can be placed on, or everything that stands in the way.
@@ -125,13 +127,18 @@ impl GpuFacts {
             if !self.has_tensorrt {
                 problems.push(format!("this libonnxruntime ({library}) has no TensorRT provider"));
             } else if problems.is_empty() {
-                if let Err(e) = &self.tensorrt_loads {
+                if let Err(e) = self.tensorrt_loads() {
                     problems.push(format!("the TensorRT provider cannot load: {e}"));
                 }
             }
         }
         problems
     }
+}
+
+/// A provider library, beside the `libonnxruntime` in use.
+fn provider_library(library: &Path, name: &str) -> PathBuf {
+    library.parent().unwrap_or(Path::new(".")).join(name)
 }
 
 /// Loads the CUDA, cuDNN and TensorRT libraries of the wheels installed beside ONNX Runtime.
@@ -179,7 +186,7 @@ mod tests {
             has_cuda: true,
             has_tensorrt: true,
             cuda_loads: Ok(()),
-            tensorrt_loads: Ok(()),
+            tensorrt_loads: OnceLock::from(Ok(())),
         }
     }
 
@@ -237,7 +244,10 @@ mod tests {
             .expect_err("cudnn")
             .contains("CUDA provider cannot load: libcudnn.so.9"));
 
-        let no_trt = GpuFacts { tensorrt_loads: Err("libnvinfer.so.10 is missing".into()), ..gpu_host() };
+        let no_trt = GpuFacts {
+            tensorrt_loads: OnceLock::from(Err("libnvinfer.so.10 is missing".into())),
+            ..gpu_host()
+        };
         assert_eq!(no_trt.check(&on(0, false)), Ok(()), "CUDA alone does not need TensorRT");
         let err = no_trt.check(&on(0, true)).expect_err("trt");
         assert_eq!(err, "the TensorRT provider cannot load: libnvinfer.so.10 is missing");

@@ -31,11 +31,11 @@ use rtserve_core::{
     TensorSpec,
 };
 
-pub use gpu::GpuFacts;
 pub use library::{
     locate_library, FROM_ENV, FROM_EXPLICIT_PATH, FROM_PYTHON_PACKAGE, FROM_SYSTEM, LIBRARY_ENV,
 };
 
+use self::gpu::GpuFacts;
 use self::instance::OrtInstance;
 use self::providers::execution_providers;
 use self::runtime::{catch_panic, runtime, Runtime};
@@ -76,7 +76,7 @@ impl OrtEngine {
     }
 
     /// What this host and library offer for GPUs (probed once per process).
-    pub fn gpu_facts(&self) -> &'static GpuFacts {
+    fn gpu_facts(&self) -> &'static GpuFacts {
         GpuFacts::of(self.runtime)
     }
 }

@@ -9,7 +9,7 @@
 use candle_core::Tensor;
 
 use super::channels::{kept_positions, prune_channels, select, ChannelOptions, GroupReport};
-use super::magnitude::polynomial_sparsity;
+use super::magnitude::{apply_mask, polynomial_sparsity};
 use crate::error::Result;
 use crate::onnx::ModelProto;
 use crate::train::trainer::Hook;
@@ -72,8 +72,7 @@ impl GradualChannels {
 
     fn apply(&self, graph: &TrainGraph) -> Result<()> {
         for (index, mask) in &self.masks {
-            let var = &graph.params()[*index].var;
-            var.set(&(var.as_tensor() * mask)?)?;
+            apply_mask(graph, *index, mask)?;
         }
         Ok(())
     }

@@ -185,8 +185,7 @@ impl Hook for MagnitudePruner {
             return self.prune_to(graph, wanted);
         }
         for (&i, mask) in self.targets.iter().zip(&self.masks) {
-            let var = &graph.params()[i].var;
-            var.set(&(var.as_tensor() * mask)?)?;
+            apply_mask(graph, i, mask)?;
         }
         Ok(())
     }
@@ -195,6 +194,14 @@ impl Hook for MagnitudePruner {
     fn settled(&self) -> bool {
         self.current >= self.options.sparsity
     }
+}
+
+/// Multiplies parameter `index` of `graph` by `mask` (0 where it is pruned): how both pruners hold
+/// what they pruned at zero after each optimizer step.
+pub(super) fn apply_mask(graph: &TrainGraph, index: usize, mask: &Tensor) -> Result<()> {
+    let var = &graph.params()[index].var;
+    var.set(&(var.as_tensor() * mask)?)?;
+    Ok(())
 }
 
 /// The size of a model's file after gzip at its best compression (`gzip -9`), as a file shipped
