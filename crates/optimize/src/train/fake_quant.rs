@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::graph::Tap;
+use super::kernels::{fake_quantize, Quantizer};
 use crate::calibrate::Range;
 use crate::error::Result;
 use crate::quantize_math::{activation_params, ActivationType};
@@ -112,33 +113,20 @@ impl Tap for FakeQuant {
     }
 }
 
-fn scalar(v: f32, like: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::new(v, like.device())?.to_dtype(like.dtype())?)
-}
-
 /// `x` through QuantizeLinear → DequantizeLinear over `range`; gradients straight through
 /// inside the range, to the learned bounds from the values clipped at them.
 pub fn fake_quantize_activation(x: &Tensor, range: &ActivationRange, kind: ActivationType) -> Result<Tensor> {
     let Range { min, max } = range.current()?;
     let (scale, zero_point) = activation_params(min, max, kind);
     let (qmin, qmax) = match kind {
-        ActivationType::Uint8 => (0.0, 255.0),
-        ActivationType::Int8 => (-128.0, 127.0),
+        ActivationType::Uint8 => (0, 255),
+        ActivationType::Int8 => (-128, 127),
     };
-    let zp = zero_point as f64;
-    let values = x
-        .detach()
-        .broadcast_div(&scalar(scale, x)?)?
-        .round()?
-        .affine(1.0, zp)?
-        .clamp(qmin, qmax)?
-        .affine(scale as f64, -zp * scale as f64)?;
     // For the gradients the range is clipped at the bounds themselves (the interval the
     // integers represent differs from it by less than a step, where the zero point rounds).
-    let low = range.min.tensor(x.dtype())?.minimum(0.0)?;
-    let high = range.max.tensor(x.dtype())?.maximum(0.0)?;
-    let clipped = x.broadcast_maximum(&low)?.broadcast_minimum(&high)?;
-    Ok((&clipped + (values - clipped.detach())?)?)
+    let quantizer = Quantizer { scale, zero_point, qmin, qmax, low: min.min(0.0), high: max.max(0.0) };
+    let (low, high) = (range.min.tensor(x.dtype())?, range.max.tensor(x.dtype())?);
+    Ok(fake_quantize(x, &low, &high, quantizer)?)
 }
 
 /// `w` through symmetric int8 quantization with one scale (`max |w| / qmax`) per slice along
@@ -182,7 +170,7 @@ mod tests {
             let got = got.to_vec1::<f32>().expect("values");
             for (g, v) in got.iter().zip(&xs) {
                 let want = (quantize(*v, scale, zp, lo, hi) - zp) as f32 * scale;
-                assert!((g - want).abs() <= 1e-5, "{v}: {g} vs {want}");
+                assert_eq!(*g, want, "{v}");
             }
         }
     }
@@ -195,12 +183,21 @@ mod tests {
         let grads = y.sum_all().expect("sum").backward().expect("backward");
         let gx = grads.get(x.as_tensor()).expect("dx").to_vec1::<f32>().expect("dx");
         assert_eq!(gx, vec![0.0, 1.0, 1.0, 1.0, 0.0]);
-        let bound = |b: &Bound| match b {
+        let bound = |grads: &candle_core::backprop::GradStore, b: &Bound| match b {
             Bound::Learned(v) => grads.get(v.as_tensor()).expect("grad").to_scalar::<f32>().expect("scalar"),
             Bound::Fixed(_) => unreachable!(),
         };
         // One value clipped at each end.
-        assert_eq!((bound(&range.min), bound(&range.max)), (1.0, 1.0));
+        assert_eq!((bound(&grads, &range.min), bound(&grads, &range.max)), (1.0, 1.0));
+
+        // A lower bound above 0 is widened to 0: the values below 0 are clipped at 0, and the
+        // bound, which does not act, gets nothing.
+        let range = ActivationRange { min: learned(0.5), max: learned(4.0) };
+        let y = fake_quantize_activation(x.as_tensor(), &range, ActivationType::Uint8).expect("fq");
+        let grads = y.sum_all().expect("sum").backward().expect("backward");
+        let gx = grads.get(x.as_tensor()).expect("dx").to_vec1::<f32>().expect("dx");
+        assert_eq!(gx, vec![0.0, 0.0, 1.0, 1.0, 0.0]);
+        assert_eq!((bound(&grads, &range.min), bound(&grads, &range.max)), (0.0, 1.0));
     }
 
     #[test]

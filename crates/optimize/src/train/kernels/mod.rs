@@ -1,5 +1,5 @@
 //! CPU kernels for the operators that dominate a CNN's training step — Conv, BatchNormalization,
-//! MaxPool and Relu — each a candle custom operator with its forward pass and its gradients written
+//! MaxPool, Relu and quantization-aware training's fake quantization — each a candle custom operator with its forward pass and its gradients written
 //! out, so a step reads and writes each activation a few times instead of once per elementary
 //! candle operation (and its backward). Items of a batch (or channel planes) run in parallel on
 //! rayon's pool; matrix products go through ndarray (matrixmultiply).
@@ -8,14 +8,18 @@
 //! - `batch_norm`: BatchNormalization with batch or running statistics, gradients in closed form.
 //! - `max_pool`: MaxPool; the gradient goes to the first maximum of each window, as in PyTorch.
 //! - `relu`: Relu, its gradient read from the output.
+//! - `fake_quant`: an activation through QuantizeLinear → DequantizeLinear, straight-through
+//!   gradients.
 
 mod batch_norm;
 mod conv;
+mod fake_quant;
 mod max_pool;
 mod relu;
 
 pub use batch_norm::{batch_norm, channel_moments};
 pub use conv::{conv2d, ConvGeometry};
+pub use fake_quant::{fake_quantize, Quantizer};
 pub use max_pool::max_pool2d;
 pub use relu::relu;
 
