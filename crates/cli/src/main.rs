@@ -9,6 +9,7 @@ mod run;
 mod serve;
 
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::LevelFilter;
 
 /// rtserve: a real-time ML inference server for ONNX models (KServe v2 over HTTP and gRPC).
 #[derive(Parser)]
@@ -46,7 +47,8 @@ fn main() -> std::process::ExitCode {
     #[cfg(not(feature = "serve"))]
     let access_log = false;
     // A one-shot run logs warnings only, unless RUST_LOG says otherwise.
-    let default_level = if matches!(cli.command, Command::Run(_)) { "warn" } else { "info" };
+    let default_level =
+        if matches!(cli.command, Command::Run(_)) { LevelFilter::WARN } else { LevelFilter::INFO };
     init_logging(&cli.log_format, access_log, default_level);
     match cli.command {
         Command::Run(args) => run::main(*args),
@@ -73,21 +75,28 @@ fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `default_level`), except that `--access-log` keeps the
-/// access lines whatever it says. Colour only on a terminal.
-fn init_logging(format: &str, access_log: bool, default_level: &str) {
+/// Logs to stderr; `RUST_LOG` filters by target (`warn,rtserve=debug`; default `default_level`),
+/// except that `--access-log` keeps the access lines whatever it says. Colour only on a terminal.
+/// (A target list rather than tracing's full `EnvFilter` syntax: the filter then needs no regular
+/// expressions, which keeps them out of edge builds.)
+fn init_logging(format: &str, access_log: bool, default_level: LevelFilter) {
     use std::io::IsTerminal;
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    if access_log {
-        if let Ok(directive) = "rtserve::access=info".parse() {
-            filter = filter.add_directive(directive);
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let mut filter = Targets::new().with_default(default_level);
+    if let Ok(directives) = std::env::var("RUST_LOG") {
+        match directives.parse::<Targets>() {
+            Ok(targets) => filter = targets,
+            Err(e) => eprintln!("warning: RUST_LOG={directives:?} ignored ({e}): give `level` or `target=level`, comma-separated"),
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if access_log {
+        filter = filter.with_target("rtserve::access", LevelFilter::INFO);
+    }
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().init();
+        builder.json().finish().with(filter).init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        builder.with_ansi(std::io::stderr().is_terminal()).finish().with(filter).init();
     }
 }

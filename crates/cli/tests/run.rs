@@ -43,11 +43,16 @@ fn s(path: &Path) -> &str {
 
 /// Runs `rtserve run ARGS`, with `stdin` piped in when given.
 fn rtserve(args: &[&str], stdin: Option<&[u8]>) -> Output {
+    rtserve_logging(args, stdin, "warn")
+}
+
+/// Runs `rtserve run ARGS` with `RUST_LOG` set to `rust_log`.
+fn rtserve_logging(args: &[&str], stdin: Option<&[u8]>, rust_log: &str) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtserve"))
         .arg("run")
         .args(args)
         .env_remove("RTSERVE_ENGINE")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", rust_log)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -495,4 +500,31 @@ fn tflite_models_run_on_tract_and_match_litert() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
     let err = fails(&rtserve(&["--model", s(&truncated), s(&input)], None), 2);
     assert!(err.contains("truncated.tflite"), "{err}");
+}
+
+/// `RUST_LOG` filters by target: a level, `target=level` pairs, or both; a value it cannot read
+/// is named on stderr and the default (warnings only, for `run`) applies.
+#[test]
+fn rust_log_filters_by_target() {
+    let mlp = example("mlp");
+    let raw = vec![0u8; 784 * 4];
+    let args = ["--engine", "tract", "--model", s(&mlp), "--shape", "1,784", "-"];
+    let choice = "rtserve_engines::choice: default engine: tract";
+    for (rust_log, logged) in [
+        ("warn", false),
+        ("warn,rtserve_engines=info", true),
+        ("warn,rtserve_server=info", false),
+        ("info", true),
+        ("rtserve_engines=loudest", false),
+    ] {
+        let run = rtserve_logging(&args, Some(&raw), rust_log);
+        assert_eq!(lines(&run).len(), 1, "RUST_LOG={rust_log}");
+        assert_eq!(stderr(&run).contains(choice), logged, "RUST_LOG={rust_log}: {}", stderr(&run));
+    }
+    let run = rtserve_logging(&args, Some(&raw), "rtserve_engines=loudest");
+    assert!(
+        stderr(&run).contains("warning: RUST_LOG=\"rtserve_engines=loudest\" ignored"),
+        "{}",
+        stderr(&run)
+    );
 }
