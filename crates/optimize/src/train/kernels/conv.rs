@@ -12,6 +12,9 @@ use rayon::prelude::*;
 
 use super::{by_dtype, channel_sums, elements, shape_error, with_elements, Real};
 
+/// Batch items per partial weight gradient (fixed, so that the sum's order is).
+const ITEMS_PER_PARTIAL: usize = 4;
+
 /// A convolution's attributes, padding resolved.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvGeometry {
@@ -219,14 +222,18 @@ fn grad_input<T: Real>(g: &ConvGeometry, d: &Dims, w: &[T], dy: &[T]) -> candle_
     Ok(dx)
 }
 
-/// `dW`: per group the sum over the batch of `dY · colsᵀ`.
+/// `dW`: per group the sum over the batch of `dY · colsᵀ`. The items are summed in fixed runs of
+/// [`ITEMS_PER_PARTIAL`], in parallel, and the runs' sums added in order: the same floating-point
+/// sum on every run, however rayon schedules the work (same seed, same weights).
 fn grad_weight<T: Real>(g: &ConvGeometry, d: &Dims, x: &[T], dy: &[T]) -> candle_core::Result<Vec<T>> {
     let (k, ohw, len) = (d.k(), d.out_plane(), d.m * d.k());
-    (0..d.n)
+    let runs: Vec<Range<usize>> =
+        (0..d.n).step_by(ITEMS_PER_PARTIAL).map(|s| s..(s + ITEMS_PER_PARTIAL).min(d.n)).collect();
+    let partials = runs
         .into_par_iter()
-        .try_fold(
-            || (vec![T::zero(); len], vec![T::zero(); k * ohw]),
-            |(mut dw, mut cols), n| {
+        .map(|items| {
+            let (mut dw, mut cols) = (vec![T::zero(); len], vec![T::zero(); k * ohw]);
+            for n in items {
                 for grp in 0..g.group {
                     im2col(g, d, &x[d.input_range(n, grp)], &mut cols);
                     let dy_g = &dy[(n * d.m + grp * d.mg) * ohw..][..d.mg * ohw];
@@ -236,17 +243,16 @@ fn grad_weight<T: Real>(g: &ConvGeometry, d: &Dims, x: &[T], dy: &[T]) -> candle
                     let mut dw_g = ArrayViewMut2::from_shape((d.mg, k), dw_g).map_err(shape_error)?;
                     general_mat_mul(T::one(), &dy_g, &c.t(), T::one(), &mut dw_g);
                 }
-                Ok::<_, candle_core::Error>((dw, cols))
-            },
-        )
-        .map(|partial| partial.map(|(dw, _)| dw))
-        .try_reduce(
-            || vec![T::zero(); len],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
-                Ok(a)
-            },
-        )
+            }
+            Ok::<_, candle_core::Error>(dw)
+        })
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut partials = partials.into_iter();
+    let mut dw = partials.next().unwrap_or_else(|| vec![T::zero(); len]);
+    for partial in partials {
+        dw.iter_mut().zip(partial).for_each(|(a, b)| *a += b);
+    }
+    Ok(dw)
 }
 
 /// The output positions `o < out` whose input position `o · stride + offset` lies in `0..len`.

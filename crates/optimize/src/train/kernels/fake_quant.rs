@@ -9,6 +9,9 @@ use rayon::prelude::*;
 
 use super::{by_dtype, elements, with_elements, Real};
 
+/// Elements per partial sum of a bound's gradient.
+const ELEMENTS_PER_PARTIAL: usize = 1 << 14;
+
 /// How an activation is quantized: `scale` and `zero_point` over the integers `qmin..=qmax`,
 /// and the range `[low, high]` (already widened to hold 0) whose bounds take the gradients of
 /// the clipped values.
@@ -65,12 +68,12 @@ fn backward<T: Real>(q: Quantizer, x: &Tensor, dy: &Tensor) -> candle_core::Resu
         with_elements::<T, _>(dy, |dy| {
             let dx: Vec<T> =
                 x.par_iter().zip(dy).map(|(&v, &g)| if v < low || v > high { zero } else { g }).collect();
-            let sums = x
-                .par_iter()
-                .zip(dy)
-                .fold(
-                    || (0.0, 0.0),
-                    |(b, a), (&v, &g)| {
+            // In fixed runs added in order: the same sum on every run.
+            let partials: Vec<(f64, f64)> = x
+                .par_chunks(ELEMENTS_PER_PARTIAL)
+                .zip(dy.par_chunks(ELEMENTS_PER_PARTIAL))
+                .map(|(x, dy)| {
+                    x.iter().zip(dy).fold((0.0, 0.0), |(b, a), (&v, &g)| {
                         if v < low {
                             (b + g.to_f64(), a)
                         } else if v > high {
@@ -78,9 +81,10 @@ fn backward<T: Real>(q: Quantizer, x: &Tensor, dy: &Tensor) -> candle_core::Resu
                         } else {
                             (b, a)
                         }
-                    },
-                )
-                .reduce(|| (0.0, 0.0), |(b1, a1), (b2, a2)| (b1 + b2, a1 + a2));
+                    })
+                })
+                .collect();
+            let sums = partials.iter().fold((0.0, 0.0), |(b, a), (pb, pa)| (b + pb, a + pa));
             Ok((dx, sums))
         })
     })?;
