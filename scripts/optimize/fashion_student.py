@@ -49,6 +49,8 @@ import os
 
 import numpy as np
 
+from fashion_cnn import he_normal
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.normpath(os.path.join(HERE, "..", "..", "examples", "optimize", "fashion_student_init.onnx"))
 TEACHER_MACS = 6_548_608
@@ -59,11 +61,6 @@ CONVS = [
     ("patch2", 32, 64, 2, "patch2_bn", "patch2_relu"),
 ]
 CLASSES = 10
-
-
-def he_normal(rng, shape, fan_in):
-    """Kaiming normal: N(0, 2 / fan_in) as float32."""
-    return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
 
 def multiply_adds():
