@@ -8,12 +8,21 @@ Calibration and evaluation use different photos:
 - calibration.npz: astronaut, hubble_deep_field, immunohistochemistry, retina, motorcycle_right,
   coins, each as is plus 7 random crops/flips (48 samples);
 - evaluation.npz: coffee, chelsea, rocket, motorcycle_left, each as is plus AUG random
-  crops (30-100 % of the area, aspect 3/4-4/3) with a random horizontal flip (4 + 4*AUG samples).
+  crops (30-100 % of the area, aspect 3/4-4/3) with a random horizontal flip (4 + 4*AUG samples);
+- training.npz: the calibration photos again, each as is plus TRAIN_AUG other random crops/flips
+  (6 + 6*TRAIN_AUG samples, shuffled), for fine-tuning (quantization-aware training with
+  self-distillation);
+- tuning.npz: camera, brick, grass, gravel, moon, clock_motion (in neither set above), each as is
+  plus 15 random crops/flips (96 samples, shuffled), for choosing a fine-tuning recipe without
+  looking at evaluation.npz.
 
 Preprocessing is the zoo's contract (docs/models.md): RGB, short side 256 (bilinear), centre crop
 224, (x - 127) / 128, NCHW. Seeded: the same files on every run. Needs numpy and Pillow.
 
-  python scripts/optimize/photo_sets.py OUT_DIR [--aug 50]
+  python scripts/optimize/photo_sets.py OUT_DIR [--aug 50] [--train-aug 63]
+
+calibration.npz and evaluation.npz come first from one seeded generator (the same files as
+before the other two sets existed); training.npz and tuning.npz from generators of their own.
 """
 import argparse
 import glob
@@ -26,6 +35,7 @@ from PIL import Image
 
 CALIBRATION = ["astronaut.png", "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "motorcycle_right.png", "coins.png"]
 EVALUATION = ["coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]
+TUNING = ["camera.png", "brick.png", "grass.png", "gravel.png", "moon.png", "clock_motion.png"]
 
 
 def preprocess(img):
@@ -59,6 +69,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--aug", type=int, default=50, help="augmented crops per evaluation photo")
+    ap.add_argument("--train-aug", type=int, default=63, help="augmented crops per calibration photo in training.npz")
     ap.add_argument("--cache", default=os.path.join(os.path.dirname(__file__), "..", "..", "models", "zoo_cache"))
     a = ap.parse_args()
     wheels = glob.glob(os.path.join(a.cache, "scikit_image-*.whl"))
@@ -79,9 +90,19 @@ def main():
     for name in EVALUATION:
         img = photo(name)
         ev.extend(preprocess(augment(img, rng)) for _ in range(a.aug))
-    np.savez(os.path.join(a.out, "calibration.npz"), input=np.stack(cal))
-    np.savez(os.path.join(a.out, "evaluation.npz"), input=np.stack(ev))
-    print(f"wrote {a.out}/calibration.npz ({len(cal)}) and evaluation.npz ({len(ev)})")
+    sets = {"calibration": cal, "evaluation": ev}
+    for name, photos, aug, seed in [("training", CALIBRATION, a.train_aug, 20261205), ("tuning", TUNING, 15, 20261206)]:
+        rng = np.random.default_rng(seed)
+        sets[name] = []
+        for p in photos:
+            img = photo(p)
+            sets[name].append(preprocess(img))
+            sets[name].extend(preprocess(augment(img, rng)) for _ in range(aug))
+        # Shuffled, so that any first N samples (qat's --calibration-limit) mix the photos.
+        sets[name] = [sets[name][i] for i in rng.permutation(len(sets[name]))]
+    for name, samples in sets.items():
+        np.savez(os.path.join(a.out, f"{name}.npz"), input=np.stack(samples))
+    print(", ".join(f"{a.out}/{name}.npz ({len(samples)})" for name, samples in sets.items()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - EfficientNet-Lite0 (model zoo, real weights): INT8 calibrated on some photos, checked on others
   with onnxruntime directly; loads and runs on both engines; FP16 within 1e-2 relative.
 - Fashion-MNIST (Debian package dataset-fashion-mnist): the committed MLP, INT8 accuracy within
-  1 point of FP32 on the 10,000 test images, computed here with onnxruntime.
+  1 point of FP32 on the 10,000 test images, computed here with onnxruntime; the committed CNN
+  through `qat` and `quantize`, both run by ONNX Runtime as integer kernels (its optimized graph).
 
 Zoo cases skip when the zoo is missing, unless RTSERVE_ZOO_REQUIRED=1 (scripts/test.sh fetches
 it); the Fashion-MNIST case skips without the Debian package, unless
@@ -17,9 +18,11 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +31,7 @@ ZOO = Path(os.environ.get("RTSERVE_ZOO_DIR", REPO / "models" / "zoo"))
 EFFNET = ZOO / "efficientnet_lite0" / "1" / "model.onnx"
 FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MODEL = REPO / "examples" / "optimize" / "fashion_mnist_mlp.onnx"
+FASHION_CNN = REPO / "examples" / "optimize" / "fashion_cnn.onnx"
 REQUIRED = os.environ.get("RTSERVE_ZOO_REQUIRED") == "1"
 FASHION_REQUIRED = os.environ.get("RTSERVE_TEST_REQUIRE_FASHION_MNIST") == "1"
 
@@ -59,7 +63,8 @@ def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
 def photos(tmp_path_factory) -> Path:
     need(EFFNET, "python scripts/model_zoo.py fetch")
     out = tmp_path_factory.mktemp("photos")
-    subprocess.run([sys.executable, str(REPO / "scripts" / "optimize" / "photo_sets.py"), str(out), "--aug", "10"], check=True)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "optimize" / "photo_sets.py"), str(out), "--aug", "10",
+                    "--train-aug", "1"], check=True)
     return out
 
 
@@ -118,17 +123,20 @@ def test_effnet_fp16_within_1e_2_relative(photos, tmp_path):
     assert (ref.argmax(1) == half.argmax(1)).all()
 
 
-def test_fashion_mnist_int8_accuracy_within_one_point(tmp_path):
+def read_fashion(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST's `kind` split (train, t10k): pixels / 255 as float32 [N, 784], labels."""
     need(FASHION_DIR / "t10k-images-idx3-ubyte.gz", "apt-get install dataset-fashion-mnist",
          FASHION_REQUIRED, "RTSERVE_TEST_REQUIRE_FASHION_MNIST")
-    def read(kind):
-        with gzip.open(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz") as f:
-            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255
-        with gzip.open(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz") as f:
-            y = np.frombuffer(f.read(), np.uint8, offset=8)
-        return x, y
-    xtrain, _ = read("train")
-    x, y = read("t10k")
+    with gzip.open(FASHION_DIR / f"{kind}-images-idx3-ubyte.gz") as f:
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784).astype(np.float32) / 255
+    with gzip.open(FASHION_DIR / f"{kind}-labels-idx1-ubyte.gz") as f:
+        y = np.frombuffer(f.read(), np.uint8, offset=8)
+    return x, y
+
+
+def test_fashion_mnist_int8_accuracy_within_one_point(tmp_path):
+    xtrain, _ = read_fashion("train")
+    x, y = read_fashion("t10k")
     np.save(tmp_path / "calibration.npy", xtrain[:500])
     out = tmp_path / "fashion_int8.onnx"
     rtserve("quantize", "--model", str(FASHION_MODEL), "--out", str(out), "--calibration", str(tmp_path / "calibration.npy"))
@@ -136,3 +144,33 @@ def test_fashion_mnist_int8_accuracy_within_one_point(tmp_path):
     acc_int8 = float(np.mean(run_ort(out, x).argmax(1) == y))
     assert acc_fp32 > 0.85, acc_fp32
     assert acc_int8 >= acc_fp32 - 0.01, (acc_fp32, acc_int8)
+
+
+def ort_kernels(model: Path, tmp_path: Path) -> Counter:
+    """The operators ONNX Runtime runs for `model` on the CPU: its optimized graph, saved."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / f"{model.stem}.ort.onnx")
+    ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_qat_and_quantize_models_run_as_integer_kernels(tmp_path):
+    """`qat` exports `quantize`'s QDQ layout, so ONNX Runtime fuses it the same way: every Conv
+    of the CNN becomes a QLinearConv, its Gemm a QGemm, no float Conv or Gemm is left."""
+    xtrain, ytrain = read_fashion("train")
+    np.save(tmp_path / "x.npy", xtrain[:512].reshape(-1, 1, 28, 28))
+    np.save(tmp_path / "y.npy", ytrain[:512].astype(np.int64))
+    qat, ptq = tmp_path / "qat.onnx", tmp_path / "ptq.onnx"
+    rtserve("qat", "--model", str(FASHION_CNN), "--out", str(qat), "--data", str(tmp_path / "x.npy"),
+            "--labels", str(tmp_path / "y.npy"), "--epochs", "1", "--lr", "0.001", "--batch-size", "64",
+            "--calibration-limit", "256")
+    rtserve("quantize", "--model", str(FASHION_CNN), "--out", str(ptq), "--calibration", str(tmp_path / "x.npy"),
+            "--calibration-limit", "256")
+    convs = Counter(node.op_type for node in onnx.load(FASHION_CNN).graph.node)["Conv"]
+    assert convs == 5
+    for model in (qat, ptq):
+        kernels = ort_kernels(model, tmp_path)
+        assert kernels["QLinearConv"] == convs, (model.name, kernels)
+        assert kernels["QGemm"] == 1, (model.name, kernels)
+        assert kernels["Conv"] == 0 and kernels["Gemm"] == 0, (model.name, kernels)
