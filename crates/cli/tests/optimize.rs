@@ -613,6 +613,11 @@ fn distills_and_trains_quantization_aware_with_the_real_binary() {
     assert_eq!(report["alpha"].as_f64(), Some(0.7), "{report}");
     assert_eq!(report["unlabelled"].as_bool(), Some(false), "{report}");
     assert!(report["student_params"].as_u64() < report["teacher_params"].as_u64(), "{report}");
+    // Half the channels everywhere: well under half the multiply-adds (crates/optimize's tests
+    // check the count itself against counts by hand).
+    let (student_macs, teacher_macs) =
+        (report["student_multiply_adds"].as_u64(), report["teacher_multiply_adds"].as_u64());
+    assert!(matches!((student_macs, teacher_macs), (Some(s), Some(t)) if s > 0 && 2 * s < t), "{report}");
     assert_eq!(report["fit"]["training"]["epochs"].as_array().map(Vec::len), Some(1), "{report}");
     let conv = initializer_dims(&cnn, "conv1.weight");
     assert_eq!(initializer_dims(&student, "conv1.weight")[0], conv[0] / 2);

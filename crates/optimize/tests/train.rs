@@ -966,3 +966,27 @@ fn the_fake_quantized_forward_is_what_the_exported_qdq_model_computes() {
     let float = trainer_output(&g.to_model().expect("float"), &inputs);
     assert!(ours.iter().zip(&float).any(|(a, b)| (a - b).abs() > 1e-4));
 }
+
+/// Multiply-adds per image of the committed Fashion-MNIST models against their counts by hand
+/// (docs/training.md: the teacher's layers `28·28·32·9 + 2·14·14·32·32·9 + 7·7·64·32·9 +
+/// 7·7·64·64·9 + 64·10`; fashion_student.py's for the student), and of the width-0.3 student
+/// the docs count the same way (10 and 20 channels where the teacher has 32 and 64).
+#[test]
+fn multiply_adds_are_counted_from_the_shapes() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/optimize");
+    let image = Dataset::new(vec![1, 28, 28], vec![0.0; 28 * 28], vec![0]).expect("data");
+    let count = |m: &ModelProto| {
+        let g = TrainGraph::new(m).expect("graph");
+        rtserve_optimize::train::cost::multiply_adds(&g, &image).expect("count")
+    };
+    let teacher = model::load(&examples.join("fashion_cnn.onnx")).expect("teacher");
+    let by_hand = |c: u64| {
+        28 * 28 * c * 9 + 2 * 14 * 14 * c * c * 9 + 7 * 7 * 2 * c * c * 9 + 7 * 7 * 4 * c * c * 9 + 2 * c * 10
+    };
+    assert_eq!(count(&teacher), by_hand(32));
+    assert_eq!(by_hand(32), 6_548_608);
+    let (narrow, _) = distill::student_from_teacher(&teacher, 0.3).expect("student");
+    assert_eq!(count(&narrow), by_hand(10));
+    let student = model::load(&examples.join("fashion_student_init.onnx")).expect("student");
+    assert_eq!(count(&student), 14 * 14 * 32 * 4 + 7 * 7 * 64 * 32 * 4 + 3136 * 10);
+}

@@ -8,6 +8,7 @@ use clap::Args;
 use rtserve_optimize::model;
 use rtserve_optimize::onnx::{tensor_proto::DataType, ModelProto};
 use rtserve_optimize::prune::channels::GroupReport;
+use rtserve_optimize::train::cost::multiply_adds;
 use rtserve_optimize::train::data::Dataset;
 use rtserve_optimize::train::distill::{self, DistillOptions, Distillation, Logits};
 use rtserve_optimize::train::TrainGraph;
@@ -77,6 +78,10 @@ struct DistillReport {
     /// Float values in each model's initializers (BatchNorm running statistics included).
     teacher_params: usize,
     student_params: usize,
+    /// Multiply-adds per sample of Conv, Gemm and MatMul (the teacher's when the trainer can
+    /// run it).
+    teacher_multiply_adds: Option<u64>,
+    student_multiply_adds: u64,
     /// The teacher's accuracy on the test data, on the engine.
     teacher_test_accuracy: Option<f64>,
     teacher_seconds: f64,
@@ -161,6 +166,9 @@ pub fn run_distill(a: DistillArgs) -> anyhow::Result<()> {
     let (mut objective, options, unlabelled) = teacher.objective(&mut splits, &a.teacher_args)?;
     let teacher_seconds = started.elapsed().as_secs_f64();
     let teacher_test_accuracy = teacher.test_accuracy(&splits)?;
+    let student_multiply_adds = multiply_adds(&student, &splits.train)?;
+    let teacher_multiply_adds =
+        TrainGraph::new(&teacher_onnx).ok().and_then(|t| multiply_adds(&t, &splits.train).ok());
     let fit = fit(&student, &splits, &fit_options, &mut objective, Vec::new())?;
     model::save(&student.to_model()?, &a.out)?;
     let report = DistillReport {
@@ -170,16 +178,24 @@ pub fn run_distill(a: DistillArgs) -> anyhow::Result<()> {
         groups,
         teacher_params: float_params(&teacher_onnx),
         student_params: float_params(&student_onnx),
+        teacher_multiply_adds,
+        student_multiply_adds,
         teacher_test_accuracy,
         teacher_seconds,
         fit,
     };
     print_report(a.json, &report, || {
         format!(
-            "wrote {}: student of {} float values (teacher {}), T {}, alpha {}{}; teacher test accuracy {}\n{}",
+            "wrote {}: student of {} float values (teacher {}), {} multiply-adds per sample{}, T {}, alpha {}{}; \
+             teacher test accuracy {}\n{}",
             a.out.display(),
             report.student_params,
             report.teacher_params,
+            report.student_multiply_adds,
+            match report.teacher_multiply_adds {
+                Some(t) if t > 0 => format!(" ({:.3}× the teacher's {t})", report.student_multiply_adds as f64 / t as f64),
+                _ => String::new(),
+            },
             report.temperature,
             report.alpha,
             if report.unlabelled { " (no labels)" } else { "" },

@@ -10,7 +10,9 @@
 //! - `distill`: the distillation loss, the teacher's logits from the engine, students made by
 //!   narrowing the teacher.
 //! - `fake_quant`: fake quantization with a straight-through estimator (for `crate::qat`).
+//! - `cost`: multiply-adds per sample, from the shapes of a forward pass.
 
+pub mod cost;
 pub mod data;
 pub mod distill;
 pub mod fake_quant;
