@@ -664,7 +664,8 @@ fn distills_and_trains_quantization_aware_with_the_real_binary() {
     assert_eq!(op_types(&qat), op_types(&ptq));
     evaluate(&cnn, &qat, &data, "tract", &[]);
 
-    // QAT distilling from the float model, on data without labels.
+    // QAT distilling from the float model, on data without labels, held-out data without labels
+    // too (the teacher's predictions stand in for them).
     let self_distilled = path("self.onnx");
     let report = run(&[
         "qat",
@@ -676,10 +677,13 @@ fn distills_and_trains_quantization_aware_with_the_real_binary() {
         self_distilled.to_str().expect("utf-8"),
         "--data",
         d,
+        "--heldout-data",
+        d,
         "--lr",
         "0.001",
     ]);
     assert_eq!(report["alpha"].as_f64(), Some(1.0), "{report}");
+    assert!(report["fit"]["heldout_accuracy"].as_f64() > Some(0.5), "{report}");
     assert_eq!(op_types(&self_distilled), op_types(&ptq));
 }
 
@@ -738,4 +742,7 @@ fn distillation_and_qat_refuse_bad_input_clearly() {
     // QAT needs labels unless it distils.
     let out = rtserve(&["qat", "--model", teacher, "--out", "/dev/null", "--data", d, "--engine", "tract"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--labels is required"), "{out:?}");
+    // Labelled training data wants labelled held-out data.
+    let err = fails(&[&distill[..], &["--heldout-data", d]].concat());
+    assert!(err.contains("--heldout-labels is required with --heldout-data"), "{err}");
 }

@@ -41,9 +41,11 @@ pub struct DataArgs {
     fashion_mnist: Option<PathBuf>,
     /// Held-out samples (choose the best epoch on them); default: the last --heldout of the
     /// training data.
-    #[arg(long, requires = "heldout_labels")]
+    #[arg(long)]
     heldout_data: Option<PathBuf>,
-    /// One class index per --heldout-data sample (as --labels).
+    /// One class index per --heldout-data sample (as --labels). Required, except where the
+    /// training data has no labels either (distill, qat --teacher): the teacher's predictions
+    /// then stand in, and the best epoch is the one that agrees with the teacher most.
     #[arg(long)]
     heldout_labels: Option<PathBuf>,
     /// Fraction of the training data held out when no --heldout-data is given (0: none).
@@ -218,6 +220,10 @@ impl DataArgs {
         }
         let heldout = match (&self.heldout_data, &self.heldout_labels) {
             (Some(d), Some(l)) => Some(train_data::load(d, Some(l), input, &images)?),
+            (Some(_), None) if labelled || !unlabelled_ok => {
+                bail!("--heldout-labels is required with --heldout-data (it may be left out only when the training data has no labels either, with a teacher)")
+            }
+            (Some(d), None) => Some(train_data::load(d, None, input, &images)?),
             _ if self.heldout > 0.0 => Some(train.split_off(self.heldout)?),
             _ => None,
         };
