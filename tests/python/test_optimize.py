@@ -22,7 +22,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +35,7 @@ REQUIRED = os.environ.get("RTSERVE_ZOO_REQUIRED") == "1"
 FASHION_REQUIRED = os.environ.get("RTSERVE_TEST_REQUIRE_FASHION_MNIST") == "1"
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 def need(path: Path, hint: str, required: bool = REQUIRED, flag: str = "RTSERVE_ZOO_REQUIRED"):
