@@ -69,70 +69,99 @@ def he_normal(rng, shape, fan_in):
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
 
-def build(seed=0):
-    """The untrained `fashion_cnn` as an onnx.ModelProto."""
-    from onnx import TensorProto, checker, helper, numpy_helper
+class Builder:
+    """The nodes and float initialisers of a Fashion-MNIST model (input FLOAT [N,1,28,28], pixels
+    / 255; logits FLOAT [N,10]), its weights drawn He-normal from numpy.random.default_rng(seed)
+    in the order they are added (fashion_cnn here, fashion_student.py's student)."""
 
-    rng = np.random.default_rng(seed)
-    inits = []
-    nodes = []
+    def __init__(self, seed):
+        from onnx import helper, numpy_helper
 
-    def init(name, array):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.rng = np.random.default_rng(seed)
+        self.nodes, self.inits = [], []
 
-    def conv_bn(name, cin, cout, stride, bn, x, relu):
-        """Conv k3 p1 + BatchNormalization (+ Relu); returns the output tensor name."""
-        init(f"{name}.weight", he_normal(rng, (cout, cin, 3, 3), cin * 9))
-        init(f"{name}.bias", np.zeros(cout))
-        nodes.append(helper.make_node(
-            "Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], name=name,
-            kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride]))
+    def init(self, name, array):
+        self.inits.append(self.numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
+
+    def node(self, *args, **attributes):
+        self.nodes.append(self.helper.make_node(*args, **attributes))
+
+    def conv_bn(self, name, cin, cout, bn, x, relu, kernel=3, stride=1, pad=1):
+        """Conv + BatchNormalization (+ Relu unless `relu` is None); returns the output tensor name."""
+        self.init(f"{name}.weight", he_normal(self.rng, (cout, cin, kernel, kernel), cin * kernel * kernel))
+        self.init(f"{name}.bias", np.zeros(cout))
+        self.node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], name=name,
+                  kernel_shape=[kernel, kernel], pads=[pad] * 4, strides=[stride, stride])
         for suffix, value in [("scale", 1.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.0)]:
-            init(f"{bn}.{suffix}", np.full(cout, value))
-        nodes.append(helper.make_node(
-            "BatchNormalization",
-            [f"{name}.out", f"{bn}.scale", f"{bn}.bias", f"{bn}.mean", f"{bn}.var"], [f"{bn}.out"],
-            name=bn, epsilon=1e-5, momentum=0.9))
+            self.init(f"{bn}.{suffix}", np.full(cout, value))
+        self.node("BatchNormalization",
+                  [f"{name}.out", f"{bn}.scale", f"{bn}.bias", f"{bn}.mean", f"{bn}.var"], [f"{bn}.out"],
+                  name=bn, epsilon=1e-5, momentum=0.9)
         if relu is None:
             return f"{bn}.out"
-        nodes.append(helper.make_node("Relu", [f"{bn}.out"], [f"{relu}.out"], name=relu))
+        self.node("Relu", [f"{bn}.out"], [f"{relu}.out"], name=relu)
         return f"{relu}.out"
 
-    convs = {c[0]: c for c in CONVS}
-    x = conv_bn(*convs["stem"], "input", "stem_relu")
-    nodes.append(helper.make_node("MaxPool", [x], ["pool.out"], name="pool", kernel_shape=[2, 2], strides=[2, 2]))
-    x = conv_bn(*convs["block.conv1"], "pool.out", "block.relu1")
-    x = conv_bn(*convs["block.conv2"], x, None)
-    nodes.append(helper.make_node("Add", [x, "pool.out"], ["block.add.out"], name="block.add"))
-    nodes.append(helper.make_node("Relu", ["block.add.out"], ["block.relu.out"], name="block.relu"))
-    x = conv_bn(*convs["down"], "block.relu.out", "down_relu")
-    x = conv_bn(*convs["conv4"], x, "conv4_relu")
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap.out"], name="gap"))
-    nodes.append(helper.make_node("Flatten", ["gap.out"], ["flatten.out"], name="flatten", axis=1))
-    init("fc.weight", he_normal(rng, (10, 64), 64))
-    init("fc.bias", np.zeros(10))
-    nodes.append(helper.make_node("Gemm", ["flatten.out", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1))
+    def classifier(self, x, features):
+        """`fc` Gemm features -> 10 (transB=1), writing `logits`."""
+        self.init("fc.weight", he_normal(self.rng, (10, features), features))
+        self.init("fc.bias", np.zeros(10))
+        self.node("Gemm", [x, "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1)
 
-    graph = helper.make_graph(
-        nodes, "fashion_cnn",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="rtserve scripts/optimize/fashion_cnn.py")
-    model.ir_version = 8
-    checker.check_model(model, full_check=True)
-    return model
+    def model(self, name, script):
+        """The checked model (opset 17, ir_version 8); `script` names its producer."""
+        from onnx import TensorProto, checker
+
+        helper = self.helper
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+            self.inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                  producer_name=f"rtserve scripts/optimize/{script}")
+        model.ir_version = 8
+        checker.check_model(model, full_check=True)
+        return model
+
+
+def save(model, out):
+    """Writes `model` to `out` (its folder made); returns its number of float values."""
+    import onnx
+
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    onnx.save(model, out)
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+
+
+def build(seed=0):
+    """The untrained `fashion_cnn` as an onnx.ModelProto."""
+    b = Builder(seed)
+    convs = {c[0]: c for c in CONVS}
+
+    def conv(key, x, relu):
+        name, cin, cout, stride, bn = convs[key]
+        return b.conv_bn(name, cin, cout, bn, x, relu, stride=stride)
+
+    x = conv("stem", "input", "stem_relu")
+    b.node("MaxPool", [x], ["pool.out"], name="pool", kernel_shape=[2, 2], strides=[2, 2])
+    x = conv("block.conv1", "pool.out", "block.relu1")
+    x = conv("block.conv2", x, None)
+    b.node("Add", [x, "pool.out"], ["block.add.out"], name="block.add")
+    b.node("Relu", ["block.add.out"], ["block.relu.out"], name="block.relu")
+    x = conv("down", "block.relu.out", "down_relu")
+    x = conv("conv4", x, "conv4_relu")
+    b.node("GlobalAveragePool", [x], ["gap.out"], name="gap")
+    b.node("Flatten", ["gap.out"], ["flatten.out"], name="flatten", axis=1)
+    b.classifier("flatten.out", 64)
+    return b.model("fashion_cnn", "fashion_cnn.py")
 
 
 def cmd_init(args):
-    import onnx
-
     model = build(args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    onnx.save(model, args.out)
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    params = save(model, args.out)
     print(f"wrote {args.out} (seed {args.seed}, {len(model.graph.node)} nodes, {params:,} parameters)")
 
 

@@ -47,9 +47,7 @@ Distilled from the teacher with scripts/optimize/fashion_student.sh (docs/traini
 import argparse
 import os
 
-import numpy as np
-
-from fashion_cnn import he_normal
+from fashion_cnn import Builder, save
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.normpath(os.path.join(HERE, "..", "..", "examples", "optimize", "fashion_student_init.onnx"))
@@ -76,56 +74,19 @@ def multiply_adds():
 
 def build(seed=0):
     """The untrained `fashion_student` as an onnx.ModelProto."""
-    from onnx import TensorProto, checker, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    inits = []
-    nodes = []
-
-    def init(name, array):
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, np.float32), name))
-
+    b = Builder(seed)
     x = "input"
     for name, cin, cout, k, bn, relu in CONVS:
-        init(f"{name}.weight", he_normal(rng, (cout, cin, k, k), cin * k * k))
-        init(f"{name}.bias", np.zeros(cout))
-        nodes.append(helper.make_node(
-            "Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}.out"], name=name,
-            kernel_shape=[k, k], pads=[0, 0, 0, 0], strides=[k, k]))
-        for suffix, value in [("scale", 1.0), ("bias", 0.0), ("mean", 0.0), ("var", 1.0)]:
-            init(f"{bn}.{suffix}", np.full(cout, value))
-        nodes.append(helper.make_node(
-            "BatchNormalization",
-            [f"{name}.out", f"{bn}.scale", f"{bn}.bias", f"{bn}.mean", f"{bn}.var"], [f"{bn}.out"],
-            name=bn, epsilon=1e-5, momentum=0.9))
-        nodes.append(helper.make_node("Relu", [f"{bn}.out"], [f"{relu}.out"], name=relu))
-        x = f"{relu}.out"
+        x = b.conv_bn(name, cin, cout, bn, x, relu, kernel=k, stride=k, pad=0)
     _, features = multiply_adds()
-    nodes.append(helper.make_node("Flatten", [x], ["flatten.out"], name="flatten", axis=1))
-    init("fc.weight", he_normal(rng, (CLASSES, features), features))
-    init("fc.bias", np.zeros(CLASSES))
-    nodes.append(helper.make_node("Gemm", ["flatten.out", "fc.weight", "fc.bias"], ["logits"], name="fc", transB=1))
-
-    graph = helper.make_graph(
-        nodes, "fashion_student",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                              producer_name="rtserve scripts/optimize/fashion_student.py")
-    model.ir_version = 8
-    checker.check_model(model, full_check=True)
-    return model
+    b.node("Flatten", [x], ["flatten.out"], name="flatten", axis=1)
+    b.classifier("flatten.out", features)
+    return b.model("fashion_student", "fashion_student.py")
 
 
 def cmd_init(args):
-    import onnx
-
     model = build(args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    onnx.save(model, args.out)
-    params = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    params = save(model, args.out)
     macs, _ = multiply_adds()
     print(f"wrote {args.out} (seed {args.seed}, {len(model.graph.node)} nodes, {params:,} parameters, "
           f"{macs:,} multiply-adds per image = {macs / TEACHER_MACS:.3f}x fashion_cnn's)")
