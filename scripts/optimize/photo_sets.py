@@ -77,13 +77,19 @@ def main():
         raise SystemExit(f"no scikit-image wheel in {a.cache}: run python scripts/model_zoo.py fetch --only photos")
     z = zipfile.ZipFile(wheels[0])
     photo = lambda name: Image.open(io.BytesIO(z.read(f"skimage/data/{name}")))
+
+    def each_with_crops(names, aug, rng):
+        """Each photo as is, then `aug` random crops/flips of it."""
+        samples = []
+        for name in names:
+            img = photo(name)
+            samples.append(preprocess(img))
+            samples.extend(preprocess(augment(img, rng)) for _ in range(aug))
+        return samples
+
     rng = np.random.default_rng(20261129)
     os.makedirs(a.out, exist_ok=True)
-    cal = []
-    for name in CALIBRATION:
-        img = photo(name)
-        cal.append(preprocess(img))
-        cal.extend(preprocess(augment(img, rng)) for _ in range(7))
+    cal = each_with_crops(CALIBRATION, 7, rng)
     ev = []
     for name in EVALUATION:
         ev.append(preprocess(photo(name)))
@@ -93,13 +99,9 @@ def main():
     sets = {"calibration": cal, "evaluation": ev}
     for name, photos, aug, seed in [("training", CALIBRATION, a.train_aug, 20261205), ("tuning", TUNING, 15, 20261206)]:
         rng = np.random.default_rng(seed)
-        sets[name] = []
-        for p in photos:
-            img = photo(p)
-            sets[name].append(preprocess(img))
-            sets[name].extend(preprocess(augment(img, rng)) for _ in range(aug))
+        samples = each_with_crops(photos, aug, rng)
         # Shuffled, so that any first N samples (qat's --calibration-limit) mix the photos.
-        sets[name] = [sets[name][i] for i in rng.permutation(len(sets[name]))]
+        sets[name] = [samples[i] for i in rng.permutation(len(samples))]
     for name, samples in sets.items():
         np.savez(os.path.join(a.out, f"{name}.npz"), input=np.stack(samples))
     print(", ".join(f"{a.out}/{name}.npz ({len(samples)})" for name, samples in sets.items()))
