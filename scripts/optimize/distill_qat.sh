@@ -14,9 +14,11 @@
 #
 #   scripts/optimize/distill_qat.sh [OUT]      (default OUT /tmp/distill_qat)
 #   RTSERVE=path/to/rtserve                    (default target/release/rtserve)
+#   SEED=N                                     (default 0: the shuffling of every run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RTSERVE=${RTSERVE:-target/release/rtserve}
+SEED=${SEED:-0}
 OUT=${1:-/tmp/distill_qat}
 D=$OUT/data
 TEACHER=examples/optimize/fashion_cnn.onnx
@@ -25,7 +27,7 @@ mkdir -p "$D"
 
 SPLITS=(--data "$D/train.npz" --labels "$D/train_labels.npy"
     --heldout-data "$D/heldout.npz" --heldout-labels "$D/heldout_labels.npy"
-    --test-data "$D/test.npz" --test-labels "$D/test_labels.npy" --batch-size 128 --seed 0
+    --test-data "$D/test.npz" --test-labels "$D/test_labels.npy" --batch-size 128 --seed "$SEED"
     --engine onnxruntime)
 
 evaluate() { # NAME
