@@ -4,6 +4,7 @@
 //! - `model`, `graph`: reading/writing files and tensors; graph validation and bookkeeping.
 //! - `data`: calibration and evaluation samples (`.npy`, `.npz`, image folders).
 //! - `calibrate`: activation ranges (min/max, percentile, entropy) measured on an engine.
+//! - `fold`: BatchNormalization folded into the Conv before it (static quantization's first step).
 //! - `quantize_math`, `quantize`: INT8 static (QDQ) and dynamic quantization.
 //! - `fp16`: FP16 conversion.
 //! - `evaluate`: a candidate model against a reference: agreement, error, latency, size.
@@ -17,6 +18,7 @@ pub mod calibrate;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod fold;
 pub mod fp16;
 pub mod graph;
 pub mod model;

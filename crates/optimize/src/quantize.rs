@@ -62,6 +62,9 @@ pub struct QuantizeReport {
     pub activations_fused: usize,
     /// Nodes kept in float by `exclude`.
     pub nodes_excluded: usize,
+    /// BatchNormalization nodes folded into their Conv before planning ([`crate::fold`]; set by
+    /// the caller that folded).
+    pub batch_norms_folded: usize,
 }
 
 fn excluded(node: &NodeProto, exclude: &[String]) -> bool {

@@ -2,7 +2,8 @@
 //! against ONNX Runtime (and tract), gradients against finite differences, exported models
 //! reloaded in both engines, structured pruning against the masked model it must equal;
 //! distillation from a teacher run on the engine; quantization-aware training against the QDQ
-//! model it exports (run on ONNX Runtime) and against `quantize`'s layout.
+//! model it exports (run on ONNX Runtime) and against `quantize`'s layout; BatchNormalization
+//! folded into its Conv against the unfolded model on both engines.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -13,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rtserve_core::{Engine, LoadOptions, NamedTensor};
 use rtserve_engines::{EngineChoice, Engines};
+use rtserve_optimize::fold;
 use rtserve_optimize::graph::{int_attribute, node};
 use rtserve_optimize::model::{self, float_tensor, float_values, tensor_value_info};
 use rtserve_optimize::onnx::attribute_proto::AttributeType;
@@ -853,6 +855,33 @@ fn distillation_refuses_a_student_of_another_shape_and_bad_widths() {
         let err = distill::student_from_teacher(&teacher, width).expect_err("width").to_string();
         assert!(err.contains("between 0 and 1"), "{err}");
     }
+}
+
+#[test]
+fn batch_norms_fold_into_their_convs_and_the_outputs_stay() {
+    let model = shaped_cnn(11);
+    let (folded, count) = fold::batch_norms(&model).expect("fold");
+    // Both Conv + BatchNormalization pairs (one Conv with a bias, one without) fold.
+    assert_eq!(count, 2);
+    let graph = folded.graph.as_ref().expect("graph");
+    assert!(graph.node.iter().all(|n| n.op_type != "BatchNormalization"), "a BatchNormalization is left");
+    assert!(graph.initializer.iter().all(|t| !t.name.starts_with("stem_bn.")), "unused BN parameters kept");
+    let dims = [2usize, 3, 16, 16];
+    let x = random(&mut StdRng::seed_from_u64(12), dims.iter().product(), 1.0);
+    let mut engines = vec![tract()];
+    engines.extend(ort());
+    for engine in engines {
+        let want = engine_output(engine.as_ref(), &model, &[("x", &x, &dims)]);
+        let got = engine_output(engine.as_ref(), &folded, &[("x", &x, &dims)]);
+        assert_close(&got, &want, 1e-5, "folded against unfolded");
+    }
+    // A Conv whose output is also read elsewhere keeps its BatchNormalization.
+    let mut shared = model.clone();
+    let g = shared.graph.as_mut().expect("graph");
+    g.node.push(node("Identity", "also_reads_s0", &["s0"], &["s0_copy"]));
+    g.output.push(tensor_value_info("s0_copy", DataType::Float));
+    let (_, count) = fold::batch_norms(&shared).expect("fold");
+    assert_eq!(count, 1, "only the second pair folds");
 }
 
 fn qat_options() -> QatOptions {

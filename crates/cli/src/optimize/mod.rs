@@ -14,6 +14,7 @@ use rtserve_engines::{EngineChoice, Engines};
 use rtserve_optimize::calibrate::CalibrationMethod;
 use rtserve_optimize::data::{self, ImagePreprocess};
 use rtserve_optimize::evaluate::{self, EvaluateOptions};
+use rtserve_optimize::fold;
 use rtserve_optimize::fp16::{self, Fp16Options};
 use rtserve_optimize::model;
 use rtserve_optimize::quantize::{self, QuantizeOptions};
@@ -323,20 +324,24 @@ fn run_quantize(a: QuantizeArgs) -> anyhow::Result<()> {
         let engine = create_engine(&a.engine)?;
         let names = input_names(engine.as_ref(), &a.model)?;
         let samples = data::load_samples(calibration, &names, &a.image.preprocess()?, a.calibration_limit)?;
+        let (onnx, folded) = fold::batch_norms(&onnx)?;
         let bar = progress_bar(samples.len(), "calibrating");
-        let result = quantize::quantize_static(&onnx, &samples, engine.as_ref(), &options, &|| bar.inc(1))?;
+        let (out, mut report) =
+            quantize::quantize_static(&onnx, &samples, engine.as_ref(), &options, &|| bar.inc(1))?;
         bar.finish_and_clear();
-        result
+        report.batch_norms_folded = folded;
+        (out, report)
     };
     model::save(&out, &a.out)?;
     print_report(a.json, &report, || {
         format!(
-            "wrote {}: {} nodes quantized, {} activations, {} weights, {} Relu/Clip folded, {} excluded\n",
+            "wrote {}: {} nodes quantized, {} activations, {} weights, {} Relu/Clip folded, {} BatchNormalization folded, {} excluded\n",
             a.out.display(),
             report.nodes_quantized,
             report.activations_quantized,
             report.weights_quantized,
             report.activations_fused,
+            report.batch_norms_folded,
             report.nodes_excluded
         )
     })

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Args;
 use rtserve_optimize::calibrate::CalibrationMethod;
 use rtserve_optimize::data::Sample;
+use rtserve_optimize::fold;
 use rtserve_optimize::model;
 use rtserve_optimize::qat::{self, QatOptions};
 use rtserve_optimize::quantize::{QuantizeOptions, QuantizeReport};
@@ -91,7 +92,9 @@ pub fn run_qat(a: QatArgs) -> anyhow::Result<()> {
         quantize: QuantizeOptions { method, exclude: a.exclude.clone(), ..QuantizeOptions::default() },
         learn_ranges: !a.freeze_ranges,
     };
-    let onnx = model::load(&a.model)?;
+    // As `quantize` does: BatchNormalization folded into its Conv first, so the plan and the
+    // trained graph are those of the folded model.
+    let (onnx, batch_norms_folded) = fold::batch_norms(&model::load(&a.model)?)?;
     let mut graph = TrainGraph::new(&onnx)?;
     let mut splits =
         a.data.load(graph.inputs().first().map(String::as_str).unwrap_or(""), a.teacher.is_some())?;
@@ -120,7 +123,8 @@ pub fn run_qat(a: QatArgs) -> anyhow::Result<()> {
         None => &mut cross_entropy,
     };
     let fit = fit(&graph, &splits, &fit_options, objective, Vec::new())?;
-    let (out, quantize) = qat.export(&graph)?;
+    let (out, mut quantize) = qat.export(&graph)?;
+    quantize.batch_norms_folded = batch_norms_folded;
     model::save(&out, &a.out)?;
     let int8_test_accuracy = match &splits.test {
         Some(test) => {
