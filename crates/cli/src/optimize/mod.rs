@@ -28,7 +28,8 @@ pub struct OptimizeArgs {
 
 #[derive(Subcommand)]
 enum OptimizeCommand {
-    /// INT8 post-training quantization: static (QDQ, calibrated on data) or --dynamic.
+    /// INT8 post-training quantization: static (QDQ, calibrated on data; each Conv's
+    /// BatchNormalization folded into it first) or --dynamic.
     Quantize(QuantizeArgs),
     /// Convert weights and compute to float16 (inputs/outputs stay float32 by default).
     Fp16(Fp16Args),
