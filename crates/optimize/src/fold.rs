@@ -54,6 +54,12 @@ pub fn batch_norms(model: &ModelProto) -> Result<(ModelProto, usize)> {
         }
     }
     let count = rewrites.len();
+    // The initializers the folded nodes read: dropped below where nothing reads them any more.
+    let replaced: HashSet<String> = rewrites
+        .iter()
+        .flat_map(|&(c, b, _)| graph.node[c].input.iter().skip(1).chain(graph.node[b].input.iter().skip(1)))
+        .cloned()
+        .collect();
     for (c, b, folded) in rewrites {
         let bn_output = graph.node[b].output[0].clone();
         let conv = &mut graph.node[c];
@@ -72,7 +78,7 @@ pub fn batch_norms(model: &ModelProto) -> Result<(ModelProto, usize)> {
     graph.node =
         nodes.into_iter().enumerate().filter(|(i, _)| !removed.contains(i)).map(|(_, n)| n).collect();
     graph.initializer.extend(new_inits);
-    drop_unused_initializers(graph);
+    drop_unread(graph, &replaced);
     Ok((out, count))
 }
 
@@ -94,8 +100,8 @@ fn fold(conv: &NodeProto, bn: &NodeProto, inits: &HashMap<String, &TensorProto>)
             _ => Ok(None),
         }
     };
-    let Some(w) = conv.input.get(1).and_then(|n| inits.get(n)) else { return Ok(None) };
     let Some(weight) = float(conv.input.get(1))? else { return Ok(None) };
+    let Some(w) = inits.get(&conv.input[1]) else { return Ok(None) };
     let channels = match w.dims.first() {
         Some(&m) if m > 0 && w.dims.len() >= 3 => m as usize,
         _ => return Ok(None),
@@ -134,13 +140,15 @@ fn node_base(node: &NodeProto) -> String {
     }
 }
 
-/// Removes the initializers that no node reads and that are not graph inputs or outputs.
-fn drop_unused_initializers(graph: &mut GraphProto) {
-    let read: HashSet<String> = graph
+/// Removes the `replaced` initializers that no node reads any more and that are not graph
+/// inputs or outputs; every other initializer stays, as `quantize` leaves them.
+fn drop_unread(graph: &mut GraphProto, replaced: &HashSet<String>) {
+    let read: HashSet<&str> = graph
         .node
         .iter()
-        .flat_map(|n| n.input.iter().cloned())
-        .chain(graph.input.iter().chain(&graph.output).map(|v| v.name.clone()))
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.input.iter().chain(&graph.output).map(|v| v.name.as_str()))
         .collect();
-    graph.initializer.retain(|t| read.contains(&t.name));
+    let unread: HashSet<String> = replaced.iter().filter(|n| !read.contains(n.as_str())).cloned().collect();
+    graph.initializer.retain(|t| !unread.contains(&t.name));
 }
