@@ -9,6 +9,7 @@ Run by hand only, never in CI, from the venv of scripts/edge/requirements.txt:
 
   $PY scripts/edge/tflite_zoo.py fashion            # examples/edge/fashion_cnn_{float,int8}.tflite
   $PY scripts/edge/tflite_zoo.py mobilenet DIR      # DIR/mobilenet_v2_{float,int8}.tflite (not committed, ~14 + ~4 MB)
+  $PY scripts/edge/tflite_zoo.py mobile             # examples/edge/mobile_block_{float,int8}.tflite (small, seeded)
   $PY scripts/edge/tflite_zoo.py mediapipe          # examples/edge/face_detection_short_range.tflite, from the mediapipe wheel
   $PY scripts/edge/tflite_zoo.py refs [--dir D]     # D/refs/<model>.{npz,json} for every D/*.tflite (D = examples/edge)
   $PY scripts/edge/tflite_zoo.py bench MODEL...     # LiteRT invoke() latency, num_threads=1, 50 runs (p50/p99, runs/s, peak RSS)
@@ -44,6 +45,14 @@ alpha=1.0, classes=1000) after set_random_seed(0) (random weights; output is the
 uniform in [-1,1] (numpy.random.default_rng(1); one training-mode pass with momentum 0), since
 with the initial statistics every output is exactly 1/1000. INT8 as above with 50 images drawn uniform in [-1,1] from
 numpy.random.default_rng(0).
+
+`mobile`: a small image model with random seeded weights that holds, in a few kilobytes, the
+operators of mobile classifiers: PAD, strided and 1x1 Conv2D with ReLU6, an inverted residual
+block (DepthwiseConv2D, ADD), AveragePool and a depthwise convolution with depth multiplier 2
+joined by CONCATENATION, MaxPool, hard-swish, a squeeze-and-excitation gate (MEAN, FULLY_CONNECTED,
+LOGISTIC, RESHAPE, MUL), MEAN, FULLY_CONNECTED and SOFTMAX. Input "image" [1,32,32,3] in [-1,1];
+outputs the logits [1,10] and their softmax. BatchNormalization statistics and INT8 calibration
+as for `mobilenet` (16 and 50 images uniform in [-1,1]).
 
 `mediapipe`: copies mediapipe/modules/face_detection/face_detection_short_range.tflite out of the
 mediapipe 0.10.14 wheel (Apache-2.0; the last wheels that bundle the .tflite files, later ones
@@ -103,6 +112,8 @@ EXPECTED_SHA256 = {
     "fashion_cnn_int8.tflite": "860101607049ba2deb4a6ba691f188c89018d7c8992e6a46cd0bc8ad5fee15f7",
     "mobilenet_v2_float.tflite": "03e967d07e0be1e472f1fa4bbbd2bd492d590e3fb2080794a00a2bf4b7823015",
     "mobilenet_v2_int8.tflite": "b6f22ebd9e9b2a6298e5429ce0ce6cd5e39625f6dd51d4b407ddc3b5ccbcbd8c",
+    "mobile_block_float.tflite": "6db989b2c65f3ba6eddeb2a2b2269df039c8de7fec44876f7182d6ac17b94822",
+    "mobile_block_int8.tflite": "babd3319a1e772932949181fa930e6e4f6f14bfebde46a0f43d340cf749cec4f",
     "face_detection_short_range.tflite": "bbff11cebd1eb27a1e004cae0b0e63ec8c551cbf34a4451148b4908b8db3eca8",
 }
 
@@ -202,6 +213,34 @@ def mobilenet(args):
     os.makedirs(args.dir, exist_ok=True)
     ok = convert(tf, model, calibration, os.path.join(args.dir, "mobilenet_v2_float.tflite"),
                  os.path.join(args.dir, "mobilenet_v2_int8.tflite"))
+    return 0 if ok else 1
+
+
+def mobile(args):
+    tf = seed_tf()
+    layers = tf.keras.layers
+    x_in = tf.keras.Input((32, 32, 3), batch_size=1, name="image")
+    x = layers.ZeroPadding2D(((0, 1), (0, 1)))(x_in)
+    x = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(16, 3, strides=2, use_bias=False)(x)))
+    y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(32, 1, use_bias=False)(x)))
+    y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.DepthwiseConv2D(3, padding="same", use_bias=False)(y)))
+    y = layers.BatchNormalization()(layers.Conv2D(16, 1, use_bias=False)(y))
+    x = layers.Add()([x, y])
+    a = layers.AveragePooling2D(2, strides=2, padding="same")(x)
+    b = layers.ReLU()(layers.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2)(x))
+    x = layers.MaxPooling2D(2)(layers.Concatenate()([a, b]))
+    x = layers.Activation("hard_swish")(layers.Conv2D(24, 3, padding="same")(x))
+    gate = layers.Dense(24, activation="sigmoid")(layers.Dense(8, activation="relu")(layers.GlobalAveragePooling2D()(x)))
+    x = layers.Multiply()([x, layers.Reshape((1, 1, 24))(gate)])
+    logits = layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D()(x))
+    model = tf.keras.Model(x_in, [logits, layers.Softmax(name="probabilities")(logits)], name="mobile_block")
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32), training=True)
+    calibration = np.random.default_rng(SEED).uniform(-1, 1, (50, 32, 32, 3)).astype(np.float32)
+    ok = convert(tf, model, calibration, os.path.join(EDGE, "mobile_block_float.tflite"),
+                 os.path.join(EDGE, "mobile_block_int8.tflite"))
     return 0 if ok else 1
 
 
@@ -311,7 +350,7 @@ def refs(args):
         with open(os.path.join(out_dir, stem + ".json"), "w") as f:
             json.dump(meta, f, indent=1)
             f.write("\n")
-        if stem.startswith("fashion_cnn"):
+        if stem.startswith(("fashion_cnn", "mobile_block")):
             # A file with a run-time batch is checked on all the examples as one batch.
             rows = len(q) if inp["shape_signature"][0] == -1 else 1
             write_expected(os.path.join(out_dir, stem + ".expected.json"), stem, inp, q[:rows], outs, results)
@@ -359,6 +398,7 @@ def main():
     s = sub.add_parser("mobilenet")
     s.add_argument("dir")
     s.set_defaults(fn=mobilenet)
+    sub.add_parser("mobile").set_defaults(fn=mobile)
     sub.add_parser("mediapipe").set_defaults(fn=mediapipe)
     sub.add_parser("unsupported").set_defaults(fn=unsupported)
     s = sub.add_parser("refs")

@@ -54,7 +54,8 @@ pub struct ServeArgs {
     listen_when_ready: bool,
 
     /// Engine: auto (ONNX Runtime when its library is found, else tract), onnxruntime or tract.
-    /// An explicit engine applies to every model; auto honours each model's `backend`.
+    /// An explicit engine applies to every model; auto honours each model's `backend`. A TFLite
+    /// model that does not convert to ONNX (an operator the rewrite lacks) runs on tract.
     #[arg(long, env = "RTSERVE_ENGINE", default_value = "auto")]
     engine: EngineChoice,
 

@@ -460,17 +460,26 @@ fn help_explains_each_flag() {
     }
 }
 
-/// TFLite files (`examples/edge`, converted by TensorFlow) run on tract whatever `--engine`
-/// says and match Google's interpreter (LiteRT) on the same input: the float CNN and its full
-/// INT8 conversion (int8 tensors in and out), and the INT8 file with a run-time batch on eight
-/// examples at once. A file tract-tflite cannot read (an operator it lacks) and a truncated
-/// flatbuffer are bad input (exit 2), naming the cause.
+/// TFLite files (`examples/edge`, converted by TensorFlow) match Google's interpreter (LiteRT)
+/// on the same input on every engine: the float CNN and its full INT8 conversion (int8 tensors
+/// in and out), the INT8 file with a run-time batch on eight examples at once (on tract, also
+/// under `--engine onnxruntime`: it does not convert to ONNX), and a small mobile classifier,
+/// float and INT8, that tract cannot read (a depth multiplier of 2) and ONNX Runtime runs. A
+/// file neither engine can read (an operator both lack) and a truncated flatbuffer are bad
+/// input (exit 2), naming the cause.
 #[test]
-fn tflite_models_run_on_tract_and_match_litert() {
+fn tflite_models_match_litert() {
     let dir = tempfile::tempdir().expect("tempdir");
     let edge = root().join("examples/edge");
     let mut input = PathBuf::new();
-    for stem in ["fashion_cnn_float", "fashion_cnn_int8", "fashion_cnn_int8_dynamic_batch"] {
+    let files = [
+        ("fashion_cnn_float", &["auto", "onnxruntime", "tract"][..]),
+        ("fashion_cnn_int8", &["auto", "onnxruntime", "tract"]),
+        ("fashion_cnn_int8_dynamic_batch", &["auto", "onnxruntime", "tract"]),
+        ("mobile_block_float", &["onnxruntime"]),
+        ("mobile_block_int8", &["onnxruntime"]),
+    ];
+    for (stem, engines) in files {
         let reference: Value = serde_json::from_str(
             &std::fs::read_to_string(edge.join(format!("refs/{stem}.expected.json"))).expect("reference"),
         )
@@ -478,7 +487,7 @@ fn tflite_models_run_on_tract_and_match_litert() {
         input = dir.path().join(format!("{stem}.npy"));
         std::fs::write(&input, npy_of(&reference["inputs"][0])).expect("write npy");
         let model = edge.join(format!("{stem}.tflite"));
-        for engine in ["auto", "onnxruntime", "tract"] {
+        for &engine in engines {
             let out = rtserve(&["--engine", engine, "--model", s(&model), s(&input)], None);
             if !engine_present(&out) {
                 continue;
@@ -490,6 +499,14 @@ fn tflite_models_run_on_tract_and_match_litert() {
             );
         }
     }
+    let err = fails(
+        &rtserve(
+            &["--engine", "tract", "--model", s(&edge.join("mobile_block_int8.tflite")), s(&input)],
+            None,
+        ),
+        2,
+    );
+    assert!(err.contains("mobile_block_int8.tflite") && err.contains("convolution"), "{err}");
 
     let unreadable = edge.join("cumsum.tflite");
     let err = fails(&rtserve(&["--model", s(&unreadable), s(&input)], None), 2);

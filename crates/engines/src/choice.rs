@@ -1,7 +1,7 @@
 //! Which engines this process has, and which one loads a given model: one rule for the server,
 //! `rtserve run` and `rtserve optimize`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rtserve_core::{Engine, EngineError, ModelConfig};
@@ -98,12 +98,13 @@ impl Engines {
         }
     }
 
-    /// The engine for a model: a TFLite model goes to tract (the one engine that reads TFLite),
-    /// else an explicit `--engine` wins, then the model's `backend`, then the fastest one
-    /// present. A `backend` that is missing here falls back with a warning, since both engines
-    /// read the same ONNX file.
-    pub fn for_model(&self, config: &ModelConfig) -> Arc<dyn Engine> {
-        if is_tflite(config) {
+    /// The engine for the model file `file`: an explicit `--engine` wins, then the model's
+    /// `backend`, then the fastest one present. A `backend` that is missing here falls back
+    /// with a warning, since both engines read the same ONNX file. A TFLite file goes to ONNX
+    /// Runtime, rewritten as ONNX, unless `--engine tract` or `backend: "tract"` asks otherwise
+    /// or the file does not convert: then to tract, which reads TFLite itself.
+    pub fn for_model(&self, config: &ModelConfig, file: &Path) -> Arc<dyn Engine> {
+        if is_tflite(config) && !self.tflite_on_onnxruntime(config, file) {
             if let Some(tract) = &self.tract {
                 return tract.clone();
             }
@@ -115,6 +116,8 @@ impl Engines {
             EngineChoice::Auto => match config.backend.as_deref() {
                 Some("tract") => self.tract.as_ref(),
                 Some("onnxruntime" | "ort") => self.onnxruntime.as_ref(),
+                // Triton's TFLite backend: the file says what it is, not which engine.
+                Some("tflite") => None,
                 Some(other) => {
                     tracing::warn!(model = %config.name, "unknown backend '{other}'; using the default engine");
                     None
@@ -124,6 +127,37 @@ impl Engines {
         };
         preferred.unwrap_or(&self.default).clone()
     }
+}
+
+impl Engines {
+    /// Whether a TFLite model runs on ONNX Runtime: it is loaded, neither `--engine` nor the
+    /// config's `backend` asks for tract, and the file converts to ONNX. A file that does not
+    /// (an operator the rewrite lacks) goes to tract, with a log line that says why.
+    fn tflite_on_onnxruntime(&self, config: &ModelConfig, file: &Path) -> bool {
+        if self.onnxruntime.is_none()
+            || self.choice == EngineChoice::Tract
+            || (self.choice == EngineChoice::Auto && config.backend.as_deref() == Some("tract"))
+        {
+            return false;
+        }
+        match converts(file) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::info!(model = %config.name, "TFLite on tract: {reason}");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(all(feature = "tract", feature = "onnxruntime"))]
+fn converts(file: &Path) -> Result<(), EngineError> {
+    crate::tflite_onnx::check(file)
+}
+
+#[cfg(not(all(feature = "tract", feature = "onnxruntime")))]
+fn converts(_file: &Path) -> Result<(), EngineError> {
+    Err(EngineError::new("this build cannot rewrite TFLite as ONNX"))
 }
 
 #[cfg(feature = "tract")]

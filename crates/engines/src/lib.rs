@@ -3,6 +3,7 @@
 //!
 //! - `tract`: pure-Rust ONNX inference, always available, no setup (feature `tract`).
 //! - `onnxruntime`: ONNX Runtime loaded at run time, the fast path on CPU (feature `onnxruntime`).
+//! - `tflite_onnx`: TFLite files rewritten as ONNX, so ONNX Runtime runs them (both features).
 //! - `choice`: `--engine` ([`EngineChoice`]) and the engines a process has ([`Engines`]).
 //!
 //! Every engine prepares a model once ([`Engine::prepare`](rtserve_core::Engine::prepare)) and
@@ -13,6 +14,8 @@ mod choice;
 pub mod onnxruntime;
 #[cfg(any(feature = "tract", feature = "onnxruntime"))]
 mod panic;
+#[cfg(all(feature = "tract", feature = "onnxruntime"))]
+mod tflite_onnx;
 #[cfg(feature = "tract")]
 pub mod tract;
 

@@ -492,51 +492,70 @@ fn edge_model(name: &str) -> PathBuf {
 }
 
 /// A float TFLite file (a Keras CNN converted by TensorFlow, `scripts/edge/tflite_zoo.py`) on
-/// tract, against Google's interpreter (LiteRT) on the same file and input.
+/// tract and on ONNX Runtime (rewritten as ONNX), against Google's interpreter (LiteRT) on the
+/// same file and input.
 #[test]
 fn tflite_float_matches_litert() {
-    let engine = TractEngine;
     let path = edge_model("fashion_cnn_float.tflite");
-    let signature = engine.signature(&path).expect("signature");
-    assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Fp32, &[1, 28, 28, 1])]);
-    // Outputs keep the file's tensor names, as LiteRT reports them.
-    assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Fp32, &[1, 10])]);
     let case = read_json(&edge_model("refs/fashion_cnn_float.expected.json"));
-    check_file(&engine, &path, &case, &LoadOptions::default(), 0.0);
+    for engine in engines() {
+        let signature = engine.signature(&path).expect("signature");
+        assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Fp32, &[1, 28, 28, 1])]);
+        // Outputs keep the file's tensor names, as LiteRT reports them.
+        assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Fp32, &[1, 10])]);
+        check_file(engine.as_ref(), &path, &case, &LoadOptions::default(), 0.0);
+    }
 }
 
 /// The same CNN converted to full INT8 (int8 input and output, per-channel int8 weights): tract
-/// runs it on its quantized operators and answers within one quantization step of LiteRT.
+/// runs it on its quantized operators, ONNX Runtime on its integer kernels (QDQ), and both
+/// answer within one quantization step of LiteRT.
 #[test]
 fn tflite_int8_matches_litert() {
-    let engine = TractEngine;
     let path = edge_model("fashion_cnn_int8.tflite");
-    let signature = engine.signature(&path).expect("signature");
-    assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Int8, &[1, 28, 28, 1])]);
-    assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Int8, &[1, 10])]);
     let case = read_json(&edge_model("refs/fashion_cnn_int8.expected.json"));
-    check_file(&engine, &path, &case, &LoadOptions::default(), 1.0);
+    for engine in engines() {
+        let signature = engine.signature(&path).expect("signature");
+        assert_eq!(signature.inputs, vec![spec("serving_default_image:0", DataType::Int8, &[1, 28, 28, 1])]);
+        assert_eq!(signature.outputs, vec![spec("StatefulPartitionedCall_1:0", DataType::Int8, &[1, 10])]);
+        check_file(engine.as_ref(), &path, &case, &LoadOptions::default(), 1.0);
+    }
 }
 
 /// A real-world file from a registry package (MediaPipe's face detector: fp16 weights behind
-/// DEQUANTIZE, two outputs) loads and runs; its values are checked against LiteRT by
-/// tests/python/test_tflite.py, which reads the reference arrays.
+/// DEQUANTIZE, PAD, CONCATENATION, two outputs) loads and runs on both engines, which agree;
+/// its values are checked against LiteRT by tests/python/test_tflite.py, which reads the
+/// reference arrays.
 #[test]
 fn tflite_face_detector_runs() {
-    let engine = TractEngine;
     let path = edge_model("face_detection_short_range.tflite");
-    let signature = engine.signature(&path).expect("signature");
-    assert_eq!(signature.inputs, vec![spec("input", DataType::Fp32, &[1, 128, 128, 3])]);
-    let image = vec![0u8; 128 * 128 * 3 * 4];
+    // A fixed image: each value a function of its index.
+    let pixels: Vec<f32> = (0..128 * 128 * 3).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+    let image: Vec<u8> = pixels.iter().flat_map(|v| v.to_le_bytes()).collect();
     let input = NamedTensor {
         name: "input".into(),
         tensor: Tensor::new(DataType::Fp32, vec![1, 128, 128, 3], TensorData::Raw(image.into()))
             .expect("tensor"),
     };
-    let outputs =
-        engine.load(&path, &LoadOptions::default()).expect("load").infer(&[input], &[]).expect("infer");
-    let shapes: Vec<(&str, &[usize])> = outputs.iter().map(|o| (o.name.as_str(), o.tensor.shape())).collect();
-    assert_eq!(shapes, vec![("regressors", &[1, 896, 16][..]), ("classificators", &[1, 896, 1][..])]);
+    let mut answers = Vec::new();
+    for engine in engines() {
+        let signature = engine.signature(&path).expect("signature");
+        assert_eq!(signature.inputs, vec![spec("input", DataType::Fp32, &[1, 128, 128, 3])]);
+        let outputs = engine
+            .load(&path, &LoadOptions::default())
+            .expect("load")
+            .infer(std::slice::from_ref(&input), &[])
+            .expect("infer");
+        let shapes: Vec<(&str, &[usize])> =
+            outputs.iter().map(|o| (o.name.as_str(), o.tensor.shape())).collect();
+        assert_eq!(shapes, vec![("regressors", &[1, 896, 16][..]), ("classificators", &[1, 896, 1][..])]);
+        answers.push(outputs.iter().map(|o| values(&o.tensor)).collect::<Vec<_>>());
+    }
+    for other in answers.iter().skip(1) {
+        for (a, b) in answers[0].iter().flatten().zip(other.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "tract {a}, ONNX Runtime {b}");
+        }
+    }
 }
 
 /// The CNN converted with a run-time batch (`shape_signature` -1; Flatten's shape computed at
@@ -555,21 +574,76 @@ fn tflite_run_time_batch_matches_litert() {
     check_file(&engine, &path, &case, &LoadOptions::default(), 1.0);
 }
 
-/// TFLite files tract cannot run are load errors that name the file and what failed, not
-/// panics: an operator the reader lacks (CUMSUM, `tflite_zoo.py unsupported`), a truncated
-/// flatbuffer.
+/// TFLite files an engine cannot run are load errors that name the file and what failed, not
+/// panics: an operator neither has (CUMSUM, `tflite_zoo.py unsupported`), a truncated
+/// flatbuffer, and on ONNX Runtime an operator the rewrite to ONNX lacks (SHAPE, in the file
+/// with a run-time batch, which tract runs).
 #[test]
-fn tflite_files_tract_cannot_run_are_clear_errors() {
-    let engine = TractEngine;
-    let file = "cumsum.tflite";
-    let err = engine.prepare(&edge_model(file)).err().expect("CUMSUM is not supported by tract-tflite");
-    assert!(err.0.contains(file) && err.0.contains("CUMSUM"), "{err}");
+fn tflite_files_an_engine_cannot_run_are_clear_errors() {
     let dir = std::env::temp_dir().join(format!("rtserve-tflite-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let bytes = std::fs::read(edge_model("fashion_cnn_float.tflite")).expect("read");
     let truncated = dir.join("truncated.tflite");
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).expect("write");
-    let err = engine.prepare(&truncated).err().expect("truncated");
-    assert!(err.0.contains("truncated.tflite"), "{err}");
+    for engine in engines() {
+        let file = "cumsum.tflite";
+        let err = engine.prepare(&edge_model(file)).err().expect("CUMSUM is not supported");
+        assert!(err.0.contains(file) && err.0.contains("CUMSUM"), "{err}");
+        let err = engine.prepare(&truncated).err().expect("truncated");
+        assert!(err.0.contains("truncated.tflite"), "{err}");
+        if engine.name() == "onnxruntime" {
+            let file = "fashion_cnn_int8_dynamic_batch.tflite";
+            let err = engine.prepare(&edge_model(file)).err().expect("SHAPE is not rewritten");
+            assert!(err.0.contains(file) && err.0.contains("SHAPE"), "{err}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TFLite file goes to ONNX Runtime when it converts, and to tract when it does not (whatever
+/// `--engine` says) or when the config's `backend` or `--engine` says tract.
+#[test]
+fn the_engine_for_a_tflite_file() {
+    use rtserve_core::ModelConfig;
+    use rtserve_engines::{EngineChoice, Engines};
+    if let Err(reason) = onnxruntime() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let config = |backend: Option<&str>| ModelConfig {
+        name: "m".into(),
+        platform: "tensorflowlite".into(),
+        backend: backend.map(str::to_string),
+        default_model_filename: "model.tflite".into(),
+        ..ModelConfig::default()
+    };
+    let converts = edge_model("fashion_cnn_int8.tflite");
+    let does_not = edge_model("fashion_cnn_int8_dynamic_batch.tflite");
+    let auto = Engines::new(EngineChoice::Auto, None).expect("auto");
+    assert_eq!(auto.for_model(&config(None), &converts).name(), "onnxruntime");
+    assert_eq!(auto.for_model(&config(Some("tflite")), &converts).name(), "onnxruntime");
+    assert_eq!(auto.for_model(&config(Some("tract")), &converts).name(), "tract");
+    assert_eq!(auto.for_model(&config(None), &does_not).name(), "tract");
+    let onnxruntime = Engines::new(EngineChoice::OnnxRuntime, None).expect("onnxruntime");
+    assert_eq!(onnxruntime.for_model(&config(None), &converts).name(), "onnxruntime");
+    assert_eq!(onnxruntime.for_model(&config(None), &does_not).name(), "tract");
+    let tract = Engines::new(EngineChoice::Tract, None).expect("tract");
+    assert_eq!(tract.for_model(&config(None), &converts).name(), "tract");
+}
+
+/// A small mobile classifier (`tflite_zoo.py mobile`: strided, 1x1 and depthwise convolutions,
+/// one with a depth multiplier of 2, a residual ADD, AveragePool and CONCATENATION, hard-swish, a
+/// squeeze-and-excitation gate, MEAN, SOFTMAX; two outputs), float and full INT8, on ONNX
+/// Runtime through the rewrite to ONNX, against LiteRT on the same file and input.
+#[test]
+fn tflite_mobile_block_on_onnxruntime_matches_litert() {
+    let engine = match onnxruntime() {
+        Ok(engine) => engine,
+        Err(reason) => return eprintln!("skipped: {reason}"),
+    };
+    for (stem, steps) in [("mobile_block_float", 0.0), ("mobile_block_int8", 1.0)] {
+        let path = edge_model(&format!("{stem}.tflite"));
+        let case = read_json(&edge_model(&format!("refs/{stem}.expected.json")));
+        check_file(engine.as_ref(), &path, &case, &LoadOptions::default(), steps);
+    }
 }

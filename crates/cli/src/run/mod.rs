@@ -22,7 +22,7 @@ use timing::Timings;
 /// `rtserve run` flags.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The model file: ONNX (.onnx) or TFLite (.tflite, run on tract).
+    /// The model file: ONNX (.onnx) or TFLite (.tflite: on ONNX Runtime rewritten as ONNX, else on tract).
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
 
@@ -84,7 +84,8 @@ pub struct RunArgs {
     threads: Option<u32>,
 
     /// Engine: auto (the config's backend, else ONNX Runtime when its library is found, else
-    /// tract), onnxruntime or tract.
+    /// tract), onnxruntime or tract. A TFLite file that does not convert to ONNX (an operator
+    /// the rewrite lacks) runs on tract whatever this says.
     #[arg(long, env = "RTSERVE_ENGINE", default_value = "auto")]
     engine: EngineChoice,
 

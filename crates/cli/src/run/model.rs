@@ -52,14 +52,14 @@ impl RunModel {
             platform: "onnxruntime_onnx".to_string(),
             ..ModelConfig::default()
         });
-        // The file given is the model, whatever a config calls it: a `.tflite` one goes to tract.
+        // The file given is the model, whatever a config calls it (a `.tflite` one is TFLite).
         base.default_model_filename = options
             .model
             .file_name()
             .map_or_else(|| DEFAULT_MODEL_FILENAME.to_string(), |f| f.to_string_lossy().into_owned());
         let engines = Engines::new(options.engine, options.ort_library.clone())
             .map_err(|e| RunError::Failed(e.to_string()))?;
-        let engine = engines.for_model(&base);
+        let engine = engines.for_model(&base, options.model);
         let prepared = engine.prepare(options.model).map_err(|e| bad(unreadable(options.model, e)))?;
         let config = match declared {
             Some(config) => check_against_signature(config, prepared.signature()).map_err(bad)?,

@@ -92,8 +92,40 @@ struct SessionSettings<'a> {
     gpu: Option<(&'a GpuPlacement, &'a [TensorSpec])>,
 }
 
-/// Creates a session for the model at `path` with sequential graph execution.
-fn session(runtime: &Runtime, path: &Path, settings: &SessionSettings) -> Result<Session, EngineError> {
+/// What a session is made from.
+enum Source {
+    File(PathBuf),
+    /// A TFLite file rewritten as ONNX (`crate::tflite_onnx`), with the file it came from.
+    #[cfg(feature = "tract")]
+    Converted {
+        path: PathBuf,
+        onnx: Vec<u8>,
+    },
+}
+
+impl Source {
+    /// The model at `path`: a `.tflite` file is converted to ONNX here, once.
+    fn read(path: &Path) -> Result<Source, EngineError> {
+        #[cfg(feature = "tract")]
+        if crate::tract::is_tflite(path) {
+            let onnx = crate::tflite_onnx::convert(path)?;
+            return Ok(Source::Converted { path: path.to_path_buf(), onnx });
+        }
+        Ok(Source::File(path.to_path_buf()))
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Source::File(path) => path,
+            #[cfg(feature = "tract")]
+            Source::Converted { path, .. } => path,
+        }
+    }
+}
+
+/// Creates a session for the model with sequential graph execution.
+fn session(runtime: &Runtime, source: &Source, settings: &SessionSettings) -> Result<Session, EngineError> {
+    let path = source.path();
     let build = || -> Result<Session, String> {
         let text = |e: ort::Error<_>| e.to_string();
         let mut builder = Session::builder(&runtime.environment).map_err(|e| e.to_string())?;
@@ -106,7 +138,12 @@ fn session(runtime: &Runtime, path: &Path, settings: &SessionSettings) -> Result
         if let Some((gpu, inputs)) = settings.gpu {
             builder = builder.with_execution_providers(execution_providers(gpu, inputs)).map_err(text)?;
         }
-        builder.commit_from_file(path).map_err(|e| e.to_string())
+        match source {
+            Source::File(path) => builder.commit_from_file(path),
+            #[cfg(feature = "tract")]
+            Source::Converted { onnx, .. } => builder.commit_from_memory(onnx),
+        }
+        .map_err(|e| e.to_string())
     };
     catch_panic(&format!("loading {}", path.display()), build)?
         .map_err(|e| EngineError::new(format!("onnxruntime cannot load {}: {e}", path.display())))
@@ -127,7 +164,8 @@ impl Engine for OrtEngine {
             spinning: false,
             gpu: None,
         };
-        let declared = session(self.runtime, path, &reading)?;
+        let source = Source::read(path)?;
+        let declared = session(self.runtime, &source, &reading)?;
         let specs = |outlets: &[Outlet], what: &str| -> Result<Vec<TensorSpec>, EngineError> {
             outlets.iter().map(|o| tensor_spec(o, what)).collect()
         };
@@ -135,7 +173,7 @@ impl Engine for OrtEngine {
             inputs: specs(declared.inputs(), "input")?,
             outputs: specs(declared.outputs(), "output")?,
         };
-        Ok(Box::new(OrtModel { runtime: self.runtime, path: path.to_path_buf(), signature }))
+        Ok(Box::new(OrtModel { runtime: self.runtime, source, signature }))
     }
 
     /// The GPUs NVML counts, when this library has a CUDA provider that loads.
@@ -151,7 +189,7 @@ impl Engine for OrtEngine {
 /// A model whose signature has been read; each instance is a session of its own.
 struct OrtModel {
     runtime: &'static Runtime,
-    path: PathBuf,
+    source: Source,
     signature: ModelSignature,
 }
 
@@ -176,7 +214,7 @@ impl PreparedModel for OrtModel {
             spinning: options.allow_spinning,
             gpu,
         };
-        let session = session(self.runtime, &self.path, &settings)?;
+        let session = session(self.runtime, &self.source, &settings)?;
         let instance = OrtInstance::new(session);
         Ok(match options.device {
             Device::Cpu => Box::new(instance),

@@ -126,7 +126,7 @@ mod tests {
 
     use super::super::instance::OrtInstance;
     use super::super::runtime::{runtime, TEST_LOCK};
-    use super::super::{session, SessionSettings};
+    use super::super::{session, SessionSettings, Source};
     use super::*;
 
     fn example(model: &str) -> PathBuf {
@@ -180,8 +180,9 @@ mod tests {
             gpu: None,
         };
         for model in ["mlp", "two_io", "int_bool", "cnn"] {
-            let mut plain = OrtInstance::new(session(runtime, &example(model), &settings).expect("session"));
-            let staged_session = session(runtime, &example(model), &settings).expect("session");
+            let source = Source::File(example(model));
+            let mut plain = OrtInstance::new(session(runtime, &source, &settings).expect("session"));
+            let staged_session = session(runtime, &source, &settings).expect("session");
             let staging = Staging::host(&staged_session).expect("host staging");
             let mut staged = OrtInstance::new(staged_session).with_staging(staging);
 

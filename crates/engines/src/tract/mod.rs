@@ -25,7 +25,7 @@ use plans::{PlanKey, Plans};
 pub struct TractEngine;
 
 fn engine_error(context: &str, e: impl std::fmt::Display) -> EngineError {
-    EngineError::new(format!("tract: {context}: {e}"))
+    EngineError::new(format!("tract: {context}: {e:#}"))
 }
 
 pub use tflite::is_tflite;

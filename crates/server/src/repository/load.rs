@@ -72,11 +72,11 @@ pub fn load_model(
             available.keys()
         )));
     }
-    let engine = engines.for_model(&base);
     let labels = read_labels(dir).map_err(LoadError::Labels)?;
     let mut loaded = BTreeMap::new();
     for version in selected {
         let path = &available[&version];
+        let engine = engines.for_model(&base, path);
         let model = load_version(path, version, declared.clone(), &base, engine.as_ref(), serving)
             .and_then(|model| with_processing(model, labels.clone(), serving))
             .map_err(|e| LoadError::Version { version, source: Box::new(e) })?;
