@@ -35,6 +35,11 @@ impl Onnx {
         Onnx { without_data: true, ..Onnx::default() }
     }
 
+    /// Whether initializers keep their data: when not, a caller need not make it.
+    pub fn keeps_data(&self) -> bool {
+        !self.without_data
+    }
+
     /// A name no other value of the graph has (every name the graph makes goes through here;
     /// the file's own names are kept only for the graph's inputs and outputs, which end in
     /// `:N` or are plain words, never `~N`).

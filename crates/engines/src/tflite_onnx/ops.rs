@@ -276,6 +276,9 @@ impl<'a> Converter<'a> {
             (TensorType::INT8, Some(_)) if !behind_dequantize => (DataType::Int8, 1),
             (TensorType::INT32, Some(_)) if !behind_dequantize => (DataType::Int32, 4),
             // float16, or integers a DEQUANTIZE turns into float weights.
+            _ if !self.onnx.keeps_data() => {
+                return Ok(self.onnx.constant("weights", DataType::Float, dims, Vec::new()))
+            }
             _ => {
                 let values = facts.floats()?;
                 let ordered: Vec<f32> = (0..count).map(|p| values[source(p)]).collect();
@@ -291,8 +294,11 @@ impl<'a> Converter<'a> {
                 facts.shape
             ));
         }
-        let raw: Vec<u8> =
-            (0..count).flat_map(|p| &data[source(p) * width..(source(p) + 1) * width]).copied().collect();
+        let raw: Vec<u8> = if self.onnx.keeps_data() {
+            (0..count).flat_map(|p| &data[source(p) * width..(source(p) + 1) * width]).copied().collect()
+        } else {
+            Vec::new()
+        };
         let weights = self.onnx.constant("weights", element, dims, raw);
         let Some(quant) = facts.quant.clone().filter(|_| element != DataType::Float) else {
             return Ok(weights);
