@@ -9,6 +9,7 @@ Run by hand only, never in CI, from the venv of scripts/edge/requirements.txt:
 
   $PY scripts/edge/tflite_zoo.py fashion            # examples/edge/fashion_cnn_{float,int8}.tflite
   $PY scripts/edge/tflite_zoo.py mobilenet DIR      # DIR/mobilenet_v2_{float,int8}.tflite (not committed, ~14 + ~4 MB)
+  $PY scripts/edge/tflite_zoo.py resnet50 DIR       # DIR/resnet50_{float,int8}.tflite (not committed, ~100 + ~25 MB)
   $PY scripts/edge/tflite_zoo.py mobile             # examples/edge/mobile_block_{float,int8}.tflite (small, seeded)
   $PY scripts/edge/tflite_zoo.py mediapipe          # examples/edge/face_detection_short_range.tflite, from the mediapipe wheel
   $PY scripts/edge/tflite_zoo.py refs [--dir D]     # D/refs/<model>.{npz,json} for every D/*.tflite (D = examples/edge)
@@ -45,6 +46,11 @@ alpha=1.0, classes=1000) after set_random_seed(0) (random weights; output is the
 uniform in [-1,1] (numpy.random.default_rng(1); one training-mode pass with momentum 0), since
 with the initial statistics every output is exactly 1/1000. INT8 as above with 50 images drawn uniform in [-1,1] from
 numpy.random.default_rng(0).
+
+`resnet50 DIR`: tf.keras.applications.ResNet50(weights=None, input_shape=(224,224,3)) after
+set_random_seed(0), BatchNormalization statistics and INT8 calibration as for `mobilenet` (16
+and 50 images uniform in [-1,1]): the seed's "ResNet-50 TFLite (mobile)" row, timed by
+side_by_side.sh.
 
 `mobile`: a small image model with random seeded weights that holds, in a few kilobytes, the
 operators of mobile classifiers: PAD, strided and 1x1 Conv2D with ReLU6, an inverted residual
@@ -213,6 +219,20 @@ def mobilenet(args):
     os.makedirs(args.dir, exist_ok=True)
     ok = convert(tf, model, calibration, os.path.join(args.dir, "mobilenet_v2_float.tflite"),
                  os.path.join(args.dir, "mobilenet_v2_int8.tflite"))
+    return 0 if ok else 1
+
+
+def resnet50(args):
+    tf = seed_tf()
+    model = tf.keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=1000)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32), training=True)
+    calibration = np.random.default_rng(SEED).uniform(-1, 1, (50, 224, 224, 3)).astype(np.float32)
+    os.makedirs(args.dir, exist_ok=True)
+    ok = convert(tf, model, calibration, os.path.join(args.dir, "resnet50_float.tflite"),
+                 os.path.join(args.dir, "resnet50_int8.tflite"), pinned=False)
     return 0 if ok else 1
 
 
@@ -398,6 +418,9 @@ def main():
     s = sub.add_parser("mobilenet")
     s.add_argument("dir")
     s.set_defaults(fn=mobilenet)
+    s = sub.add_parser("resnet50")
+    s.add_argument("dir")
+    s.set_defaults(fn=resnet50)
     sub.add_parser("mobile").set_defaults(fn=mobile)
     sub.add_parser("mediapipe").set_defaults(fn=mediapipe)
     sub.add_parser("unsupported").set_defaults(fn=unsupported)

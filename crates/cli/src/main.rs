@@ -93,7 +93,9 @@ fn init_logging(format: &str, access_log: bool, default_level: LevelFilter) {
     if access_log {
         filter = filter.with_target("rtserve::access", LevelFilter::INFO);
     }
-    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The filter above decides; the fmt subscriber's own ceiling (INFO by default) would hide
+    // `RUST_LOG=debug`.
+    let builder = tracing_subscriber::fmt().with_max_level(LevelFilter::TRACE).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().finish().with(filter).init();
     } else {

@@ -11,6 +11,7 @@
 //! - `gpu`: whether a GPU instance can run here, and why not; `wheels`: the CUDA libraries of
 //!   the PyPI wheels; `providers`: the CUDA and TensorRT providers of a GPU instance;
 //!   `staging`: its batches through pinned host memory and I/O binding.
+//! - `source`: what a session is made from (an ONNX file, or a TFLite file rewritten as ONNX).
 
 mod convert;
 mod gpu;
@@ -18,6 +19,7 @@ mod instance;
 mod library;
 mod providers;
 mod runtime;
+mod source;
 mod staging;
 mod wheels;
 
@@ -39,6 +41,7 @@ use self::gpu::GpuFacts;
 use self::instance::OrtInstance;
 use self::providers::execution_providers;
 use self::runtime::{catch_panic, runtime, Runtime};
+use self::source::Source;
 use self::staging::Staging;
 
 /// How to set up ONNX Runtime.
@@ -92,37 +95,6 @@ struct SessionSettings<'a> {
     gpu: Option<(&'a GpuPlacement, &'a [TensorSpec])>,
 }
 
-/// What a session is made from.
-enum Source {
-    File(PathBuf),
-    /// A TFLite file rewritten as ONNX (`crate::tflite_onnx`), with the file it came from.
-    #[cfg(feature = "tract")]
-    Converted {
-        path: PathBuf,
-        onnx: Vec<u8>,
-    },
-}
-
-impl Source {
-    /// The model at `path`: a `.tflite` file is converted to ONNX here, once.
-    fn read(path: &Path) -> Result<Source, EngineError> {
-        #[cfg(feature = "tract")]
-        if crate::tract::is_tflite(path) {
-            let onnx = crate::tflite_onnx::convert(path)?;
-            return Ok(Source::Converted { path: path.to_path_buf(), onnx });
-        }
-        Ok(Source::File(path.to_path_buf()))
-    }
-
-    fn path(&self) -> &Path {
-        match self {
-            Source::File(path) => path,
-            #[cfg(feature = "tract")]
-            Source::Converted { path, .. } => path,
-        }
-    }
-}
-
 /// Creates a session for the model with sequential graph execution.
 fn session(runtime: &Runtime, source: &Source, settings: &SessionSettings) -> Result<Session, EngineError> {
     let path = source.path();
@@ -138,12 +110,7 @@ fn session(runtime: &Runtime, source: &Source, settings: &SessionSettings) -> Re
         if let Some((gpu, inputs)) = settings.gpu {
             builder = builder.with_execution_providers(execution_providers(gpu, inputs)).map_err(text)?;
         }
-        match source {
-            Source::File(path) => builder.commit_from_file(path),
-            #[cfg(feature = "tract")]
-            Source::Converted { onnx, .. } => builder.commit_from_memory(onnx),
-        }
-        .map_err(|e| e.to_string())
+        source.commit(&mut builder).map_err(|e| e.to_string())
     };
     catch_panic(&format!("loading {}", path.display()), build)?
         .map_err(|e| EngineError::new(format!("onnxruntime cannot load {}: {e}", path.display())))

@@ -126,7 +126,8 @@ mod tests {
 
     use super::super::instance::OrtInstance;
     use super::super::runtime::{runtime, TEST_LOCK};
-    use super::super::{session, SessionSettings, Source};
+    use super::super::source::Source;
+    use super::super::{session, SessionSettings};
     use super::*;
 
     fn example(model: &str) -> PathBuf {
