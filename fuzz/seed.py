@@ -5,8 +5,10 @@ The seeds are what the tests send and read, encoded the way real clients and too
 HTTP bodies and gRPC messages built by tritonclient for the example models (the requests of the
 e2e tests: JSON and binary data, BYTES, FP16, classification, the malformed bodies of the error
 tests), the repository's config files, small images of each format and colour type Pillow
-writes, and small ONNX graphs built with the onnx package (plus the example models, which
-scripts/fuzz.sh adds from examples/ at run time rather than copying them here).
+writes, small ONNX graphs built with the onnx package (plus the example models, which
+scripts/fuzz.sh adds from examples/ at run time rather than copying them here), and for TFLite
+the smallest example file and cuts of the others (the example .tflite files are added the same
+way).
 
 Deterministic: rerunning it rewrites the same bytes. Needs numpy, Pillow, onnx and tritonclient
 (tests/python/requirements.txt). Run from anywhere: python3 fuzz/seed.py
@@ -346,6 +348,17 @@ def onnx_seeds() -> None:
     print("onnx_model: 4 graphs")
 
 
+def tflite_seeds() -> None:
+    """The one-operator CUMSUM file whole, an INT8 CNN and the mobile block cut short (the
+    flatbuffer's verifier and the rewrite's errors), and four bytes of nothing."""
+    edge = ROOT / "examples" / "edge"
+    write("tflite_model", "cumsum.tflite", (edge / "cumsum.tflite").read_bytes())
+    write("tflite_model", "fashion_int8_cut", (edge / "fashion_cnn_int8.tflite").read_bytes()[:4096])
+    write("tflite_model", "mobile_int8_cut", (edge / "mobile_block_int8.tflite").read_bytes()[:2048])
+    write("tflite_model", "empty", b"\0\0\0\0")
+    print("tflite_model: 4 files")
+
+
 def main() -> None:
     if SEEDS.exists():
         shutil.rmtree(SEEDS)
@@ -355,6 +368,7 @@ def main() -> None:
     config_seeds()
     image_seeds()
     onnx_seeds()
+    tflite_seeds()
     total = sum(f.stat().st_size for f in SEEDS.rglob("*") if f.is_file())
     print(f"{SEEDS.relative_to(ROOT)}: {total} bytes")
 

@@ -48,6 +48,8 @@ for target in "${targets[@]}"; do
     if [ "$target" = onnx_model ]; then
         # The example models as seeds too (the 2 MB mlp left out: it only slows each run).
         find examples -name '*.onnx' -size -500k -exec cp -n {} "$corpus/" \;
+    elif [ "$target" = tflite_model ]; then
+        find examples -name '*.tflite' -size -500k -exec cp -n {} "$corpus/" \;
     fi
     regressions=()
     if [ -d "fuzz/regressions/$target" ]; then

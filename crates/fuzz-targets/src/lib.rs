@@ -13,4 +13,6 @@ mod targets;
 pub use fixtures::{
     derive_from_config, split_http_input, IMAGE_SPECS, MAX_IMAGE_PIXELS, MODELS, NO_HEADER_LENGTH,
 };
-pub use targets::{config_pbtxt, config_toml, grpc_infer, http_infer, image_preprocess, onnx_model, TARGETS};
+pub use targets::{
+    config_pbtxt, config_toml, grpc_infer, http_infer, image_preprocess, onnx_model, tflite_model, TARGETS,
+};

@@ -23,13 +23,14 @@ pub type Target = fn(&[u8]);
 
 /// Every target by the name of its folders (`fuzz/seeds/<name>/`, `fuzz/regressions/<name>/`)
 /// and of its cargo-fuzz binary.
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("http_infer", http_infer),
     ("grpc_infer", grpc_infer),
     ("config_pbtxt", config_pbtxt),
     ("config_toml", config_toml),
     ("image_preprocess", image_preprocess),
     ("onnx_model", onnx_model),
+    ("tflite_model", tflite_model),
 ];
 
 /// The HTTP infer body (JSON, and the binary tensor data extension) decoded as the handler does,
@@ -101,4 +102,13 @@ pub fn onnx_model(data: &[u8]) {
     let _ = convert_fp16(&model, &Fp16Options::default());
     let _ = quantize_dynamic(&model, &QuantizeOptions::default());
     let _ = TrainGraph::new(&model);
+}
+
+/// A TFLite file through the rewrite to ONNX that runs it on ONNX Runtime (flatbuffer
+/// verification, tensors, quantization, every converted operator), the resulting graph decoded
+/// again as ONNX.
+pub fn tflite_model(data: &[u8]) {
+    if let Ok(onnx) = rtserve_engines::tflite_to_onnx(data) {
+        let _ = from_bytes(&onnx, Path::new("model.onnx"));
+    }
 }

@@ -1,5 +1,6 @@
 //! Every fuzz target run on its seeds (`fuzz/seeds/<target>/`), its past crashes
-//! (`fuzz/regressions/<target>/`) and, for `onnx_model`, the example ONNX models: what
+//! (`fuzz/regressions/<target>/`) and, for `onnx_model` and `tflite_model`, the example ONNX and
+//! TFLite models: what
 //! `scripts/fuzz.sh` starts each libFuzzer run from, replayed on stable so that CI catches a
 //! crash that comes back without building the fuzzers.
 
@@ -21,13 +22,14 @@ fn files_in(folder: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The example models `scripts/fuzz.sh` adds to the `onnx_model` corpus (those under 500 KB).
-fn example_models(folder: &Path, found: &mut Vec<PathBuf>) {
+/// The example models with extension `extension` that `scripts/fuzz.sh` adds to the
+/// `onnx_model` and `tflite_model` corpora (those under 500 KB).
+fn example_models(folder: &Path, extension: &str, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(folder).expect("examples/ is readable") {
         let path = entry.expect("a readable entry").path();
         if path.is_dir() {
-            example_models(&path, found);
-        } else if path.extension().is_some_and(|e| e == "onnx")
+            example_models(&path, extension, found);
+        } else if path.extension().is_some_and(|e| e == extension)
             && path.metadata().expect("metadata").len() < 500_000
         {
             found.push(path);
@@ -44,8 +46,10 @@ fn every_seed_and_past_crash_runs_without_a_crash() {
         assert!(seeds.len() >= 4, "fuzz/seeds/{name}/ holds {} files; run python3 fuzz/seed.py", seeds.len());
         let mut inputs = seeds;
         inputs.extend(files_in(&root.join("fuzz/regressions").join(name)));
-        if name == "onnx_model" {
-            example_models(&root.join("examples"), &mut inputs);
+        match name {
+            "onnx_model" => example_models(&root.join("examples"), "onnx", &mut inputs),
+            "tflite_model" => example_models(&root.join("examples"), "tflite", &mut inputs),
+            _ => {}
         }
         eprintln!("{name}: {} inputs", inputs.len());
         for input in inputs {

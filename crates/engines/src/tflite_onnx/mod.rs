@@ -22,6 +22,7 @@ mod ops;
 mod tensors;
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
@@ -32,6 +33,7 @@ use tract_tflite::tflite::{self, ActivationFunctionType, BuiltinOperator, Model,
 
 use self::onnx::Onnx;
 use self::tensors::{onnx_type, Facts, Quant};
+use crate::panic::panic_message;
 
 /// Reads the TFLite file at `path` and returns the encoded ONNX model that computes the same.
 ///
@@ -44,7 +46,7 @@ use self::tensors::{onnx_type, Facts, Quant};
 pub(crate) fn convert(path: &Path) -> Result<Vec<u8>, EngineError> {
     let file = read(path)?;
     let onnx = convert_bytes(&file.data, Onnx::default()).map_err(|e| cannot(path, e))?;
-    Ok(onnx.encode("rtserve tflite"))
+    Ok(onnx.encode(PRODUCER))
 }
 
 /// Whether the TFLite file at `path` converts, and if not why: the conversion without keeping
@@ -84,8 +86,25 @@ fn cannot(path: &Path, reason: String) -> EngineError {
     EngineError::new(format!("{}: cannot convert this TFLite file to ONNX: {reason}", path.display()))
 }
 
-/// The ONNX graph of a TFLite flatbuffer, written into `onnx`.
+/// The encoded ONNX model that computes what the TFLite flatbuffer `bytes` computes, or why
+/// there is none. A panic is not caught here (the fuzz target `tflite_model` looks for them);
+/// loads go through `convert`, which catches them.
+pub fn rewrite(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    write_graph(bytes, Onnx::default()).map(|onnx| onnx.encode(PRODUCER))
+}
+
+/// The model's `producer_name`.
+const PRODUCER: &str = "rtserve tflite";
+
+/// The ONNX graph of a TFLite flatbuffer, written into `onnx`; a panic on a file no test
+/// foresaw becomes an error.
 fn convert_bytes(bytes: &[u8], onnx: Onnx) -> Result<Onnx, String> {
+    catch_unwind(AssertUnwindSafe(|| write_graph(bytes, onnx))).unwrap_or_else(|panic| {
+        Err(format!("the rewrite failed on this file ({})", panic_message(panic.as_ref())))
+    })
+}
+
+fn write_graph(bytes: &[u8], onnx: Onnx) -> Result<Onnx, String> {
     let model = tflite::root_as_model(bytes).map_err(|e| format!("not a TFLite flatbuffer ({e})"))?;
     let graph = model
         .subgraphs()

@@ -46,9 +46,22 @@ impl<'a> Facts<'a> {
             if scales.is_empty() {
                 return None;
             }
-            let zero_points = if zero_points.is_empty() { vec![0; scales.len()] } else { zero_points };
+            // One zero point per scale (none given: all 0; one for several scales: shared).
+            let zero_points = match zero_points.len() {
+                0 => vec![0; scales.len()],
+                1 => vec![zero_points[0]; scales.len()],
+                _ => zero_points,
+            };
             Some(Quant { scales, zero_points, axis: usize::try_from(q.quantized_dimension()).unwrap_or(0) })
         });
+        if let Some(q) = quant.as_ref().filter(|q| q.zero_points.len() != q.scales.len()) {
+            let name = tensor.name().unwrap_or("");
+            return Err(format!(
+                "tensor '{name}' has {} scales and {} zero points",
+                q.scales.len(),
+                q.zero_points.len()
+            ));
+        }
         let data = match tensor.buffer() {
             0 => None,
             buffer => model
