@@ -204,20 +204,28 @@ def fashion(args):
     return 0 if ok else 1
 
 
-def mobilenet(args):
-    tf = seed_tf()
-    model = tf.keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), alpha=1.0, classes=1000)
-    # With freshly initialised BatchNormalization statistics (mean 0, variance 1) the activations
-    # vanish through the 50-odd layers and the softmax is exactly 1/1000 everywhere, useless as a
-    # reference. One forward pass in training mode with momentum 0 sets every BN's moving mean and
-    # variance to the batch statistics of 16 random images, so each layer sees normalised inputs.
+def settle_batch_norm(tf, model, shape):
+    """With freshly initialised BatchNormalization statistics (mean 0, variance 1) the activations
+    vanish through the layers and a softmax is exactly uniform, useless as a reference. One
+    forward pass in training mode with momentum 0 sets every BN's moving mean and variance to the
+    batch statistics of 16 random images, so each layer sees normalised inputs."""
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             layer.momentum = 0.0
-    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32), training=True)
-    calibration = np.random.default_rng(SEED).uniform(-1, 1, (50, 224, 224, 3)).astype(np.float32)
+    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, *shape)).astype(np.float32), training=True)
+
+
+def random_calibration(shape):
+    """50 images uniform in [-1, 1]: the INT8 calibration of the random-weight models."""
+    return np.random.default_rng(SEED).uniform(-1, 1, (50, *shape)).astype(np.float32)
+
+
+def mobilenet(args):
+    tf = seed_tf()
+    model = tf.keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3), alpha=1.0, classes=1000)
+    settle_batch_norm(tf, model, (224, 224, 3))
     os.makedirs(args.dir, exist_ok=True)
-    ok = convert(tf, model, calibration, os.path.join(args.dir, "mobilenet_v2_float.tflite"),
+    ok = convert(tf, model, random_calibration((224, 224, 3)), os.path.join(args.dir, "mobilenet_v2_float.tflite"),
                  os.path.join(args.dir, "mobilenet_v2_int8.tflite"))
     return 0 if ok else 1
 
@@ -225,13 +233,9 @@ def mobilenet(args):
 def resnet50(args):
     tf = seed_tf()
     model = tf.keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3), classes=1000)
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, 224, 224, 3)).astype(np.float32), training=True)
-    calibration = np.random.default_rng(SEED).uniform(-1, 1, (50, 224, 224, 3)).astype(np.float32)
+    settle_batch_norm(tf, model, (224, 224, 3))
     os.makedirs(args.dir, exist_ok=True)
-    ok = convert(tf, model, calibration, os.path.join(args.dir, "resnet50_float.tflite"),
+    ok = convert(tf, model, random_calibration((224, 224, 3)), os.path.join(args.dir, "resnet50_float.tflite"),
                  os.path.join(args.dir, "resnet50_int8.tflite"), pinned=False)
     return 0 if ok else 1
 
@@ -254,12 +258,8 @@ def mobile(args):
     x = layers.Multiply()([x, layers.Reshape((1, 1, 24))(gate)])
     logits = layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D()(x))
     model = tf.keras.Model(x_in, [logits, layers.Softmax(name="probabilities")(logits)], name="mobile_block")
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = 0.0
-    model(np.random.default_rng(SEED + 1).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32), training=True)
-    calibration = np.random.default_rng(SEED).uniform(-1, 1, (50, 32, 32, 3)).astype(np.float32)
-    ok = convert(tf, model, calibration, os.path.join(EDGE, "mobile_block_float.tflite"),
+    settle_batch_norm(tf, model, (32, 32, 3))
+    ok = convert(tf, model, random_calibration((32, 32, 3)), os.path.join(EDGE, "mobile_block_float.tflite"),
                  os.path.join(EDGE, "mobile_block_int8.tflite"))
     return 0 if ok else 1
 

@@ -125,15 +125,7 @@ impl<'a> Facts<'a> {
                     .collect()
             }
         };
-        if values.len() != self.len()? {
-            return Err(format!(
-                "constant '{}' holds {} values for shape {:?}",
-                self.name(),
-                values.len(),
-                self.shape
-            ));
-        }
-        Ok(values)
+        self.whole(values)
     }
 
     /// The constant's integer values (int8, uint8, int32, int64).
@@ -152,6 +144,11 @@ impl<'a> Facts<'a> {
                 .collect(),
             other => return Err(format!("constant '{}' is {other:?}, not integers", self.name())),
         };
+        self.whole(values)
+    }
+
+    /// `values` when they fill the tensor's shape.
+    fn whole<T>(&self, values: Vec<T>) -> Result<Vec<T>, String> {
         if values.len() != self.len()? {
             return Err(format!(
                 "constant '{}' holds {} values for shape {:?}",
