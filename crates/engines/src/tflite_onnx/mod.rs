@@ -337,7 +337,9 @@ impl<'a> Converter<'a> {
                 if let Some(real) = self.dequantized.get(data) {
                     return real.clone();
                 }
-                let real = self.quantize_linear("DequantizeLinear", data, params);
+                let attributes = params.axis.map(|axis| vec![onnx::int("axis", axis)]).unwrap_or_default();
+                let inputs = [data.as_str(), &params.scale, &params.zero_point];
+                let real = self.onnx.node("DequantizeLinear", &inputs, attributes);
                 self.dequantized.insert(data.clone(), real.clone());
                 real
             }
@@ -346,11 +348,6 @@ impl<'a> Converter<'a> {
 
     fn real(&mut self, value: &Value) -> String {
         self.dequantize(&value.stored)
-    }
-
-    fn quantize_linear(&mut self, op: &str, input: &str, params: &Params) -> String {
-        let attributes = params.axis.map(|axis| vec![onnx::int("axis", axis)]).unwrap_or_default();
-        self.onnx.node(op, &[input, &params.scale, &params.zero_point], attributes)
     }
 
     /// `real` quantized as `quant` into `element` (uint8 for an int8 quantization: the zero
