@@ -127,9 +127,7 @@ impl Engines {
         };
         preferred.unwrap_or(&self.default).clone()
     }
-}
 
-impl Engines {
     /// Whether a TFLite model runs on ONNX Runtime: it is loaded, neither `--engine` nor the
     /// config's `backend` asks for tract, and the file converts to ONNX. A file that does not
     /// (an operator the rewrite lacks) goes to tract, with a log line that says why.
@@ -150,8 +148,13 @@ impl Engines {
     }
 }
 
+/// Whether the TFLite file converts to ONNX (ONNX Runtime's loader, like tract's, knows a TFLite
+/// file by its `.tflite` name).
 #[cfg(all(feature = "tract", feature = "onnxruntime"))]
 fn converts(file: &Path) -> Result<(), EngineError> {
+    if !crate::tract::is_tflite(file) {
+        return Err(EngineError::new(format!("{} is not named *.tflite", file.display())));
+    }
     crate::tflite_onnx::check(file)
 }
 
