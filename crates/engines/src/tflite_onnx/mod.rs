@@ -269,12 +269,14 @@ impl<'a> Converter<'a> {
             return Err(format!("tensor '{}' is used before it is computed", facts.name()));
         }
         let dims = &facts.shape;
-        let stored = match (&facts.quant, facts.is_quantized()) {
-            (Some(quant), true) if self.constant_sources.contains_key(&index) || quant.scales.len() > 1 => {
-                // Weights for a float operator, or per-axis constants an activation cannot hold.
-                Stored::Float(self.onnx.floats("constant", dims, &facts.floats()?))
-            }
-            (Some(quant), true) => {
+        // Integers with one scale stay integers; weights behind a DEQUANTIZE, per-axis constants
+        // (which an activation cannot hold) and float constants become float.
+        let stored = match &facts.quant {
+            Some(quant)
+                if facts.is_quantized()
+                    && quant.scales.len() == 1
+                    && !self.constant_sources.contains_key(&index) =>
+            {
                 let element = onnx_type(facts.element_type()).ok_or("unsupported constant type")?;
                 let raw = facts.data.unwrap_or_default().to_vec();
                 let data = self.onnx.constant("constant", element, dims, raw);

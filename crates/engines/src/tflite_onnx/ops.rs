@@ -63,7 +63,6 @@ impl<'a> Converter<'a> {
                 let x = self.real(&x);
                 let mut attributes = window.attributes();
                 attributes.push(ints("kernel_shape", &kernel));
-                attributes.retain(|a| a.name != "dilations");
                 let raw = self.onnx.node(op_type, &[&x], attributes);
                 self.finish(output, raw, Layout::Channels, options.fused_activation_function())
             }
@@ -409,15 +408,19 @@ struct Window {
 }
 
 impl Window {
-    /// TFLite's SAME pads the extra row and column at the end: ONNX's `SAME_UPPER`.
+    /// TFLite's SAME pads the extra row and column at the end: ONNX's `SAME_UPPER`. Dilations
+    /// of 1 (ONNX's default) are left out, which pools need: AveragePool has none before
+    /// opset 19.
     fn attributes(&self) -> Vec<tract_onnx::pb::AttributeProto> {
-        let strides = self.strides.map(i64::from);
-        let dilations = self.dilations.map(i64::from);
         let padding = if self.padding == Padding::SAME {
             text("auto_pad", "SAME_UPPER")
         } else {
             ints("pads", &[0, 0, 0, 0])
         };
-        vec![ints("strides", &strides), ints("dilations", &dilations), padding]
+        let mut attributes = vec![ints("strides", &self.strides.map(i64::from)), padding];
+        if self.dilations != [1, 1] {
+            attributes.push(ints("dilations", &self.dilations.map(i64::from)));
+        }
+        attributes
     }
 }
