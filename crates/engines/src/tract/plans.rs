@@ -13,6 +13,7 @@
 //! 381 MiB with these two plans, at 322 MiB with the symbolic plan alone. Any other model has one
 //! plan, made at load.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -20,6 +21,7 @@ use rtserve_core::EngineError;
 use tract_onnx::prelude::*;
 
 use super::{engine_error, typed_model};
+use crate::panic::panic_message;
 
 /// Which plan a run takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,9 +54,20 @@ fn batch_symbol(model: &TypedModel) -> TractResult<Option<Symbol>> {
     Ok(batch)
 }
 
+/// The optimized, runnable plan of `model`. tract's optimizer can panic on a graph it reads but
+/// cannot lower (seen with a patched TFLite reader, docs/edge.md); the panic becomes a load error
+/// here, so `rtserve run` exits 2 as the server answers the load with an error.
 fn optimized(model: TypedModel) -> Result<Arc<TypedRunnableModel>, EngineError> {
-    let optimized = model.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
-    optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))
+    catch_unwind(AssertUnwindSafe(|| {
+        let optimized = model.into_optimized().map_err(|e| engine_error("cannot optimize the model", e))?;
+        optimized.into_runnable().map_err(|e| engine_error("cannot plan the model", e))
+    }))
+    .unwrap_or_else(|panic| {
+        Err(EngineError::new(format!(
+            "tract failed to optimize the model ({})",
+            panic_message(panic.as_ref())
+        )))
+    })
 }
 
 impl Plans {
