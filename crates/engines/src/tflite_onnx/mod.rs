@@ -17,6 +17,7 @@
 //! What is converted is in `ops.rs`; any other operator fails the conversion with its name,
 //! and such a model stays on tract (docs/edge.md).
 
+mod blocks;
 mod onnx;
 mod ops;
 mod tensors;
@@ -522,6 +523,10 @@ mod tests {
             checked += 1;
         }
         assert_eq!(checked, 4 + 2 + 3 + 1, "4 convolutions, 2 depthwise, 3 fully connected, 1 ADD");
+        // The stride-2 stem over three channels runs over 2×2 blocks (blocks.rs).
+        let stem = nodes.iter().find(|n| n.op_type == "SpaceToDepth").expect("SpaceToDepth");
+        assert_eq!(consumers(&stem.output[0]), ["DequantizeLinear"]);
+        assert_eq!(nodes.iter().filter(|n| n.op_type == "SpaceToDepth").count(), 1);
         // The CNN's fused RELUs end in an output quantization with zero point -128: redundant.
         let fashion = nodes_of("fashion_cnn_int8.tflite");
         assert!(!fashion.iter().any(|n| n.op_type == "Relu" || n.op_type == "Clip"));

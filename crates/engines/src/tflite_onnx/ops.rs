@@ -5,6 +5,7 @@
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_tflite::tflite::{ActivationFunctionType, BuiltinOperator, Operator, Padding, TensorType};
 
+use super::blocks::Blocks;
 use super::onnx::{int, ints, text};
 use super::{Converter, Layout, Stored};
 
@@ -177,7 +178,7 @@ impl<'a> Converter<'a> {
     }
 
     /// CONV_2D (filter `[O, H, W, I]`) and DEPTHWISE_CONV_2D (filter `[1, H, W, C·M]`) as ONNX
-    /// Conv (filter `[O, I/groups, H, W]`).
+    /// Conv (filter `[O, I/groups, H, W]`); an INT8 stride-2 stem over 2×2 blocks (`blocks.rs`).
     fn convolution(
         &mut self,
         inputs: &[i32],
@@ -206,15 +207,34 @@ impl<'a> Converter<'a> {
         };
         let dims = [count, per, kh, kw];
         let quantized_axis = if depthwise { 3 } else { 0 };
-        let weights = self.weights(w, &dims, quantized_axis, source)?;
-        let x = self.value_in(x, Layout::Channels)?;
-        let x = self.real(&x);
+        let x_value = self.value_in(x, Layout::Channels)?;
+        let integer = filter.element_type() == TensorType::INT8
+            && filter.quant.as_ref().is_some_and(|q| q.zero_points.iter().all(|&z| z == 0))
+            && !self.constant_sources.contains_key(&w)
+            && matches!(x_value.stored, Stored::Quantized { .. });
+        let plan = [window.strides, window.dilations];
+        let blocks = (integer && !depthwise)
+            .then(|| Blocks::plan(&x_shape, [kh, kw], i, plan, window.padding == Padding::SAME))
+            .flatten();
+        let (weights, x_value, mut attributes) = match &blocks {
+            Some(blocks) => {
+                let weights =
+                    self.weights(w, [&dims, &blocks.filter_dims(o)], 0, |p| blocks.source(p).map(source))?;
+                let moved = self.on_data(&x_value, "SpaceToDepth", &[], vec![int("blocksize", 2)]);
+                (weights, moved, blocks.attributes())
+            }
+            None => {
+                let weights = self.weights(w, [&dims, &dims], quantized_axis, |p| Some(source(p)))?;
+                let mut attributes = window.attributes();
+                attributes.push(ints("kernel_shape", &[kh, kw]));
+                (weights, x_value, attributes)
+            }
+        };
+        let x = self.real(&x_value);
         let mut operands = vec![x, weights];
         if let Some(&b) = inputs.get(2).filter(|&&b| b >= 0) {
-            operands.push(self.weights(b, &[count], 0, |p| p)?);
+            operands.push(self.weights(b, [&[count], &[count]], 0, Some)?);
         }
-        let mut attributes = window.attributes();
-        attributes.push(ints("kernel_shape", &[kh, kw]));
         attributes.push(int("group", group));
         let names: Vec<&str> = operands.iter().map(String::as_str).collect();
         let raw = self.onnx.node("Conv", &names, attributes);
@@ -231,7 +251,7 @@ impl<'a> Converter<'a> {
         let (&x, &w) = (inputs.first().ok_or("no input")?, inputs.get(1).ok_or("no weights")?);
         let filter = self.facts(w)?;
         let [o, i] = <[i64; 2]>::try_from(filter.shape.clone()).map_err(|_| "the weights are not 2-D")?;
-        let weights = self.weights(w, &[o, i], 0, |p| p)?;
+        let weights = self.weights(w, [&[o, i], &[o, i]], 0, Some)?;
         let mut x = self.value_in(x, Layout::Native)?;
         if x.rank != 2 {
             let shape = self.onnx.int64s("shape", &[-1, i]);
@@ -241,7 +261,7 @@ impl<'a> Converter<'a> {
         let x = self.real(&x);
         let mut operands = vec![x, weights];
         if let Some(&b) = inputs.get(2).filter(|&&b| b >= 0) {
-            operands.push(self.weights(b, &[o], 0, |p| p)?);
+            operands.push(self.weights(b, [&[o], &[o]], 0, Some)?);
         }
         let names: Vec<&str> = operands.iter().map(String::as_str).collect();
         let raw = self.onnx.node("Gemm", &names, vec![int("transB", 1)]);
@@ -249,22 +269,25 @@ impl<'a> Converter<'a> {
     }
 
     /// A constant operand (filter, weights, bias) of shape `dims`, element `p` taken from the
-    /// file's element `source(p)`: int8/int32 with their scales (per axis: TFLite's
-    /// `quantized_axis` becomes ONNX axis 0) behind a DequantizeLinear, else float. float32 and
-    /// integer bytes are moved as they are, with no wider copy (the peak memory of a load).
+    /// file's element `source(p)` (zero where it is `None`; the file holds the `needs` elements
+    /// the operator needs): int8/int32 with their scales (per axis: TFLite's `quantized_axis`
+    /// becomes ONNX axis 0) behind a DequantizeLinear, else float. float32 and integer bytes are
+    /// moved as they are, with no wider copy (the peak memory of a load).
     fn weights(
         &mut self,
         index: i32,
-        dims: &[i64],
+        [needs, dims]: [&[i64]; 2],
         quantized_axis: usize,
-        source: impl Fn(usize) -> usize,
+        source: impl Fn(usize) -> Option<usize>,
     ) -> Result<String> {
         let facts = self.facts(index)?;
-        let count =
-            usize::try_from(dims.iter().product::<i64>()).map_err(|_| format!("bad shape {dims:?}"))?;
-        if facts.len()? != count {
+        let elements = |dims: &[i64]| {
+            usize::try_from(dims.iter().product::<i64>()).map_err(|_| format!("bad shape {dims:?}"))
+        };
+        let (count, stored) = (elements(dims)?, elements(needs)?);
+        if facts.len()? != stored {
             return Err(format!(
-                "'{}' has shape {:?}, not the {dims:?} its operator needs",
+                "'{}' has shape {:?}, not the {needs:?} its operator needs",
                 facts.name(),
                 facts.shape
             ));
@@ -280,12 +303,12 @@ impl<'a> Converter<'a> {
             }
             _ => {
                 let values = facts.floats()?;
-                let ordered: Vec<f32> = (0..count).map(|p| values[source(p)]).collect();
+                let ordered: Vec<f32> = (0..count).map(|p| source(p).map_or(0.0, |s| values[s])).collect();
                 return Ok(self.onnx.floats("weights", dims, &ordered));
             }
         };
         let data = facts.data.ok_or("not a constant")?;
-        if data.len() != count * width {
+        if data.len() != stored * width {
             return Err(format!(
                 "constant '{}' holds {} bytes for shape {:?}",
                 facts.name(),
@@ -294,7 +317,9 @@ impl<'a> Converter<'a> {
             ));
         }
         let raw: Vec<u8> = if self.onnx.keeps_data() {
-            (0..count).flat_map(|p| &data[source(p) * width..(source(p) + 1) * width]).copied().collect()
+            let zero = [0; 4];
+            let element = |p| source(p).map_or(&zero[..width], |s| &data[s * width..(s + 1) * width]);
+            (0..count).flat_map(element).copied().collect()
         } else {
             Vec::new()
         };
