@@ -97,9 +97,10 @@ def best_heldout_callback(keras, x, y):
 
 
 def fit(keras, tf, model, x, y_fit, heldout, args, lr, epochs, loss):
-    """Keras SGD (momentum, CosineDecay to 0 over all steps) + weight decay; returns the best-epoch report."""
+    """Keras SGD (momentum, CosineDecay to 0 over all steps, or --schedule constant) + weight decay; returns the
+    best-epoch report."""
     steps = -(-len(x) // args.batch_size) * epochs
-    schedule = keras.optimizers.schedules.CosineDecay(lr, steps)
+    schedule = keras.optimizers.schedules.CosineDecay(lr, steps) if args.schedule == "cosine" else lr
     decayed = add_weight_decay(tf, model, args.weight_decay)
     model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=args.momentum), loss=loss)
     best = best_heldout_callback(keras, *heldout)
@@ -190,6 +191,8 @@ def main():
     parser.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs (default 1)")
     parser.add_argument("--qat-lr", type=float, default=0.001, help="QAT learning rate (default 0.001)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                        help="learning-rate schedule, as rtserve's --schedule (default cosine)")
     parser.add_argument("--weight-decay", type=float, default=5e-4,
                         help="L2 weight decay, added to the gradient before momentum as rtserve's SGD (default 5e-4, rtserve's)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
@@ -266,7 +269,7 @@ def main():
             "train_images": len(x), "heldout_images": len(xh), "test_images": len(xt),
             "epochs": args.epochs, "temperature": args.temperature, "alpha": args.alpha, "lr": args.lr,
             "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr, "optimizer": "sgd", "momentum": args.momentum,
-            "schedule": "cosine", "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+            "schedule": args.schedule, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
             "calibration_limit": args.calibration_limit, "seed": args.seed, "threads": args.threads,
         },
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

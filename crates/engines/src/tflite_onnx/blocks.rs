@@ -31,9 +31,8 @@ pub(super) struct Blocks {
 impl Blocks {
     /// The rewrite of a convolution over the NHWC `input` with a `kernel` over `channels`,
     /// `[strides, dilations]` and SAME padding or none, when it applies: stride 2 and no dilation
-    /// on both axes, few channels, an even height and width
-    /// known before the run, and nothing padded before the first row or column (TFLite's SAME
-    /// pads there only for kernels above 3).
+    /// on both axes, few channels, an even height and width known before the run, and nothing
+    /// padded before the first row or column (TFLite's SAME pads there only for kernels above 3).
     pub fn plan(
         input: &[i64],
         kernel: [i64; 2],
@@ -42,7 +41,7 @@ impl Blocks {
         same: bool,
     ) -> Option<Self> {
         let [_, height, width, _] = <[i64; 4]>::try_from(input).ok()?;
-        if strides != [2, 2] || dilations != [1, 1] || channels > FEW_CHANNELS {
+        if strides != [2, 2] || dilations != [1, 1] || !(1..=FEW_CHANNELS).contains(&channels) {
             return None;
         }
         let mut block_kernel = [0; 2];
@@ -80,7 +79,7 @@ impl Blocks {
         (y < kh && x < kw).then_some((((o * c + channel) * kh + y) * kw + x) as usize)
     }
 
-    /// The attributes of the convolution over blocks (no groups: one group is all it takes).
+    /// The attributes of the convolution over blocks, but its `group` (1, as before).
     pub fn attributes(&self) -> Vec<AttributeProto> {
         vec![
             ints("strides", &[1, 1]),
