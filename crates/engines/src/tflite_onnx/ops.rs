@@ -218,8 +218,9 @@ impl<'a> Converter<'a> {
             .flatten();
         let (weights, x_value, mut attributes) = match &blocks {
             Some(blocks) => {
-                let weights =
-                    self.weights(w, [&dims, &blocks.filter_dims(o)], 0, |p| blocks.source(p).map(source))?;
+                let weights = self.weights(w, [&dims, &blocks.filter_dims(o)], quantized_axis, |p| {
+                    blocks.source(p).map(source)
+                })?;
                 let moved = self.on_data(&x_value, "SpaceToDepth", &[], vec![int("blocksize", 2)]);
                 (weights, moved, blocks.attributes())
             }
