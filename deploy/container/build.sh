@@ -66,7 +66,11 @@ if [[ $(wc -l <<<"$ort_requirement") -ne 1 || -z "$ort_requirement" ]]; then
 fi
 
 echo "build.sh: cargo build (profile $profile)" >&2
-cargo build --manifest-path "$repo/Cargo.toml" --locked --profile "$profile" -p rtserve --bin rtserve
+# The three libraries are named only so that their `default` feature is on, as in a workspace
+# build: with `-p rtserve` alone they are built without it, which is a different build of each
+# (CI's test build came before this one and 48 s of it was redone for that alone).
+cargo build --manifest-path "$repo/Cargo.toml" --locked --profile "$profile" \
+    -p rtserve -p rtserve-engines -p rtserve-server -p rtserve-optimize --bin rtserve
 # Cargo writes the dev profile to target/debug, every other profile to target/<name>.
 profile_dir="$profile"
 [[ "$profile" != dev ]] || profile_dir=debug
