@@ -79,7 +79,7 @@ impl Blocks {
         (y < kh && x < kw).then_some((((o * c + channel) * kh + y) * kw + x) as usize)
     }
 
-    /// The attributes of the convolution over blocks, but its `group` (1, as before).
+    /// The attributes of the convolution over blocks, all but `group`, which the caller adds.
     pub fn attributes(&self) -> Vec<AttributeProto> {
         vec![
             ints("strides", &[1, 1]),
