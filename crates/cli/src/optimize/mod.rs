@@ -2,6 +2,7 @@
 //! distillation and quantization-aware training of ONNX models.
 
 mod distill;
+mod process;
 mod qat;
 mod train;
 
@@ -252,7 +253,7 @@ struct EvaluateArgs {
 }
 
 pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
-    shorten_candle_spin();
+    process::tune();
     match args.command {
         OptimizeCommand::Quantize(a) => run_quantize(a),
         OptimizeCommand::Fp16(a) => run_fp16(a),
@@ -261,19 +262,6 @@ pub fn run(args: OptimizeArgs) -> anyhow::Result<()> {
         OptimizeCommand::Prune(a) => train::run_prune(*a),
         OptimizeCommand::Distill(a) => distill::run_distill(*a),
         OptimizeCommand::Qat(a) => qat::run_qat(*a),
-    }
-}
-
-/// The trainer's element-wise operations run on candle's thread pool, whose idle worker spins
-/// 25,000 times before it sleeps; on a small machine that spinning takes a core from the
-/// trainer's own kernels (rayon) after every operation. Spinning 1,000 times made a Fashion-MNIST
-/// epoch about 15 % faster on 2 cores (docs/training.md, "Training speed"). A value the user set
-/// is kept.
-fn shorten_candle_spin() {
-    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(VAR).is_none() {
-        // Safe here: no other thread has started yet (candle's pool reads this when it starts).
-        std::env::set_var(VAR, "1000");
     }
 }
 
