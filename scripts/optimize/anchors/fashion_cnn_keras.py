@@ -2,9 +2,10 @@
 
 The data splits of `python scripts/optimize/fashion_cnn.py export DIR`, the model (any channel
 widths: the zoo's teacher has 32/64, a student cut by `rtserve optimize prune --method channels`
-fewer), the copy of the ONNX initialisers into it, and a check of its forward pass against the ONNX
-model itself (onnx.reference). No TensorFlow import here: the callers pass `keras` (tf-keras, which
-tfmot needs) after setting TF_USE_LEGACY_KERAS.
+fewer; or the hand-written student of scripts/optimize/fashion_student.py, told apart by its
+`patch1` convolution), the copy of the ONNX initialisers into it, and a check of its forward pass
+against the ONNX model itself (onnx.reference). No TensorFlow import here: the callers pass `keras`
+(tf-keras, which tfmot needs) after setting TF_USE_LEGACY_KERAS.
 """
 import os
 
@@ -39,9 +40,9 @@ def onnx_initialisers(path):
 
 
 def conv_widths(path):
-    """{conv name: output channels} of an ONNX fashion_cnn (the zoo's model or a channel-pruned one)."""
+    """{conv name: output channels} of every convolution of an ONNX file (its rank-4 `.weight`s)."""
     w = onnx_initialisers(path)
-    return {name: int(w[f"{name}.weight"].shape[0]) for name, _, _, _ in CONVS}
+    return {k[: -len(".weight")]: int(v.shape[0]) for k, v in w.items() if k.endswith(".weight") and v.ndim == 4}
 
 
 def build_model(keras, widths=None, name="fashion_cnn"):
@@ -87,9 +88,48 @@ def load_onnx_weights(model, path):
     model.get_layer("fc").set_weights([w["fc.weight"].T, w["fc.bias"]])
 
 
+# The hand-written student's convolutions (fashion_student.py): 2x2, stride 2, no padding, each
+# with BatchNormalization `<conv>_bn` and Relu, then Flatten (of NCHW) and Gemm `fc`.
+PATCHES = ("patch1", "patch2")
+
+
+def build_patch_student(keras, widths, name="fashion_student"):
+    """The hand-written student in tf-keras, NHWC, with `widths` ({conv name: filters})."""
+    L = keras.layers
+    inp = keras.Input((28, 28, 1), name="input")
+    x = inp
+    for conv in PATCHES:
+        x = L.Conv2D(widths[conv], 2, strides=2, padding="valid", name=conv)(x)
+        x = L.BatchNormalization(epsilon=1e-5, momentum=0.9, name=f"{conv}_bn")(x)
+        x = L.ReLU(name=f"{conv}_relu")(x)
+    x = L.Flatten(name="flatten")(x)
+    out = L.Dense(10, name="fc")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def load_patch_student_weights(model, path):
+    """Copy the initialisers of the ONNX student into the Keras one. Keras flattens NHWC, ONNX
+    NCHW: the rows of `fc` are reordered from (c, h, w) to (h, w, c)."""
+    w = onnx_initialisers(path)
+    for conv in PATCHES:
+        model.get_layer(conv).set_weights([w[f"{conv}.weight"].transpose(2, 3, 1, 0), w[f"{conv}.bias"]])
+        model.get_layer(f"{conv}_bn").set_weights([w[f"{conv}_bn.{k}"] for k in ("scale", "bias", "mean", "var")])
+    fc = w["fc.weight"]
+    channels = w[f"{PATCHES[-1]}.weight"].shape[0]
+    side = int(round((fc.shape[1] // channels) ** 0.5))
+    rows = fc.reshape(fc.shape[0], channels, side, side).transpose(2, 3, 1, 0).reshape(-1, fc.shape[0])
+    model.get_layer("fc").set_weights([rows, w["fc.bias"]])
+
+
 def keras_from_onnx(keras, path, name="fashion_cnn"):
-    """A Keras fashion_cnn with the widths and weights of the ONNX file at `path`."""
-    model = build_model(keras, conv_widths(path), name=name)
+    """A Keras model with the widths and weights of the ONNX file at `path`: fashion_cnn (any
+    widths) or the hand-written student."""
+    widths = conv_widths(path)
+    if PATCHES[0] in widths:
+        model = build_patch_student(keras, widths, name=name)
+        load_patch_student_weights(model, path)
+        return model
+    model = build_model(keras, widths, name=name)
     load_onnx_weights(model, path)
     return model
 

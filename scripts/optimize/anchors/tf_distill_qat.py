@@ -10,7 +10,9 @@ settings as scripts/optimize/distill_qat.sh:
   2. student: the ONNX file given by --student, the one `rtserve optimize distill --student-width 0.3`
      starts from, written by `rtserve optimize prune --method channels --sparsity 0.7 --epochs 0`
      (the teacher's channels with the largest L2 norms; 10 and 20 where the teacher has 32 and 64),
-     rebuilt in tf-keras with its widths and weights (checked against onnx.reference too);
+     rebuilt in tf-keras with its widths and weights (checked against onnx.reference too); or the
+     hand-written student examples/optimize/fashion_student_init.onnx (scripts/optimize/fashion_student.sh
+     gives its recipe: --epochs 10 --temperature 2 --alpha 0.7 --skip-qat);
   3. three students trained --epochs from those same weights with Keras' SGD (momentum, CosineDecay
      to 0 over all steps), L2 weight decay on every trainable variable as rtserve's SGD applies it,
      the best epoch by held-out accuracy kept:
@@ -183,7 +185,8 @@ def main():
     parser.add_argument("dir", help="directory written by `fashion_cnn.py export` (train/heldout/test .npz + _labels.npy)")
     parser.add_argument("--teacher", default=DEFAULT_TEACHER, help="the teacher and the model to quantize (default the zoo's fashion_cnn.onnx)")
     parser.add_argument("--student", required=True,
-                        help="the untrained student: `rtserve optimize prune --method channels --sparsity 0.7 --epochs 0` of the teacher")
+                        help="the untrained student: `rtserve optimize prune --method channels --sparsity 0.7 --epochs 0` of "
+                             "the teacher, or examples/optimize/fashion_student_init.onnx")
     parser.add_argument("--epochs", type=int, default=2, help="student epochs (default 2)")
     parser.add_argument("--temperature", type=float, default=3.0, help="T (default 3)")
     parser.add_argument("--alpha", type=float, default=0.7, help="weight of the soft term (default 0.7)")
