@@ -6,7 +6,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{by_dtype, channel_dims, channel_sums, elements, to_f64s, with_elements, Real};
+use super::{by_dtype, channel_dims, channel_sums, elements, per_channel_sums, to_f64s, with_elements, Real};
 
 /// Per-channel mean and biased variance of `[N, C, ...]` `x`, in f64.
 pub fn channel_moments(x: &Tensor) -> candle_core::Result<(Vec<f64>, Vec<f64>)> {
@@ -18,15 +18,8 @@ fn moments<T: Real>(x: &Tensor, c: usize, plane: usize) -> candle_core::Result<(
     with_elements::<T, _>(x, |x| {
         let count = (x.len() / c.max(1)).max(1) as f64;
         let mean: Vec<f64> = channel_sums(x, c, plane).into_iter().map(|s| s / count).collect();
-        let var = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let squares = x.chunks_exact(c * plane).map(|item| {
-                    item[ch * plane..][..plane].iter().map(|v| (v.to_f64() - mean[ch]).powi(2)).sum::<f64>()
-                });
-                squares.sum::<f64>() / count
-            })
-            .collect();
+        let squares = |ch: usize, p: &[T]| p.iter().map(|v| (v.to_f64() - mean[ch]).powi(2)).sum();
+        let var = per_channel_sums(x, c, plane, squares).into_iter().map(|s| s / count).collect();
         Ok((mean, var))
     })
 }

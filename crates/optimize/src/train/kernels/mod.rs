@@ -80,18 +80,26 @@ fn shape_error(e: ndarray::ShapeError) -> candle_core::Error {
     candle_core::Error::Msg(format!("fused kernel: {e}"))
 }
 
-/// Per-channel sums over the items and the plane of a contiguous `[N, C, plane]` tensor, in f64:
-/// channels in parallel, each summed item by item in order (the same sum on every run).
+/// Per-channel sums over the items and the plane of a contiguous `[N, C, plane]` tensor, in f64.
 fn channel_sums<T: Real>(t: &[T], channels: usize, plane: usize) -> Vec<f64> {
+    per_channel_sums(t, channels, plane, |_, p| p.iter().map(|v| v.to_f64()).sum())
+}
+
+/// For each channel of a contiguous `[N, C, plane]` tensor, the sum over the items of
+/// `f(channel, that item's plane)`: channels in parallel, each summed item by item in order (the
+/// same sum on every run).
+fn per_channel_sums<T: Real>(
+    t: &[T],
+    channels: usize,
+    plane: usize,
+    f: impl Fn(usize, &[T]) -> f64 + Sync,
+) -> Vec<f64> {
     if plane == 0 {
         return vec![0.0; channels];
     }
     (0..channels)
         .into_par_iter()
-        .map(|ch| {
-            let items = t.chunks_exact(channels * plane);
-            items.map(|item| item[ch * plane..][..plane].iter().map(|v| v.to_f64()).sum::<f64>()).sum()
-        })
+        .map(|ch| t.chunks_exact(channels * plane).map(|item| f(ch, &item[ch * plane..][..plane])).sum())
         .collect()
 }
 
