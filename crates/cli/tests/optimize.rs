@@ -489,6 +489,20 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     );
     assert_eq!(report["params_after"], one_shot_params, "{report}");
     evaluate(&cnn, &gradual, &data, "tract", &[]);
+    // Measured on the data, ranked across groups: half of all prunable channels go.
+    let taylor = dir.path().join("taylor.onnx");
+    let report = optimize_json(
+        &["prune", "--method", "channels", "--criterion", "taylor", "--scope", "global"],
+        &cnn,
+        &taylor,
+        &common,
+    );
+    let groups = report["groups"].as_array().expect("groups");
+    let count = |key: &str| -> u64 {
+        groups.iter().filter(|g| g["blocked"].is_null()).map(|g| g[key].as_u64().expect("count")).sum()
+    };
+    assert_eq!(count("kept"), count("channels") - count("channels") / 2, "{report}");
+    evaluate(&cnn, &taylor, &data, "tract", &[]);
 
     let sparse = dir.path().join("magnitude.onnx");
     let report = optimize_json(&["prune", "--method", "magnitude"], &cnn, &sparse, &common);
@@ -546,6 +560,13 @@ fn training_and_pruning_refuse_bad_input_clearly() {
     args.extend(["--data", d, "--labels", l]);
     let out = rtserve(&args);
     assert!(String::from_utf8_lossy(&out.stderr).contains("between 0 and 1"), "{out:?}");
+    let mut args =
+        vec!["prune", "--method", "channels", "--criterion", "taylor", "--sparsity-schedule", "polynomial"];
+    let t = twelve.to_str().expect("utf-8");
+    args.extend(["--model", cnn.to_str().expect("utf-8"), "--out", "/dev/null", "--data", d, "--labels", t]);
+    let out = rtserve(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("measured once"), "{stderr}");
 
     let unsupported = dir.path().join("lrn.onnx");
     save_lrn_model(&unsupported);

@@ -25,7 +25,9 @@ use rtserve_optimize::onnx::{
 };
 use rtserve_optimize::prune::channels::{self, ChannelOptions, Criterion};
 use rtserve_optimize::prune::gradual::GradualChannels;
+use rtserve_optimize::prune::groups::{Dependencies, Role};
 use rtserve_optimize::prune::magnitude::{MagnitudeOptions, MagnitudePruner, Scope, SparsitySchedule};
+use rtserve_optimize::prune::taylor::taylor_scores;
 use rtserve_optimize::qat::{self, QatOptions};
 use rtserve_optimize::quantize::{quantize_static, QuantizeOptions};
 use rtserve_optimize::train::data::Dataset;
@@ -591,7 +593,7 @@ fn a_trained_model_reloads_in_both_engines_with_the_trainers_outputs() {
 #[test]
 fn channel_pruning_keeps_groups_consistent_and_equals_the_masked_model() {
     let model = cnn(4);
-    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L2, round_to: 1 };
+    let options = ChannelOptions::new(0.5, Criterion::L2);
     let (deps, selection, reports) = channels::select(&model, &options).expect("select");
     // stem+residual (one group: the Add joins them), dw rides along; b1, b2 (Concat parts); the
     // Gemm's output is the graph output: blocked.
@@ -643,7 +645,7 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
         &["x"],
         "y",
     );
-    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L1, round_to: 1 };
+    let options = ChannelOptions::new(0.5, Criterion::L1);
     let err = channels::select(&single, &options).expect_err("nothing").to_string();
     assert!(err.contains("no channel group"), "{err}");
     for s in [0.0, 1.0, -0.5, 1.5] {
@@ -654,6 +656,100 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
     }
 }
 
+/// The group root whose channels `producer` computes.
+fn root_of(deps: &Dependencies, producer: &str) -> usize {
+    let edit =
+        deps.edits.iter().find(|e| e.role == Role::Producer && e.tensor == producer).expect("producer");
+    deps.root(edit.layout.spaces[0])
+}
+
+/// Each channel's Taylor score is the square of the loss's slope as the weights that read it go
+/// to zero: checked against a central difference of the loss (in f64) along that direction, for
+/// every channel of the residual group (read through a depthwise conv) and of both Concat parts
+/// (read through a Flatten by the Gemm).
+#[test]
+fn taylor_scores_are_the_squared_slope_of_removing_each_channel() {
+    let model = cnn(4);
+    let data = toy_data(24, 5);
+    let scores = taylor_scores(&model, &data, 32, 0, None).expect("scores");
+    let (deps, _, _) = channels::select(&model, &ChannelOptions::new(0.5, Criterion::L2)).expect("select");
+    let (x, labels) = data.batch(&(0..24).collect::<Vec<_>>()).expect("batch");
+    let x = x.to_dtype(DType::F64).expect("f64");
+    let loss = |m: &ModelProto| {
+        let g = TrainGraph::with_dtype(m, DType::F64).expect("graph");
+        let (y, _) = trainer::logits(&g, "x", "y", x.clone(), Mode::Train, &mut StdRng::seed_from_u64(0))
+            .expect("logits");
+        trainer::cross_entropy(&y, &labels).expect("loss").to_scalar::<f64>().expect("scalar")
+    };
+    let mut checked = 0;
+    for group in deps.groups().iter().filter(|g| g.blocked.is_none()) {
+        for (c, score) in scores[&group.root].iter().enumerate() {
+            let selection: channels::Selection =
+                [(group.root, (0..group.size).filter(|&k| k != c).collect())].into();
+            let masked = channels::mask_consumers(&model, &deps, &selection).expect("mask");
+            // The model with channel c's readers scaled by t: t = 1 is the model, t = 0 the cut.
+            let scaled = |t: f32| {
+                let mut m = model.clone();
+                let g = m.graph.as_mut().expect("graph");
+                let cut = &masked.graph.as_ref().expect("graph").initializer;
+                for (w, z) in g.initializer.iter_mut().zip(cut) {
+                    let (wv, zv) = (float_values(w).expect("w"), float_values(z).expect("z"));
+                    let values: Vec<f32> = wv.iter().zip(&zv).map(|(a, b)| b + t * (a - b)).collect();
+                    *w = float_tensor(&w.name, &w.dims.clone(), &values);
+                }
+                m
+            };
+            let h = 1e-2;
+            let slope = (loss(&scaled(1.0 + h)) - loss(&scaled(1.0 - h))) / (2.0 * h as f64);
+            assert!(
+                (score.sqrt() - slope.abs()).abs() <= 0.02 * slope.abs() + 1e-6,
+                "group {} channel {c}: score {score} against slope {slope}",
+                group.root
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 8 + 6 + 4);
+}
+
+/// Global scope removes the lowest scores wherever they are (each group keeping one channel);
+/// per-group scope removes half of each group, by the same scores.
+#[test]
+fn channel_pruning_ranks_globally_or_per_group_by_the_given_scores() {
+    let model = cnn(4);
+    let (deps, _, _) = channels::select(&model, &ChannelOptions::new(0.5, Criterion::L2)).expect("select");
+    let (residual, b1, b2) = (root_of(&deps, "stem.w"), root_of(&deps, "b1.w"), root_of(&deps, "b2.w"));
+    let scores: channels::Scores = [
+        (residual, (0..8).map(|c| 10.0 + c as f64).collect()),
+        (b1, (0..6).map(|c| c as f64).collect()),
+        (b2, (0..4).map(|c| 0.5 + c as f64).collect()),
+    ]
+    .into();
+    let options = ChannelOptions {
+        scope: Scope::Global,
+        scores: Some(Arc::new(scores)),
+        ..ChannelOptions::new(0.5, Criterion::Taylor)
+    };
+    let (deps, selection, _) = channels::select(&model, &options).expect("global");
+    // Nine of 18 go: five of b1 and three of b2 (each keeps one), then the residual's lowest.
+    assert_eq!(selection[&residual], (1..8).collect::<Vec<_>>());
+    assert_eq!(selection[&b1], [5]);
+    assert_eq!(selection[&b2], [3]);
+    channels::remove(&model, &deps, &selection).expect("a valid model");
+    let (_, selection, _) =
+        channels::select(&model, &ChannelOptions { scope: Scope::PerLayer, ..options.clone() })
+            .expect("layer");
+    assert_eq!(selection[&residual], [4, 5, 6, 7]);
+    assert_eq!(selection[&b1], [3, 4, 5]);
+    assert_eq!(selection[&b2], [2, 3]);
+
+    let err = channels::select(&model, &ChannelOptions::new(0.5, Criterion::Taylor)).expect_err("no scores");
+    assert!(err.to_string().contains("needs scores"), "{err}");
+    let g = TrainGraph::new(&model).expect("graph");
+    let err = GradualChannels::new(&g, options).err().expect("gradual taylor").to_string();
+    assert!(err.contains("measured once"), "{err}");
+}
+
 /// Gradual channel pruning on the CNN with a residual Add, a depthwise conv and a Concat: the
 /// silenced share rises during training and holds; every edited slice of a silenced channel is
 /// zero at the end; the smaller model cut out of it computes what the trained, silenced model
@@ -662,7 +758,7 @@ fn channel_pruning_refuses_a_model_with_nothing_to_prune_and_bad_sparsity() {
 fn gradual_channel_pruning_silences_then_cuts_the_same_channels() {
     let data = toy_data(64, 3);
     let g = TrainGraph::new(&cnn(6)).expect("graph");
-    let options = ChannelOptions { sparsity: 0.5, criterion: Criterion::L2, round_to: 1 };
+    let options = ChannelOptions::new(0.5, Criterion::L2);
     let mut pruner = GradualChannels::new(&g, options.clone()).expect("pruner");
     let run = TrainOptions { epochs: 3, ..short_run() };
     let steps = 3 * 64usize.div_ceil(run.batch_size);

@@ -2,8 +2,10 @@
 //! weights that produce them (or the BatchNorm scale), giving a smaller dense model.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use super::groups::{analyse, Dependencies, Edit, Group, Layout, Role};
+use super::magnitude::Scope;
 use crate::error::{OptimizeError, Result};
 use crate::graph::validate;
 use crate::model::{float_tensor, float_values};
@@ -18,6 +20,9 @@ pub enum Criterion {
     L2,
     /// |scale| of the BatchNorm that follows the producer (L1 where there is none).
     BatchNorm,
+    /// The loss change removing the channel is estimated to cause, measured on training data
+    /// ([`taylor_scores`](super::taylor::taylor_scores), given as [`ChannelOptions::scores`]).
+    Taylor,
 }
 
 impl std::str::FromStr for Criterion {
@@ -28,19 +33,34 @@ impl std::str::FromStr for Criterion {
             "l1" => Ok(Criterion::L1),
             "l2" => Ok(Criterion::L2),
             "bn" | "batchnorm" => Ok(Criterion::BatchNorm),
-            _ => Err(OptimizeError::Option(format!("unknown criterion '{s}' (l1, l2, bn)"))),
+            "taylor" => Ok(Criterion::Taylor),
+            _ => Err(OptimizeError::Option(format!("unknown criterion '{s}' (l1, l2, bn, taylor)"))),
         }
     }
 }
 
+/// Measured importance of each channel, by group root.
+pub type Scores = HashMap<usize, Vec<f64>>;
+
 /// Options of channel pruning.
 #[derive(Debug, Clone)]
 pub struct ChannelOptions {
-    /// Fraction of each group's channels removed, in (0, 1).
+    /// Fraction of the channels removed, in (0, 1): of each group's (`Scope::PerLayer`) or of all
+    /// prunable channels, wherever they matter least (`Scope::Global`).
     pub sparsity: f64,
     pub criterion: Criterion,
+    pub scope: Scope,
     /// Keep a multiple of this many channels per group (SIMD-friendly widths); 1 = exact.
     pub round_to: usize,
+    /// The measured scores `Criterion::Taylor` ranks by.
+    pub scores: Option<Arc<Scores>>,
+}
+
+impl ChannelOptions {
+    /// Each group loses `sparsity` of its channels by `criterion`, widths exact.
+    pub fn new(sparsity: f64, criterion: Criterion) -> ChannelOptions {
+        ChannelOptions { sparsity, criterion, scope: Scope::PerLayer, round_to: 1, scores: None }
+    }
 }
 
 /// What was removed, per group.
@@ -86,8 +106,20 @@ fn importance(
     deps: &Dependencies,
     group: &Group,
     graph: &GraphProto,
-    criterion: Criterion,
+    options: &ChannelOptions,
 ) -> Result<Vec<f64>> {
+    let criterion = options.criterion;
+    if criterion == Criterion::Taylor {
+        let scores = options.scores.as_ref().ok_or_else(|| {
+            OptimizeError::Option("the taylor criterion needs scores measured on training data".into())
+        })?;
+        return scores.get(&group.root).filter(|s| s.len() == group.size).cloned().ok_or_else(|| {
+            OptimizeError::model(format!(
+                "no Taylor score for the group of {}: no trainable weight reads its channels",
+                producer_names(deps, group).join(", ")
+            ))
+        });
+    }
     let inits: HashMap<&str, _> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut score = vec![0f64; group.size];
     let bn_scales: HashSet<&str> = graph
@@ -117,7 +149,9 @@ fn importance(
             .iter()
             .map(|s| match criterion {
                 Criterion::L2 => s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt(),
-                Criterion::L1 | Criterion::BatchNorm => s.iter().map(|v| v.abs() as f64).sum(),
+                Criterion::L1 | Criterion::BatchNorm | Criterion::Taylor => {
+                    s.iter().map(|v| v.abs() as f64).sum()
+                }
             })
             .collect();
         let mean = norms.iter().sum::<f64>() / norms.len().max(1) as f64;
@@ -125,7 +159,55 @@ fn importance(
             *s += if mean > 0.0 { n / mean } else { 0.0 };
         }
     }
+    // Mean 1 in every group, so that global ranking compares channels within their own group's
+    // scale (Torch-Pruning's "mean" normalizer).
+    let mean = score.iter().sum::<f64>() / score.len().max(1) as f64;
+    if mean > 0.0 {
+        score.iter_mut().for_each(|s| *s /= mean);
+    }
     Ok(score)
+}
+
+fn producer_names(deps: &Dependencies, group: &Group) -> Vec<String> {
+    deps.edits
+        .iter()
+        .filter(|e| e.role == Role::Producer && e.layout.spaces.iter().any(|s| group.spaces.contains(s)))
+        .map(|e| e.tensor.clone())
+        .collect()
+}
+
+/// How many channels a group of `size` keeps when `remove` are chosen to go.
+fn kept_count(size: usize, remove: usize, round_to: usize) -> usize {
+    let round = round_to.max(1);
+    ((size - remove.min(size)).div_ceil(round) * round).clamp(1, size)
+}
+
+/// How many channels each group loses: `sparsity` of each, or of all of them together where
+/// their scores are lowest (every group keeping at least one).
+fn removals(scored: &[(&Group, Vec<f64>)], options: &ChannelOptions) -> Vec<usize> {
+    match options.scope {
+        Scope::PerLayer => {
+            scored.iter().map(|(g, _)| (g.size as f64 * options.sparsity).floor() as usize).collect()
+        }
+        Scope::Global => {
+            let total: usize = scored.iter().map(|(g, _)| g.size).sum();
+            let mut ranked: Vec<(f64, usize)> =
+                scored.iter().enumerate().flat_map(|(i, (_, s))| s.iter().map(move |&v| (v, i))).collect();
+            ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut remove = vec![0usize; scored.len()];
+            let mut left = (total as f64 * options.sparsity).floor() as usize;
+            for (_, i) in ranked {
+                if left == 0 {
+                    break;
+                }
+                if remove[i] + 1 < scored[i].0.size {
+                    remove[i] += 1;
+                    left -= 1;
+                }
+            }
+            remove
+        }
+    }
 }
 
 /// Chooses the channels to keep in every prunable group.
@@ -137,30 +219,31 @@ pub fn select(
     let g = graph(model)?;
     validate(g)?;
     let deps = analyse(g);
+    let groups = deps.groups();
+    let prunable = |group: &Group| group.blocked.is_none() && group.size > 1;
+    let scored = groups
+        .iter()
+        .filter(|group| prunable(group))
+        .map(|group| Ok((group, importance(&deps, group, g, options)?)))
+        .collect::<Result<Vec<_>>>()?;
     let mut selection = Selection::new();
-    let mut reports = Vec::new();
-    for group in deps.groups() {
-        let producers: Vec<String> = deps
-            .edits
-            .iter()
-            .filter(|e| e.role == Role::Producer && e.layout.spaces.iter().any(|s| group.spaces.contains(s)))
-            .map(|e| e.tensor.clone())
-            .collect();
-        let mut kept = group.size;
-        if group.blocked.is_none() && group.size > 1 {
-            let remove = (group.size as f64 * options.sparsity).floor() as usize;
-            let round = options.round_to.max(1);
-            kept = (group.size - remove).div_ceil(round) * round;
-            kept = kept.clamp(1, group.size);
-            let score = importance(&deps, &group, g, options.criterion)?;
-            let mut order: Vec<usize> = (0..group.size).collect();
-            order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
-            let mut keep: Vec<usize> = order.into_iter().take(kept).collect();
-            keep.sort_unstable();
-            selection.insert(group.root, keep);
-        }
-        reports.push(GroupReport { producers, channels: group.size, kept, blocked: group.blocked.clone() });
+    for ((group, score), remove) in scored.iter().zip(removals(&scored, options)) {
+        let kept = kept_count(group.size, remove, options.round_to);
+        let mut order: Vec<usize> = (0..group.size).collect();
+        order.sort_by(|&a, &b| score[b].total_cmp(&score[a]).then(a.cmp(&b)));
+        let mut keep: Vec<usize> = order.into_iter().take(kept).collect();
+        keep.sort_unstable();
+        selection.insert(group.root, keep);
     }
+    let reports = groups
+        .iter()
+        .map(|group| GroupReport {
+            producers: producer_names(&deps, group),
+            channels: group.size,
+            kept: selection.get(&group.root).map_or(group.size, Vec::len),
+            blocked: group.blocked.clone(),
+        })
+        .collect();
     if selection.is_empty() {
         return Err(OptimizeError::model(
             "no channel group of this model can be pruned (every one reaches a graph output or an operator \
@@ -170,13 +253,12 @@ pub fn select(
     Ok((deps, selection, reports))
 }
 
-/// The positions along an edited axis that survive, in order.
-pub(super) fn kept_positions(
+/// The (group root, channel) that each position along an edited axis follows.
+pub(super) fn channel_positions(
     deps: &Dependencies,
     layout: &Layout,
-    selection: &Selection,
     axis_len: usize,
-) -> Result<Vec<usize>> {
+) -> Result<Vec<(usize, usize)>> {
     let channels = deps.channels(layout);
     let block = if layout.flattened { axis_len / channels.max(1) } else { 1 };
     if channels * block != axis_len {
@@ -184,25 +266,31 @@ pub(super) fn kept_positions(
             "an axis of {axis_len} does not follow {channels} channels"
         )));
     }
-    let mut keep = Vec::new();
-    let mut offset = 0;
+    let mut positions = Vec::with_capacity(axis_len);
     for &space in &layout.spaces {
-        let size = deps.sizes[space];
         let root = deps.root(space);
-        let all: Vec<usize>;
-        let chosen = match selection.get(&root) {
-            Some(k) => k,
-            None => {
-                all = (0..size).collect();
-                &all
-            }
-        };
-        for &c in chosen {
-            keep.extend((0..block).map(|b| (offset + c) * block + b));
+        for c in 0..deps.sizes[space] {
+            positions.extend(std::iter::repeat_n((root, c), block));
         }
-        offset += size;
     }
-    Ok(keep)
+    Ok(positions)
+}
+
+/// The positions along an edited axis that survive, in order.
+pub(super) fn kept_positions(
+    deps: &Dependencies,
+    layout: &Layout,
+    selection: &Selection,
+    axis_len: usize,
+) -> Result<Vec<usize>> {
+    let kept: HashMap<usize, HashSet<usize>> =
+        selection.iter().map(|(root, keep)| (*root, keep.iter().copied().collect())).collect();
+    Ok(channel_positions(deps, layout, axis_len)?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (root, c))| kept.get(root).is_none_or(|k| k.contains(c)))
+        .map(|(i, _)| i)
+        .collect())
 }
 
 fn gather(values: &[f32], dims: &[i64], axis: usize, keep: &[usize]) -> (Vec<f32>, Vec<i64>) {

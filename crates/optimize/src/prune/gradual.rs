@@ -8,9 +8,9 @@
 
 use candle_core::Tensor;
 
-use super::channels::{kept_positions, prune_channels, select, ChannelOptions, GroupReport};
+use super::channels::{kept_positions, prune_channels, select, ChannelOptions, Criterion, GroupReport};
 use super::magnitude::{apply_mask, polynomial_sparsity};
-use crate::error::Result;
+use crate::error::{OptimizeError, Result};
 use crate::onnx::ModelProto;
 use crate::train::trainer::Hook;
 use crate::train::{ParamKind, TrainGraph};
@@ -27,6 +27,13 @@ pub struct GradualChannels {
 impl GradualChannels {
     /// A pruner that will reach `options.sparsity`; fails now if the model has no prunable group.
     pub fn new(graph: &TrainGraph, options: ChannelOptions) -> Result<GradualChannels> {
+        if options.criterion == Criterion::Taylor {
+            return Err(OptimizeError::Option(
+                "the taylor criterion is measured once, on the model before pruning: prune gradually by l2, l1 or bn, \
+                 or at once (--sparsity-schedule constant)"
+                    .into(),
+            ));
+        }
         select(&graph.to_model()?, &options)?;
         Ok(GradualChannels { options, total_steps: 0, current: 0.0, masks: Vec::new() })
     }

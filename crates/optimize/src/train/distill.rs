@@ -201,7 +201,7 @@ pub fn student_from_teacher(teacher: &ModelProto, width: f64) -> Result<(ModelPr
             "the student width {width} must be between 0 and 1 (exclusive)"
         )));
     }
-    prune_channels(teacher, &ChannelOptions { sparsity: 1.0 - width, criterion: Criterion::L2, round_to: 1 })
+    prune_channels(teacher, &ChannelOptions::new(1.0 - width, Criterion::L2))
 }
 
 /// The distillation [`Objective`]: the teacher's logits of the training set, by sample index.

@@ -1,0 +1,99 @@
+//! Data-driven channel importance (Molchanov et al., "Importance Estimation for Neural Network
+//! Pruning", 2019): the first-order Taylor estimate of how much the loss changes when a channel
+//! is removed. Removing a channel is zeroing every weight that reads it (the consumers' input
+//! slices, as [`mask_consumers`](super::channels::mask_consumers) does), so a channel's score is
+//! `(Σ w·∂L/∂w)²` over those slices, summed per minibatch and averaged over minibatches of the
+//! training data. Scores are in units of loss, so they compare across groups as they are.
+
+use std::collections::{HashMap, HashSet};
+
+use candle_core::{DType, Tensor};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::channels::{channel_positions, Scores};
+use super::groups::{analyse, Role};
+use crate::error::{OptimizeError, Result};
+use crate::onnx::ModelProto;
+use crate::train::data::Dataset;
+use crate::train::trainer::{cross_entropy, logits};
+use crate::train::{Mode, ParamKind, TrainGraph};
+
+/// Minibatches the scores are averaged over (fewer when the data set is smaller).
+pub const BATCHES: usize = 32;
+
+/// The Taylor score of every channel of every group that has weights reading it, by group root.
+pub fn taylor_scores(
+    model: &ModelProto,
+    data: &Dataset,
+    batch_size: usize,
+    seed: u64,
+    output: Option<&str>,
+) -> Result<Scores> {
+    let g = model.graph.as_ref().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
+    let deps = analyse(g);
+    let graph = TrainGraph::new(model)?;
+    let input = match graph.inputs() {
+        [one] => one.clone(),
+        other => {
+            return Err(OptimizeError::model(format!("Taylor scores need one model input, not {other:?}")))
+        }
+    };
+    let output = match output {
+        Some(o) => o.to_string(),
+        None => graph
+            .outputs()
+            .first()
+            .cloned()
+            .ok_or_else(|| OptimizeError::model("the model has no outputs"))?,
+    };
+    // Each consumer weight: its parameter, axis, and the (group, channel) of every position.
+    let mut readers = Vec::new();
+    let mut seen = HashSet::new();
+    for edit in deps.edits.iter().filter(|e| e.role == Role::Consumer) {
+        let Some(param) = graph.params().iter().find(|p| p.name == edit.tensor) else { continue };
+        if param.kind != ParamKind::Trainable || !seen.insert((edit.tensor.clone(), edit.axis)) {
+            continue;
+        }
+        let len = param.dims.get(edit.axis).copied().unwrap_or(0).max(0) as usize;
+        let inner: usize = param.dims.iter().skip(edit.axis + 1).map(|&d| d.max(0) as usize).product();
+        readers.push((param, len, inner, channel_positions(&deps, &edit.layout, len)?));
+    }
+    let mut scores: Scores = readers
+        .iter()
+        .flat_map(|(_, _, _, positions)| {
+            positions.iter().map(|&(root, _)| (root, vec![0f64; deps.sizes[root]]))
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let batches: Vec<Vec<usize>> =
+        data.minibatches(batch_size, Some(&mut rng)).into_iter().take(BATCHES).collect();
+    for indices in &batches {
+        let (x, labels) = data.batch(indices)?;
+        let (y, _) = logits(&graph, &input, &output, x, Mode::Train, &mut rng)?;
+        let grads = cross_entropy(&y, &labels)?.backward()?;
+        let mut sums: Scores = HashMap::new();
+        for (param, len, inner, positions) in &readers {
+            let w = param.var.as_tensor();
+            let Some(grad) = grads.get(w) else { continue };
+            let products = flat(&(w * grad)?)?;
+            for (i, p) in products.iter().enumerate() {
+                let (root, channel) = positions[(i / inner.max(&1)) % len.max(&1)];
+                let size = deps.sizes[root];
+                sums.entry(root).or_insert_with(|| vec![0.0; size])[channel] += *p;
+            }
+        }
+        for (root, channel_sums) in sums {
+            if let Some(total) = scores.get_mut(&root) {
+                total.iter_mut().zip(&channel_sums).for_each(|(t, s)| *t += s * s);
+            }
+        }
+    }
+    let n = batches.len().max(1) as f64;
+    scores.values_mut().for_each(|s| s.iter_mut().for_each(|v| *v /= n));
+    Ok(scores)
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
