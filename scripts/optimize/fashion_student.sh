@@ -23,6 +23,8 @@
 #   scripts/optimize/fashion_student.sh [OUT]  (default OUT /tmp/fashion_student)
 #   RTSERVE=path/to/rtserve                    (default target/release/rtserve)
 #   SEED=N                                     (the trainer's shuffling; default 0, the chosen run)
+#   EPOCHS=N                                   (default 10, the chosen recipe; 20: docs/training.md,
+#                                               "Twenty epochs")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RTSERVE=${RTSERVE:-target/release/rtserve}
@@ -33,7 +35,7 @@ STUDENT=examples/optimize/fashion_student_init.onnx
 mkdir -p "$D"
 [ -f "$D/test_labels.npy" ] || python3 scripts/optimize/fashion_cnn.py export "$D"
 
-RECIPE=(--epochs 10 --lr 0.05 --batch-size 128 --seed "${SEED:-0}" --weight-decay 5e-4)
+RECIPE=(--epochs "${EPOCHS:-10}" --lr 0.05 --batch-size 128 --seed "${SEED:-0}" --weight-decay 5e-4)
 DISTILL=(--temperature 2 --alpha 0.7 --engine onnxruntime)
 SPLITS=(--data "$D/train.npz" --labels "$D/train_labels.npy"
     --heldout-data "$D/heldout.npz" --heldout-labels "$D/heldout_labels.npy"

@@ -1,5 +1,6 @@
 //! Structured pruning: whole channels of each dependency group are removed, by the norm of the
-//! weights that produce them (or the BatchNorm scale), giving a smaller dense model.
+//! weights that produce them (or the BatchNorm scale, or a score measured on data), within each
+//! group or across all of them, giving a smaller dense model.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
