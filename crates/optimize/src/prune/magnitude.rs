@@ -15,7 +15,8 @@ use crate::train::ops::Op;
 use crate::train::trainer::Hook;
 use crate::train::{ParamKind, TrainGraph};
 
-/// Whether the threshold is one for all pruned weights or one per layer.
+/// Whether what is pruned is ranked across the whole model or within each layer (magnitude: one
+/// threshold for all weights or one per layer; channels: across all groups or within each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     Global,
