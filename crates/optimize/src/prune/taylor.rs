@@ -5,7 +5,7 @@
 //! `(Σ w·∂L/∂w)²` over those slices, summed per minibatch and averaged over minibatches of the
 //! training data. Scores are in units of loss, so they compare across groups as they are.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
@@ -16,7 +16,7 @@ use super::groups::{analyse, Role};
 use crate::error::{OptimizeError, Result};
 use crate::onnx::ModelProto;
 use crate::train::data::Dataset;
-use crate::train::trainer::{cross_entropy, logits};
+use crate::train::trainer::{cross_entropy, logits, output_name, single_input};
 use crate::train::{Mode, ParamKind, TrainGraph};
 
 /// Minibatches the scores are averaged over (fewer when the data set is smaller).
@@ -33,20 +33,7 @@ pub fn taylor_scores(
     let g = model.graph.as_ref().ok_or_else(|| OptimizeError::model("the model has no graph"))?;
     let deps = analyse(g);
     let graph = TrainGraph::new(model)?;
-    let input = match graph.inputs() {
-        [one] => one.clone(),
-        other => {
-            return Err(OptimizeError::model(format!("Taylor scores need one model input, not {other:?}")))
-        }
-    };
-    let output = match output {
-        Some(o) => o.to_string(),
-        None => graph
-            .outputs()
-            .first()
-            .cloned()
-            .ok_or_else(|| OptimizeError::model("the model has no outputs"))?,
-    };
+    let (input, output) = (single_input(&graph)?, output_name(&graph, output)?);
     // Each consumer weight: its parameter, axis, and the (group, channel) of every position.
     let mut readers = Vec::new();
     let mut seen = HashSet::new();
@@ -59,12 +46,10 @@ pub fn taylor_scores(
         let inner: usize = param.dims.iter().skip(edit.axis + 1).map(|&d| d.max(0) as usize).product();
         readers.push((param, len, inner, channel_positions(&deps, &edit.layout, len)?));
     }
-    let mut scores: Scores = readers
-        .iter()
-        .flat_map(|(_, _, _, positions)| {
-            positions.iter().map(|&(root, _)| (root, vec![0f64; deps.sizes[root]]))
-        })
-        .collect();
+    let mut scores = Scores::new();
+    for &(root, _) in readers.iter().flat_map(|(_, _, _, positions)| positions) {
+        scores.entry(root).or_insert_with(|| vec![0.0; deps.sizes[root]]);
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let batches: Vec<Vec<usize>> =
         data.minibatches(batch_size, Some(&mut rng)).into_iter().take(BATCHES).collect();
@@ -72,7 +57,7 @@ pub fn taylor_scores(
         let (x, labels) = data.batch(indices)?;
         let (y, _) = logits(&graph, &input, &output, x, Mode::Train, &mut rng)?;
         let grads = cross_entropy(&y, &labels)?.backward()?;
-        let mut sums: Scores = HashMap::new();
+        let mut sums = Scores::new();
         for (param, len, inner, positions) in &readers {
             let w = param.var.as_tensor();
             let Some(grad) = grads.get(w) else { continue };

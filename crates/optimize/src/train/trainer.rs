@@ -119,9 +119,10 @@ pub struct TrainReport {
     pub seconds: f64,
 }
 
-fn logits_name(graph: &TrainGraph, options: &TrainOptions) -> Result<String> {
-    match &options.output {
-        Some(o) if graph.outputs().contains(o) => Ok(o.clone()),
+/// The graph output holding the logits: `output` when the model has it, else the first.
+pub(crate) fn output_name(graph: &TrainGraph, output: Option<&str>) -> Result<String> {
+    match output {
+        Some(o) if graph.outputs().iter().any(|name| name == o) => Ok(o.to_string()),
         Some(o) => {
             Err(OptimizeError::Option(format!("the model has no output '{o}' ({:?})", graph.outputs())))
         }
@@ -131,7 +132,8 @@ fn logits_name(graph: &TrainGraph, options: &TrainOptions) -> Result<String> {
     }
 }
 
-fn single_input(graph: &TrainGraph) -> Result<String> {
+/// The model's one input (the trainer feeds models with one).
+pub(crate) fn single_input(graph: &TrainGraph) -> Result<String> {
     match graph.inputs() {
         [one] => Ok(one.clone()),
         other => Err(OptimizeError::model(format!(
@@ -167,10 +169,7 @@ pub fn logits(
 /// Top-1 accuracy of the graph (inference mode) on a data set.
 pub fn accuracy(graph: &TrainGraph, data: &Dataset, output: Option<&str>, batch_size: usize) -> Result<f64> {
     let input = single_input(graph)?;
-    let output = match output {
-        Some(o) => o.to_string(),
-        None => graph.outputs().first().cloned().ok_or_else(|| OptimizeError::model("no outputs"))?,
-    };
+    let output = output_name(graph, output)?;
     let mut rng = StdRng::seed_from_u64(0);
     let mut correct = 0usize;
     for indices in data.minibatches(batch_size, None) {
@@ -208,7 +207,7 @@ pub fn train(
         return Err(OptimizeError::Option("the batch size must be at least 1".into()));
     }
     let input = single_input(graph)?;
-    let output = logits_name(graph, options)?;
+    let output = output_name(graph, options.output.as_deref())?;
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(options.seed);
     let steps_per_epoch = train.len().div_ceil(options.batch_size);
