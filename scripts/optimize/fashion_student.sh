@@ -23,8 +23,9 @@
 #   scripts/optimize/fashion_student.sh [OUT]  (default OUT /tmp/fashion_student)
 #   RTSERVE=path/to/rtserve                    (default target/release/rtserve)
 #   SEED=N                                     (the trainer's shuffling; default 0, the chosen run)
-#   EPOCHS=N                                   (default 10, the chosen recipe; 20: docs/training.md,
-#                                               "Twenty epochs")
+#   EPOCHS=N                                   (default 10, the recipe chosen first and run over
+#                                               ten seeds; 20, chosen later on held-out and about
+#                                               twice as long: docs/training.md, "Twenty epochs")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RTSERVE=${RTSERVE:-target/release/rtserve}
