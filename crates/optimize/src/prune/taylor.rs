@@ -50,6 +50,7 @@ pub fn taylor_scores(
     for &(root, _) in readers.iter().flat_map(|(_, _, _, positions)| positions) {
         scores.entry(root).or_insert_with(|| vec![0.0; deps.sizes[root]]);
     }
+    let zero = scores.clone();
     let mut rng = StdRng::seed_from_u64(seed);
     let batches: Vec<Vec<usize>> =
         data.minibatches(batch_size, Some(&mut rng)).into_iter().take(BATCHES).collect();
@@ -57,15 +58,20 @@ pub fn taylor_scores(
         let (x, labels) = data.batch(indices)?;
         let (y, _) = logits(&graph, &input, &output, x, Mode::Train, &mut rng)?;
         let grads = cross_entropy(&y, &labels)?.backward()?;
-        let mut sums = Scores::new();
+        let mut sums = zero.clone();
         for (param, len, inner, positions) in &readers {
             let w = param.var.as_tensor();
             let Some(grad) = grads.get(w) else { continue };
-            let products = flat(&(w * grad)?)?;
-            for (i, p) in products.iter().enumerate() {
-                let (root, channel) = positions[(i / inner.max(&1)) % len.max(&1)];
-                let size = deps.sizes[root];
-                sums.entry(root).or_insert_with(|| vec![0.0; size])[channel] += *p;
+            // Σ w·g along the axis first (no element is there unless every dimension is > 0),
+            // then each position into its channel.
+            let mut by_position = vec![0f64; *len];
+            for (i, p) in flat(&(w * grad)?)?.iter().enumerate() {
+                by_position[(i / inner) % len] += p;
+            }
+            for (&(root, channel), s) in positions.iter().zip(&by_position) {
+                if let Some(channels) = sums.get_mut(&root) {
+                    channels[channel] += s;
+                }
             }
         }
         for (root, channel_sums) in sums {
