@@ -148,9 +148,11 @@ fn importance(
         let values = float_values(t)?;
         let norms: Vec<f64> = slices(&values, &t.dims, edit.axis)
             .iter()
-            .map(|s| match criterion {
-                Criterion::L2 => s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt(),
-                Criterion::L1 | Criterion::BatchNorm | Criterion::Taylor => {
+            .map(|s| {
+                if criterion == Criterion::L2 {
+                    s.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()
+                } else {
+                    // L1, and the BatchNorm scale's absolute value.
                     s.iter().map(|v| v.abs() as f64).sum()
                 }
             })
