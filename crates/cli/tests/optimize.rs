@@ -467,6 +467,16 @@ fn trains_and_prunes_the_cnn_with_the_real_binary() {
     let conv = initializer_dims(&cnn, "conv1.weight");
     assert_eq!(initializer_dims(&trained, "conv1.weight"), conv);
     evaluate(&cnn, &trained, &data, "tract", &[]);
+    // --no-shuffle: the samples in their order, so the seed (which would only shuffle them in
+    // this model without Dropout) changes nothing.
+    let in_order = |seed: &str| {
+        let out = dir.path().join(format!("in_order_{seed}.onnx"));
+        let mut args = common.to_vec();
+        args.extend(["--no-shuffle", "--seed", seed]);
+        optimize_json(&["train"], &cnn, &out, &args);
+        std::fs::read(out).expect("read")
+    };
+    assert_eq!(in_order("1"), in_order("2"));
 
     let small = dir.path().join("channels.onnx");
     let report = optimize_json(&["prune", "--method", "channels"], &cnn, &small, &common);

@@ -88,6 +88,20 @@ def load_onnx_weights(model, path):
     model.get_layer("fc").set_weights([w["fc.weight"].T, w["fc.bias"]])
 
 
+def onnx_weights(model):
+    """The weights of a Keras fashion_cnn under the ONNX initialiser names and layouts (the inverse of
+    load_onnx_weights)."""
+    out = {}
+    for name, _, _, bn in CONVS:
+        kernel, bias = model.get_layer(name.replace(".", "_")).get_weights()
+        out[f"{name}.weight"], out[f"{name}.bias"] = kernel.transpose(3, 2, 0, 1), bias
+        for key, value in zip(("scale", "bias", "mean", "var"), model.get_layer(bn.replace(".", "_")).get_weights()):
+            out[f"{bn}.{key}"] = value
+    kernel, bias = model.get_layer("fc").get_weights()
+    out["fc.weight"], out["fc.bias"] = kernel.T, bias
+    return out
+
+
 # The hand-written student's convolutions (fashion_student.py): 2x2, stride 2, no padding, each
 # with BatchNormalization `<conv>_bn` and Relu, then Flatten (of NCHW) and Gemm `fc`.
 PATCHES = ("patch1", "patch2")

@@ -41,7 +41,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from fashion_cnn_keras import accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity  # noqa: E402
+from fashion_cnn_keras import (  # noqa: E402
+    PATCHES, accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity, onnx_weights)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_TEACHER = os.path.normpath(os.path.join(HERE, "..", "..", "..", "examples", "optimize", "fashion_cnn.onnx"))
@@ -98,17 +99,33 @@ def best_heldout_callback(keras, x, y):
     return BestHeldout()
 
 
+def torch_form_sgd(keras, tf):
+    """Keras' SGD with PyTorch's (and rtserve's) form of momentum: v = m·v + g; w −= lr·v, where Keras keeps
+    the rate inside the velocity (v = m·v − lr·g; w += v). The two differ only while the rate changes."""
+
+    class TorchFormSGD(keras.optimizers.SGD):
+        def update_step(self, gradient, variable):
+            lr = tf.cast(self.learning_rate, variable.dtype)
+            v = self.momentums[self._index_dict[self._var_key(variable)]]
+            v.assign(v * tf.cast(self.momentum, variable.dtype) + gradient)
+            variable.assign_sub(lr * v)
+
+    return TorchFormSGD
+
+
 def fit(keras, tf, model, x, y_fit, heldout, args, lr, epochs, loss):
     """Keras SGD (momentum, CosineDecay to 0 over all steps, or --schedule constant) + weight decay; returns the
     best-epoch report."""
     steps = -(-len(x) // args.batch_size) * epochs
     schedule = keras.optimizers.schedules.CosineDecay(lr, steps) if args.schedule == "cosine" else lr
     decayed = add_weight_decay(tf, model, args.weight_decay)
-    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=args.momentum), loss=loss)
+    optimizer = (torch_form_sgd(keras, tf) if args.momentum_form == "torch" else keras.optimizers.SGD)(
+        schedule, momentum=args.momentum)
+    model.compile(optimizer=optimizer, loss=loss)
     best = best_heldout_callback(keras, *heldout)
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # Keras progress on stderr: stdout is the JSON line only
-        model.fit(x, y_fit, batch_size=args.batch_size, epochs=epochs, shuffle=True, callbacks=[best],
+        model.fit(x, y_fit, batch_size=args.batch_size, epochs=epochs, shuffle=not args.no_shuffle, callbacks=[best],
                   verbose=args.verbose)
     return {"epochs": best.epochs, "best_epoch": best.best[1], "fit_s": round(time.perf_counter() - start, 1),
             "weight_decay_vars": decayed}
@@ -127,6 +144,8 @@ def train_student(keras, tf, name, alpha, data, teacher_out, args):
     y_fit = np.concatenate([train_labels[:, None].astype(np.float32), t_train], axis=1)
     report = fit(keras, tf, student, x, y_fit, (xh, choose_on), args, args.lr, args.epochs,
                  distillation_loss(tf, args.temperature, alpha))
+    if args.save_students:
+        np.savez(os.path.join(args.save_students, f"{name}.npz"), **onnx_weights(student))
     report.update({"alpha": alpha, "heldout_acc": round(accuracy(student, xh, yh), 4),
                    "test_acc": round(accuracy(student, xt, yt), 4)})
     if unlabelled:
@@ -194,6 +213,14 @@ def main():
     parser.add_argument("--qat-epochs", type=int, default=1, help="QAT epochs (default 1)")
     parser.add_argument("--qat-lr", type=float, default=0.001, help="QAT learning rate (default 0.001)")
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    parser.add_argument("--momentum-form", choices=["keras", "torch"], default="keras",
+                        help="keras: Keras' SGD as it is (the default); torch: the rate outside the velocity, "
+                             "as PyTorch and rtserve (a diagnostic)")
+    parser.add_argument("--no-shuffle", action="store_true",
+                        help="train on the images in their order (a diagnostic: compare step by step with rtserve)")
+    parser.add_argument("--save-students", metavar="DIR", default=None,
+                        help="write each trained student's weights to DIR/<student>.npz under their ONNX names and "
+                             "layouts (fashion_cnn-shaped students; for replay_f64.py)")
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
                         help="learning-rate schedule, as rtserve's --schedule (default cosine)")
     parser.add_argument("--weight-decay", type=float, default=5e-4,
@@ -208,6 +235,10 @@ def main():
     parser.add_argument("--out", default=None, help="also write the JSON line to this file")
     parser.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity, on stderr (default 2: one line an epoch)")
     args = parser.parse_args()
+    if args.save_students:
+        if PATCHES[0] in conv_widths(args.student):
+            parser.error("--save-students writes fashion_cnn-shaped students only, not the hand-written one")
+        os.makedirs(args.save_students, exist_ok=True)
 
     import tensorflow as tf
     import tf_keras as keras
@@ -272,6 +303,7 @@ def main():
             "train_images": len(x), "heldout_images": len(xh), "test_images": len(xt),
             "epochs": args.epochs, "temperature": args.temperature, "alpha": args.alpha, "lr": args.lr,
             "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr, "optimizer": "sgd", "momentum": args.momentum,
+            "momentum_form": args.momentum_form, "shuffle": not args.no_shuffle,
             "schedule": args.schedule, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
             "calibration_limit": args.calibration_limit, "seed": args.seed, "threads": args.threads,
         },

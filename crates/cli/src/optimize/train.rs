@@ -98,6 +98,11 @@ pub struct FitArgs {
     /// Seeds shuffling and dropout: the same seed gives the same weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Take the training samples in their order, the same every epoch, instead of reshuffling
+    /// them each epoch: to replay a run step by step in another trainer, or for data whose
+    /// order is part of the recipe.
+    #[arg(long)]
+    no_shuffle: bool,
     /// The output holding the logits (default: the model's first output).
     #[arg(long)]
     output: Option<String>,
@@ -259,6 +264,7 @@ impl FitArgs {
             },
             schedule: self.schedule.parse::<Schedule>()?,
             seed: self.seed,
+            shuffle: !self.no_shuffle,
             output: self.output.clone(),
         })
     }

@@ -27,6 +27,8 @@ pub struct TrainOptions {
     pub schedule: Schedule,
     /// Seeds shuffling and dropout: the same seed gives the same weights.
     pub seed: u64,
+    /// Reshuffle the training samples every epoch; `false`: minibatches in the data's order.
+    pub shuffle: bool,
     /// The graph output holding the logits; `None`: the first output.
     pub output: Option<String>,
 }
@@ -40,6 +42,7 @@ impl Default for TrainOptions {
             optimizer: OptimizerKind::Sgd { momentum: 0.9, weight_decay: 5e-4 },
             schedule: Schedule::Cosine,
             seed: 0,
+            shuffle: true,
             output: None,
         }
     }
@@ -222,7 +225,9 @@ pub fn train(
     'epochs: for epoch in 0..options.epochs {
         let epoch_start = Instant::now();
         let (mut loss_sum, mut loss_count) = (0f64, 0usize);
-        for (i, indices) in train.minibatches(options.batch_size, Some(&mut rng)).into_iter().enumerate() {
+        for (i, indices) in
+            train.minibatches(options.batch_size, options.shuffle.then_some(&mut rng)).into_iter().enumerate()
+        {
             if stop.load(Ordering::Relaxed) {
                 report.interrupted = true;
                 break 'epochs;
