@@ -14,7 +14,9 @@ step, growing with the steps.
 
   D=/tmp/replay; mkdir -p $D   # train.npz / train_labels.npy: the first 1,280 training images
   rtserve optimize distill --teacher examples/optimize/fashion_cnn.onnx --student-width 0.3 --out $D/rt.onnx \\
-      --data $D/train.npz --labels $D/train_labels.npy --batch-size 128 --epochs 1 --weight-decay 0 --no-shuffle
+      --data $D/train.npz --labels $D/train_labels.npy --heldout 0 --batch-size 128 --epochs 1 --weight-decay 0 \
+      --no-shuffle
+  # --heldout 0: without it rtserve holds out the last 10 % of the images and trains on the rest
   python scripts/optimize/anchors/replay_f64.py $D --student STUDENT.onnx --trained $D/rt.onnx --mode distilled
 
 STUDENT.onnx is the starting student (`prune --method channels --sparsity 0.7 --epochs 0`, as in
@@ -79,6 +81,9 @@ def main():
     parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay added to the gradient (default 0)")
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="passes over the images, in the same order each time (default 1; rtserve must have "
+                             "kept its last epoch: see its report's best_epoch)")
     args = parser.parse_args()
 
     import torch
@@ -89,10 +94,11 @@ def main():
     labels = np.load(os.path.join(args.dir, "train_labels.npy")).astype(np.int64)
     teacher, student = Net(torch, args.teacher, False), Net(torch, args.student, True)
     t_, alpha = args.temperature, ALPHA[args.mode] if ALPHA[args.mode] is not None else args.alpha
-    steps = -(-len(images) // args.batch_size)
+    per_epoch = -(-len(images) // args.batch_size)
+    steps = per_epoch * args.epochs
     velocity = {}
     for step in range(steps):
-        rows = slice(step * args.batch_size, (step + 1) * args.batch_size)
+        rows = slice(step % per_epoch * args.batch_size, (step % per_epoch + 1) * args.batch_size)
         x, y = torch.tensor(images[rows]), torch.tensor(labels[rows])
         with torch.no_grad():
             log_p = F.log_softmax(teacher(x, False) / t_, 1)

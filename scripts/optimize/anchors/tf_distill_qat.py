@@ -218,6 +218,10 @@ def main():
                              "as PyTorch and rtserve (a diagnostic)")
     parser.add_argument("--no-shuffle", action="store_true",
                         help="train on the images in their order (a diagnostic: compare step by step with rtserve)")
+    parser.add_argument("--students", default="distilled,unlabelled,labels_only",
+                        help="which students to train, comma-separated (default all three)")
+    parser.add_argument("--float64", action="store_true",
+                        help="build and train every model in float64 (a diagnostic of float32 round-off)")
     parser.add_argument("--save-students", metavar="DIR", default=None,
                         help="write each trained student's weights to DIR/<student>.npz under their ONNX names and "
                              "layouts (fashion_cnn-shaped students; for replay_f64.py)")
@@ -235,6 +239,9 @@ def main():
     parser.add_argument("--out", default=None, help="also write the JSON line to this file")
     parser.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity, on stderr (default 2: one line an epoch)")
     args = parser.parse_args()
+    unknown = set(args.students.split(",")) - {"distilled", "unlabelled", "labels_only"}
+    if unknown:
+        parser.error(f"unknown student {', '.join(sorted(unknown))} (distilled, unlabelled, labels_only)")
     if args.save_students:
         if PATCHES[0] in conv_widths(args.student):
             parser.error("--save-students writes fashion_cnn-shaped students only, not the hand-written one")
@@ -244,6 +251,8 @@ def main():
     import tf_keras as keras
     import tensorflow_model_optimization as tfmot
 
+    if args.float64:
+        keras.backend.set_floatx("float64")
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
     keras.utils.set_random_seed(args.seed)
@@ -267,8 +276,9 @@ def main():
                    "test": round(float(np.mean(fp32_pred == yt)), 4)}
     log(f"teacher: {teacher_acc}, logits over {len(x)} training images in {teacher_s:.1f} s")
 
-    students = {name: train_student(keras, tf, name, alpha, data, teacher_out, args)
-                for name, alpha in (("distilled", args.alpha), ("unlabelled", 1.0), ("labels_only", 0.0))}
+    alphas = {"distilled": args.alpha, "unlabelled": 1.0, "labels_only": 0.0}
+    students = {name: train_student(keras, tf, name, alphas[name], data, teacher_out, args)
+                for name in args.students.split(",")}
 
     qat = None
     if not args.skip_qat:
@@ -304,6 +314,7 @@ def main():
             "epochs": args.epochs, "temperature": args.temperature, "alpha": args.alpha, "lr": args.lr,
             "qat_epochs": args.qat_epochs, "qat_lr": args.qat_lr, "optimizer": "sgd", "momentum": args.momentum,
             "momentum_form": args.momentum_form, "shuffle": not args.no_shuffle,
+            "float64": args.float64,
             "schedule": args.schedule, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
             "calibration_limit": args.calibration_limit, "seed": args.seed, "threads": args.threads,
         },
