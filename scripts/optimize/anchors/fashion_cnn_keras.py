@@ -11,6 +11,10 @@ import os
 
 import numpy as np
 
+# The zoo's fashion_cnn: the teacher of the distillation anchors.
+ZOO_MODEL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
+                                          "examples", "optimize", "fashion_cnn.onnx"))
+
 # (name, filters in the zoo's model, stride, batchnorm name) for every convolution, in graph order
 # (as fashion_cnn.py). The residual joins `stem` and `block.conv2`: they always have the same width.
 CONVS = [

@@ -31,10 +31,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fashion_cnn_keras import CONVS, onnx_initialisers  # noqa: E402
+from fashion_cnn_keras import CONVS, ZOO_MODEL, onnx_initialisers  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TEACHER = os.path.normpath(os.path.join(HERE, "..", "..", "..", "examples", "optimize", "fashion_cnn.onnx"))
 ALPHA = {"distilled": None, "unlabelled": 1.0, "labels_only": 0.0}
 
 
@@ -72,7 +70,7 @@ def main():
     parser.add_argument("--student", required=True, help="the starting student (ONNX)")
     parser.add_argument("--trained", required=True, help="rtserve's trained student (ONNX)")
     parser.add_argument("--tf", default=None, help="TensorFlow's trained student (.npz of --save-students)")
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER, help="the teacher (default the zoo's fashion_cnn.onnx)")
+    parser.add_argument("--teacher", default=ZOO_MODEL, help="the teacher (default the zoo's fashion_cnn.onnx)")
     parser.add_argument("--mode", choices=sorted(ALPHA), default="distilled",
                         help="distilled (--alpha), unlabelled (alpha 1) or labels_only (alpha 0)")
     parser.add_argument("--temperature", type=float, default=3.0, help="T (default 3)")

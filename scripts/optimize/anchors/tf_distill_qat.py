@@ -42,10 +42,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from fashion_cnn_keras import (  # noqa: E402
-    PATCHES, accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity, onnx_weights)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_TEACHER = os.path.normpath(os.path.join(HERE, "..", "..", "..", "examples", "optimize", "fashion_cnn.onnx"))
+    PATCHES, ZOO_MODEL, accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity, onnx_weights)
 
 
 def log(message):
@@ -202,7 +199,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("dir", help="directory written by `fashion_cnn.py export` (train/heldout/test .npz + _labels.npy)")
-    parser.add_argument("--teacher", default=DEFAULT_TEACHER, help="the teacher and the model to quantize (default the zoo's fashion_cnn.onnx)")
+    parser.add_argument("--teacher", default=ZOO_MODEL, help="the teacher and the model to quantize (default the zoo's fashion_cnn.onnx)")
     parser.add_argument("--student", required=True,
                         help="the untrained student: `rtserve optimize prune --method channels --sparsity 0.7 --epochs 0` of "
                              "the teacher, or examples/optimize/fashion_student_init.onnx")
