@@ -466,6 +466,11 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
         PruneMethod::Channels => {
             report.method = "channels";
             let criterion = a.criterion.parse::<Criterion>()?;
+            let gradual = a.sparsity_schedule == Some(SparsityScheduleName::Polynomial) && options.epochs > 0;
+            if gradual {
+                // Before the scores are measured, not after.
+                GradualChannels::check_criterion(criterion)?;
+            }
             let scores = match criterion {
                 Criterion::Taylor => Some(Arc::new(taylor_scores(
                     &onnx,
@@ -502,7 +507,6 @@ pub fn run_prune(a: PruneArgs) -> anyhow::Result<()> {
                     );
                 }
             }
-            let gradual = a.sparsity_schedule == Some(SparsityScheduleName::Polynomial) && options.epochs > 0;
             if gradual {
                 // Silenced step by step while the whole model fine-tunes, then cut out.
                 let mut pruner = GradualChannels::new(&original, channel_options)?;

@@ -25,15 +25,23 @@ pub struct GradualChannels {
 }
 
 impl GradualChannels {
-    /// A pruner that will reach `options.sparsity`; fails now if the model has no prunable group.
-    pub fn new(graph: &TrainGraph, options: ChannelOptions) -> Result<GradualChannels> {
-        if options.criterion == Criterion::Taylor {
+    /// Refuses a criterion that cannot follow the schedule: Taylor scores are measured once, on
+    /// the model before pruning.
+    pub fn check_criterion(criterion: Criterion) -> Result<()> {
+        if criterion == Criterion::Taylor {
             return Err(OptimizeError::Option(
                 "the taylor criterion is measured once, on the model before pruning: prune gradually by l2, l1 or bn, \
                  or at once (--sparsity-schedule constant)"
                     .into(),
             ));
         }
+        Ok(())
+    }
+
+    /// A pruner that will reach `options.sparsity`; fails now if the model has no prunable group
+    /// or the criterion cannot follow the schedule.
+    pub fn new(graph: &TrainGraph, options: ChannelOptions) -> Result<GradualChannels> {
+        Self::check_criterion(options.criterion)?;
         select(&graph.to_model()?, &options)?;
         Ok(GradualChannels { options, total_steps: 0, current: 0.0, masks: Vec::new() })
     }
