@@ -216,7 +216,7 @@ def main():
     parser.add_argument("--no-shuffle", action="store_true",
                         help="train on the images in their order (a diagnostic: compare step by step with rtserve)")
     parser.add_argument("--students", default="distilled,unlabelled,labels_only",
-                        help="which students to train, comma-separated (default all three)")
+                        help="which students to train, comma-separated (default all three; \"\": none, QAT only)")
     parser.add_argument("--float64", action="store_true",
                         help="build and train every model in float64 (a diagnostic of float32 round-off)")
     parser.add_argument("--save-students", metavar="DIR", default=None,
@@ -236,7 +236,8 @@ def main():
     parser.add_argument("--out", default=None, help="also write the JSON line to this file")
     parser.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity, on stderr (default 2: one line an epoch)")
     args = parser.parse_args()
-    unknown = set(args.students.split(",")) - {"distilled", "unlabelled", "labels_only"}
+    args.students = [name for name in args.students.split(",") if name]
+    unknown = set(args.students) - {"distilled", "unlabelled", "labels_only"}
     if unknown:
         parser.error(f"unknown student {', '.join(sorted(unknown))} (distilled, unlabelled, labels_only)")
     if args.save_students:
@@ -275,7 +276,7 @@ def main():
 
     alphas = {"distilled": args.alpha, "unlabelled": 1.0, "labels_only": 0.0}
     students = {name: train_student(keras, tf, name, alphas[name], data, teacher_out, args)
-                for name in args.students.split(",")}
+                for name in args.students}
 
     qat = None
     if not args.skip_qat:
