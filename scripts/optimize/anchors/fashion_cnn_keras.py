@@ -15,6 +15,16 @@ import numpy as np
 ZOO_MODEL = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
                                           "examples", "optimize", "fashion_cnn.onnx"))
 
+# The three students of the distillation anchors, and the weight of the teacher's term in each:
+# `alpha` distilled with labels, 1 without them, 0 on labels alone.
+STUDENTS = ("distilled", "unlabelled", "labels_only")
+
+
+def student_alphas(alpha):
+    """{student: alpha} for the three STUDENTS, `alpha` being the distilled one's."""
+    return dict(zip(STUDENTS, (alpha, 1.0, 0.0)))
+
+
 # (name, filters in the zoo's model, stride, batchnorm name) for every convolution, in graph order
 # (as fashion_cnn.py). The residual joins `stem` and `block.conv2`: they always have the same width.
 CONVS = [

@@ -31,9 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from fashion_cnn_keras import CONVS, ZOO_MODEL, onnx_initialisers  # noqa: E402
-
-ALPHA = {"distilled": None, "unlabelled": 1.0, "labels_only": 0.0}
+from fashion_cnn_keras import CONVS, STUDENTS, ZOO_MODEL, onnx_initialisers, student_alphas  # noqa: E402
 
 
 class Net:
@@ -71,7 +69,7 @@ def main():
     parser.add_argument("--trained", required=True, help="rtserve's trained student (ONNX)")
     parser.add_argument("--tf", default=None, help="TensorFlow's trained student (.npz of --save-students)")
     parser.add_argument("--teacher", default=ZOO_MODEL, help="the teacher (default the zoo's fashion_cnn.onnx)")
-    parser.add_argument("--mode", choices=sorted(ALPHA), default="distilled",
+    parser.add_argument("--mode", choices=STUDENTS, default="distilled",
                         help="distilled (--alpha), unlabelled (alpha 1) or labels_only (alpha 0)")
     parser.add_argument("--temperature", type=float, default=3.0, help="T (default 3)")
     parser.add_argument("--alpha", type=float, default=0.7, help="weight of the soft term when distilled (default 0.7)")
@@ -91,7 +89,7 @@ def main():
     images = np.load(os.path.join(args.dir, "train.npz"))["input"].astype(np.float64)
     labels = np.load(os.path.join(args.dir, "train_labels.npy")).astype(np.int64)
     teacher, student = Net(torch, args.teacher, False), Net(torch, args.student, True)
-    t_, alpha = args.temperature, ALPHA[args.mode] if ALPHA[args.mode] is not None else args.alpha
+    t_, alpha = args.temperature, student_alphas(args.alpha)[args.mode]
     per_epoch = -(-len(images) // args.batch_size)
     steps = per_epoch * args.epochs
     velocity = {}

@@ -42,7 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from fashion_cnn_keras import (  # noqa: E402
-    PATCHES, ZOO_MODEL, accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity, onnx_weights)
+    PATCHES, STUDENTS, ZOO_MODEL, accuracy, conv_widths, keras_from_onnx, load_split, onnx_parity, onnx_weights,
+    student_alphas)
 
 
 def log(message):
@@ -215,7 +216,7 @@ def main():
                              "as PyTorch and rtserve (a diagnostic)")
     parser.add_argument("--no-shuffle", action="store_true",
                         help="train on the images in their order (a diagnostic: compare step by step with rtserve)")
-    parser.add_argument("--students", default="distilled,unlabelled,labels_only",
+    parser.add_argument("--students", default=",".join(STUDENTS),
                         help="which students to train, comma-separated (default all three; \"\": none, QAT only)")
     parser.add_argument("--float64", action="store_true",
                         help="build and train every model in float64 (a diagnostic of float32 round-off)")
@@ -237,9 +238,9 @@ def main():
     parser.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity, on stderr (default 2: one line an epoch)")
     args = parser.parse_args()
     args.students = [name for name in args.students.split(",") if name]
-    unknown = set(args.students) - {"distilled", "unlabelled", "labels_only"}
+    unknown = set(args.students) - set(STUDENTS)
     if unknown:
-        parser.error(f"unknown student {', '.join(sorted(unknown))} (distilled, unlabelled, labels_only)")
+        parser.error(f"unknown student {', '.join(sorted(unknown))} ({', '.join(STUDENTS)})")
     if args.save_students:
         if PATCHES[0] in conv_widths(args.student):
             parser.error("--save-students writes fashion_cnn-shaped students only, not the hand-written one")
@@ -274,7 +275,7 @@ def main():
                    "test": round(float(np.mean(fp32_pred == yt)), 4)}
     log(f"teacher: {teacher_acc}, logits over {len(x)} training images in {teacher_s:.1f} s")
 
-    alphas = {"distilled": args.alpha, "unlabelled": 1.0, "labels_only": 0.0}
+    alphas = student_alphas(args.alpha)
     students = {name: train_student(keras, tf, name, alphas[name], data, teacher_out, args)
                 for name in args.students}
 
