@@ -17,11 +17,13 @@
 #
 #   scripts/optimize/effnet_qat.sh [OUT] [EPOCHS]   (default /tmp/effnet_qat, 16)
 #   RTSERVE=path/to/rtserve                         (default target/release/rtserve)
+#   SEED=N                                          QAT's shuffling seed (default 0)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RTSERVE=${RTSERVE:-target/release/rtserve}
 OUT=${1:-/tmp/effnet_qat}
 EPOCHS=${2:-16}
+SEED=${SEED:-0}
 P=$OUT/photos
 MODEL=models/zoo/efficientnet_lite0/1/model.onnx
 [ -f "$MODEL" ] || { echo "no $MODEL: python3 scripts/model_zoo.py fetch" >&2; exit 1; }
@@ -32,7 +34,7 @@ mkdir -p "$OUT"
     --calibration "$P/training.npz" --calibration-limit 48 --json >"$OUT/ptq.json"
 "$RTSERVE" optimize qat --engine onnxruntime --model "$MODEL" --teacher "$MODEL" --out "$OUT/qat.onnx" \
     --data "$P/training.npz" --heldout-data "$P/tuning.npz" --calibration-limit 48 \
-    --epochs "$EPOCHS" --lr 0.00003 --optimizer adamw --freeze-ranges --batch-size 8 --seed 0 \
+    --epochs "$EPOCHS" --lr 0.00003 --optimizer adamw --freeze-ranges --batch-size 8 --seed "$SEED" \
     --json >"$OUT/qat.json"
 for name in ptq qat; do
     "$RTSERVE" optimize evaluate --engine onnxruntime --reference "$MODEL" --candidate "$OUT/$name.onnx" \
