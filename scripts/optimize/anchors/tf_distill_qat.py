@@ -196,6 +196,22 @@ def tflite_report(tf, name, content, xt, yt, fp32_pred, threads):
             "int8_conv_fc": int8_convs, "bytes": len(content)}
 
 
+def stamp(tf, keras, tfmot, started):
+    """The start time and the versions every anchor's JSON line carries."""
+    return {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__,
+                         "tfmot": getattr(tfmot, "__version__", "?"), "python": platform.python_version()}}
+
+
+def emit(result, out):
+    """Prints an anchor's result as one JSON line on stdout, and writes it to `out` when given."""
+    line = json.dumps(result)
+    print(line)
+    if out:
+        with open(out, "w") as f:
+            f.write(line + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -317,15 +333,9 @@ def main():
             "schedule": args.schedule, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
             "calibration_limit": args.calibration_limit, "seed": args.seed, "threads": args.threads,
         },
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__,
-                     "tfmot": getattr(tfmot, "__version__", "?"), "python": platform.python_version()},
+        **stamp(tf, keras, tfmot, started),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

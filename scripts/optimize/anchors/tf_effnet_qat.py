@@ -30,9 +30,7 @@ NCHW, transposed here). The evaluation set is reported only.
 """
 import argparse
 import contextlib
-import json
 import os
-import platform
 import sys
 import time
 
@@ -42,7 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from fashion_cnn_keras import onnx_initialisers  # noqa: E402
-from tf_distill_qat import best_heldout_callback, distillation_loss, log, tflite_int8, tflite_logits  # noqa: E402
+from tf_distill_qat import (  # noqa: E402
+    best_heldout_callback, distillation_loss, emit, log, stamp, tflite_int8, tflite_logits)
 
 ZOO_EFFNET = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..",
                                            "models", "zoo", "efficientnet_lite0", "1", "model.onnx"))
@@ -313,15 +312,9 @@ def main():
                      "temperature": args.temperature, "batch_size": args.batch_size,
                      "calibration_limit": args.calibration_limit, "ranges": args.ranges,
                      "repair_depthwise": args.repair_depthwise, "seed": args.seed, "threads": args.threads},
-        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "versions": {"tensorflow": tf.__version__, "tf_keras": keras.__version__,
-                     "tfmot": getattr(tfmot, "__version__", "?"), "python": platform.python_version()},
+        **stamp(tf, keras, tfmot, started),
     }
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
