@@ -128,7 +128,8 @@ def keras_from_onnx(keras, path, name="efficientnet_lite0"):
         elif node.op_type == "GlobalAveragePool":
             x = L.GlobalAveragePooling2D(name=layer)(x)
         elif node.op_type == "Flatten":
-            pass  # GlobalAveragePooling2D is flat already
+            if len(x.shape) != 2:  # only after GlobalAveragePool, whose output is flat already
+                raise ValueError(f"{node.name}: Flatten of a rank-{len(x.shape)} tensor is not handled")
         elif node.op_type == "Gemm":
             w, b = weights[node.input[1]], weights[node.input[2]]
             dense = L.Dense(b.shape[0], name=layer)
