@@ -197,16 +197,20 @@ def repair_depthwise_ranges():
     quantizer.build, quantizer.__call__ = build_per_channel, call_per_channel
 
 
-def ort_logits(path, x_nhwc, threads):
-    """The ONNX model's logits on ONNX Runtime (CPU), batches of 16."""
+def ort_logits(path, sets, threads):
+    """{set name: the ONNX model's logits} on ONNX Runtime (CPU) for each NHWC set, one session, batches of 16."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: np.ascontiguousarray(x_nhwc[i:i + 16].transpose(0, 3, 1, 2))})[0]
-                           for i in range(0, len(x_nhwc), 16)])
+
+    def run(x):
+        return np.concatenate([session.run(None, {name: np.ascontiguousarray(x[i:i + 16].transpose(0, 3, 1, 2))})[0]
+                               for i in range(0, len(x), 16)])
+
+    return {key: run(x) for key, x in sets.items()}
 
 
 def compare(logits, reference):
@@ -265,7 +269,7 @@ def main():
     started = time.time()
 
     data = {name: load_set(args.dir, name, args.limit) for name in SETS}
-    fp32 = {name: ort_logits(args.model, x, args.threads) for name, x in data.items()}
+    fp32 = ort_logits(args.model, data, args.threads)
     model = keras_from_onnx(keras, args.model)
     parity = float(np.max(np.abs(model(data["evaluation"][:4], training=False).numpy() - fp32["evaluation"][:4])))
     log(f"max |keras - onnxruntime| logits: {parity:.2e}")
