@@ -35,6 +35,12 @@ pub struct LoadOptions {
     pub allow_spinning: bool,
     /// Where the instance runs.
     pub device: Device,
+    /// Whether runs may carry several rows (a server's batches, or a client's own leading
+    /// dimension). An engine that plans per shape then makes every plan at load, so that each
+    /// run uses the file as it was when loaded; without it, one made for the first run of several
+    /// rows is made then, and refused if the file has changed since (`rtserve run`: one row a
+    /// run, no plan it does not use).
+    pub batches: bool,
 }
 
 /// An inference engine (tract, ONNX Runtime, ...). Shared by all the models it loads.

@@ -120,9 +120,13 @@ fn check_file(engine: &dyn Engine, path: &Path, case: &Value, options: &LoadOpti
 
     let mut instance = engine.load(path, options).expect("load");
     let got = instance.infer(&inputs, &names).expect("infer");
-    let model = format!("{}: {model}", engine.name());
+    compare(&got, &wanted, &format!("{}: {model}", engine.name()), steps);
+}
+
+/// Every output of `got` against `wanted` within `1e-4` (relative for large values) plus `steps`.
+fn compare(got: &[NamedTensor], wanted: &[NamedTensor], model: &str, steps: f64) {
     assert_eq!(got.len(), wanted.len(), "{model}");
-    for (g, w) in got.iter().zip(&wanted) {
+    for (g, w) in got.iter().zip(wanted) {
         assert_eq!(g.name, w.name, "{model}");
         assert_eq!(g.tensor.datatype(), w.tensor.datatype(), "{model}/{}", w.name);
         assert_eq!(g.tensor.shape(), w.tensor.shape(), "{model}/{}", w.name);
@@ -134,6 +138,58 @@ fn check_file(engine: &dyn Engine, path: &Path, case: &Value, options: &LoadOpti
             );
         }
     }
+}
+
+/// A model answers from the file it was loaded from: a file renamed over it afterwards (as a
+/// deployment replaces a model) is never read for a later run. With `LoadOptions::batches` a
+/// batch runs as loaded; without it, a batch runs as loaded or is refused, naming the change
+/// (tract makes its plan for batches on the first one, from the file).
+#[test]
+fn a_file_replaced_after_the_load_is_not_read() {
+    for engine in engines() {
+        for batches in [true, false] {
+            a_file_replaced_after_the_load_is_not_read_on(engine.as_ref(), batches);
+        }
+    }
+}
+
+fn a_file_replaced_after_the_load_is_not_read_on(engine: &dyn Engine, batches: bool) {
+    // Two rows: a batch.
+    let case = expected("mlp");
+    let inputs: Vec<NamedTensor> =
+        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let wanted: Vec<NamedTensor> =
+        case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
+    let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
+    let dir = std::env::temp_dir().join(format!(
+        "rtserve-{}-replaced-{batches}-{}",
+        engine.name(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("model.onnx");
+    std::fs::copy(model_path("mlp"), &path).expect("copy");
+    let prepared = engine.prepare(&path).expect("prepare");
+    let mut instance =
+        prepared.instance(&LoadOptions { batches, ..LoadOptions::default() }).expect("instance");
+
+    // An identity with the same input and output, renamed over the file.
+    let io = |name: &str| Io {
+        name: name.into(),
+        elem_type: elem::FLOAT,
+        dims: vec![Dim::Symbol("N"), Dim::Fixed(784)],
+    };
+    let staging = dir.join("model.onnx.partial");
+    std::fs::write(&staging, identity_model(&[(io("input"), io("output"))])).expect("write");
+    std::fs::rename(&staging, &path).expect("rename");
+
+    let model = format!("{} (batches {batches})", engine.name());
+    match instance.infer(&inputs, &names) {
+        Ok(got) => compare(&got, &wanted, &model, 0.0),
+        Err(e) if !batches => assert!(e.0.contains("has changed since"), "{model}: {e}"),
+        Err(e) => panic!("{model}: {e}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn spec(name: &str, data_type: DataType, dims: &[i64]) -> TensorSpec {

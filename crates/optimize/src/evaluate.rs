@@ -129,6 +129,7 @@ pub fn evaluate(
     let load = LoadOptions {
         intra_op_threads: options.intra_op_threads,
         allow_spinning: false,
+        batches: true,
         ..LoadOptions::default()
     };
     let mut ref_model = engine.load(reference, &load)?;

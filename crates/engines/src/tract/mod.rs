@@ -18,7 +18,7 @@ use rtserve_core::{
 };
 use tract_onnx::prelude::*;
 
-use plans::{PlanKey, Plans};
+use plans::{FileStamp, PlanKey, Plans};
 
 /// The tract engine.
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,10 +83,11 @@ impl Engine for TractEngine {
     }
 
     fn prepare(&self, path: &Path) -> Result<Box<dyn PreparedModel>, EngineError> {
+        let stamp = FileStamp::of(path)?;
         let typed = typed_model(path)?;
         let signature = signature_of(&typed)?;
         let input_types = input_types(&typed)?;
-        let plans = Arc::new(Plans::new(typed, path)?);
+        let plans = Arc::new(Plans::new(typed, path, stamp)?);
         Ok(Box::new(TractModel { plans, signature, input_types }))
     }
 }
@@ -128,6 +129,9 @@ impl PreparedModel for TractModel {
             input_types: self.input_types.clone(),
         };
         instance.state(self.plans.key(1))?;
+        if options.batches {
+            self.plans.plan(PlanKey::AnyShape)?;
+        }
         Ok(Box::new(instance))
     }
 }

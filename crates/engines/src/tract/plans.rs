@@ -6,8 +6,11 @@
 //! batch 1 and in 122 ms on a plan whose batch is symbolic; ResNet-50 in 55 ms against 143 ms
 //! (docs/edge.md, "tract and the batch dimension"). So a model whose inputs all lead with the same
 //! symbolic dimension, and have no other, gets a batch-1 plan at load: the lone request, and
-//! every run of `rtserve run` on one image. Larger batches take the plan for any shape, made
-//! from the file the first time one comes (the graph is not kept in memory meanwhile). A plan per
+//! every run of `rtserve run` on one image. Larger batches take the plan for any shape. The
+//! server asks for it at load (`LoadOptions::batches`); otherwise it is made from the file the
+//! first time a batch comes (the graph is not kept in memory meanwhile), and refused if the file
+//! has changed since the load: a version must never answer some runs from one file and some
+//! from another (its cached replies are keyed by the file it was loaded from). A plan per
 //! batch size would be faster still for batches, but each plan holds its own packed copy of the
 //! weights: a server with ResNet-50 and `max_batch_size` 16 peaked at 541 MiB that way, at
 //! 381 MiB with these two plans, at 322 MiB with the symbolic plan alone. Any other model has one
@@ -16,6 +19,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use rtserve_core::EngineError;
 use tract_onnx::prelude::*;
@@ -36,8 +40,25 @@ pub enum PlanKey {
 pub struct Plans {
     /// The model file, read again for the plan for any shape.
     path: PathBuf,
+    /// The file as it was at load: it is read again only while it is unchanged.
+    stamp: FileStamp,
     batch_one: Option<Arc<TypedRunnableModel>>,
     any_shape: Mutex<Option<Arc<TypedRunnableModel>>>,
+}
+
+/// What changes when a file is replaced or rewritten: its length and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Result<FileStamp, EngineError> {
+        let metadata = std::fs::metadata(path)
+            .map_err(|e| engine_error(&format!("cannot read {}", path.display()), e))?;
+        Ok(FileStamp { len: metadata.len(), modified: metadata.modified().ok() })
+    }
 }
 
 /// The symbol that leads every input's shape, when no other input dimension is symbolic.
@@ -71,9 +92,10 @@ fn optimized(model: TypedModel) -> Result<Arc<TypedRunnableModel>, EngineError> 
 }
 
 impl Plans {
-    /// Makes the plan every model needs at load from `typed`, read from `path`: batch 1 where
-    /// the batch is the only run-time dimension, else the plan for any shape.
-    pub fn new(typed: TypedModel, path: &Path) -> Result<Self, EngineError> {
+    /// Makes the plan every model needs at load from `typed`, read from `path` as it is now (the
+    /// caller reads the file's stamp before it reads the file): batch 1 where the batch is the
+    /// only run-time dimension, else the plan for any shape.
+    pub fn new(typed: TypedModel, path: &Path, stamp: FileStamp) -> Result<Self, EngineError> {
         let batch = batch_symbol(&typed).map_err(|e| engine_error("cannot read the inputs", e))?;
         let (batch_one, any_shape) = match batch {
             Some(symbol) => {
@@ -86,7 +108,7 @@ impl Plans {
             }
             None => (None, Some(optimized(typed)?)),
         };
-        Ok(Plans { path: path.to_path_buf(), batch_one, any_shape: Mutex::new(any_shape) })
+        Ok(Plans { path: path.to_path_buf(), stamp, batch_one, any_shape: Mutex::new(any_shape) })
     }
 
     /// The plan for a run whose inputs lead with `rows` rows.
@@ -98,7 +120,8 @@ impl Plans {
         }
     }
 
-    /// The plan for `key`; the plan for any shape is made now if this is its first run.
+    /// The plan for `key`; the plan for any shape is made now if this is its first run, from
+    /// the file as it was at load or not at all.
     pub fn plan(&self, key: PlanKey) -> Result<Arc<TypedRunnableModel>, EngineError> {
         if let (PlanKey::BatchOne, Some(plan)) = (key, &self.batch_one) {
             return Ok(plan.clone());
@@ -107,9 +130,24 @@ impl Plans {
         if let Some(plan) = any_shape.as_ref() {
             return Ok(plan.clone());
         }
-        let plan = optimized(typed_model(&self.path)?)?;
+        self.check_unchanged()?;
+        let typed = typed_model(&self.path)?;
+        // Written while it was read: what was read may be either file, or neither.
+        self.check_unchanged()?;
+        let plan = optimized(typed)?;
         *any_shape = Some(plan.clone());
         Ok(plan)
+    }
+
+    fn check_unchanged(&self) -> Result<(), EngineError> {
+        if FileStamp::of(&self.path)? == self.stamp {
+            return Ok(());
+        }
+        Err(EngineError::new(format!(
+            "tract: {} has changed since this model was loaded, so its plan for batches cannot be \
+             made from it; load the model again",
+            self.path.display()
+        )))
     }
 }
 
@@ -124,7 +162,8 @@ mod tests {
 
     fn plans(model: &str) -> Plans {
         let path = example(model);
-        Plans::new(typed_model(&path).expect("reads"), &path).expect("plans")
+        let stamp = FileStamp::of(&path).expect("stamp");
+        Plans::new(typed_model(&path).expect("reads"), &path, stamp).expect("plans")
     }
 
     fn run(plan: Arc<TypedRunnableModel>, rows: usize) -> Vec<f32> {

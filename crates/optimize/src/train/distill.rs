@@ -139,7 +139,7 @@ pub fn engine_logits(
         Some(&d) if d > 0 => d as usize,
         _ => 64,
     };
-    let mut instance = engine.load(path, &LoadOptions::default())?;
+    let mut instance = engine.load(path, &LoadOptions { batches: true, ..LoadOptions::default() })?;
     let mut values = Vec::new();
     let mut classes = 0;
     let order: Vec<usize> = (0..data.len()).collect();

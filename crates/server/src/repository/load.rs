@@ -190,7 +190,12 @@ fn load_instances(
     let first = devices.first().ok_or_else(|| LoadError::Placement("no instance to start".to_string()))?;
     let spinning = allow_spinning(config)?;
     let load = |intra_op_threads: usize, device: &Device| {
-        model.instance(&LoadOptions { intra_op_threads, allow_spinning: spinning, device: device.clone() })
+        model.instance(&LoadOptions {
+            intra_op_threads,
+            allow_spinning: spinning,
+            device: device.clone(),
+            batches: true,
+        })
     };
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cores_each = (cores / count.max(1)).max(1);
