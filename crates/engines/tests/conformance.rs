@@ -108,14 +108,17 @@ fn check_against_expected(engine: &dyn Engine, model: &str, options: &LoadOption
     check_file(engine, &model_path(model), &expected(model), options, 0.0);
 }
 
+/// A case's `inputs` or `outputs` (`key`) as tensors.
+fn tensors(case: &Value, key: &str) -> Vec<NamedTensor> {
+    case[key].as_array().unwrap_or_else(|| panic!("{key}")).iter().map(tensor_from_json).collect()
+}
+
 /// Runs the model file on a case's inputs and compares every output within `1e-4` (relative
 /// for large values) plus `steps` (for integer outputs: quantization steps).
 fn check_file(engine: &dyn Engine, path: &Path, case: &Value, options: &LoadOptions, steps: f64) {
     let model = path.display();
-    let inputs: Vec<NamedTensor> =
-        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
-    let wanted: Vec<NamedTensor> =
-        case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
+    let inputs = tensors(case, "inputs");
+    let wanted = tensors(case, "outputs");
     let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
 
     let mut instance = engine.load(path, options).expect("load");
@@ -156,10 +159,8 @@ fn a_file_replaced_after_the_load_is_not_read() {
 fn a_file_replaced_after_the_load_is_not_read_on(engine: &dyn Engine, batches: bool) {
     // Two rows: a batch.
     let case = expected("mlp");
-    let inputs: Vec<NamedTensor> =
-        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
-    let wanted: Vec<NamedTensor> =
-        case["outputs"].as_array().expect("outputs").iter().map(tensor_from_json).collect();
+    let inputs = tensors(&case, "inputs");
+    let wanted = tensors(&case, "outputs");
     let names: Vec<String> = wanted.iter().map(|t| t.name.clone()).collect();
     let dir = std::env::temp_dir().join(format!(
         "rtserve-{}-replaced-{batches}-{}",
@@ -278,8 +279,7 @@ fn output_selection_order_and_repeats() {
 
 fn output_selection_order_and_repeats_on(engine: &dyn Engine) {
     let case = expected("two_io");
-    let inputs: Vec<NamedTensor> =
-        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let inputs = tensors(&case, "inputs");
     let mut instance = engine
         .load(
             &model_path("two_io"),
@@ -502,8 +502,7 @@ fn instances_run_on_their_own_threads() {
 
 fn instances_run_on_their_own_threads_on(engine: &dyn Engine) {
     let case = expected("mlp");
-    let inputs: Vec<NamedTensor> =
-        case["inputs"].as_array().expect("inputs").iter().map(tensor_from_json).collect();
+    let inputs = tensors(&case, "inputs");
     let reference = engine
         .load(&model_path("mlp"), &LoadOptions::default())
         .expect("load")
